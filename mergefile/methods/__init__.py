@@ -1,0 +1,16 @@
+"""Merge methods: one module each, registered in ``registry.py`` (the one place to add one)."""
+
+from mergefile.methods.base import REQUIRED, BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec, Stage
+from mergefile.methods.registry import METHODS, get_method
+
+__all__ = [
+    "METHODS",
+    "REQUIRED",
+    "BaseRule",
+    "EmbedPolicy",
+    "MergeContext",
+    "Method",
+    "ParamSpec",
+    "Stage",
+    "get_method",
+]

@@ -1,0 +1,125 @@
+"""What a merge method is: a pure function over tensors plus the data the planner needs.
+
+A method never touches files, caches or devices. It declares its parameters (global ones take
+one value per output tensor; ``per_model`` ones take one value per input model and tensor),
+whether it needs a base model, how many models it takes, and an integer ``version`` that enters
+every content key: bump it when the math changes and exactly its results rebuild.
+
+Staged methods (the task-arithmetic family) also declare a per-model ``Stage`` whose output is
+keyed and cached on its own, so editing a ``weight`` reuses every sparsified delta.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+class BaseRule(enum.Enum):
+    """How a method treats ``base=``."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    IGNORED = "ignored"
+
+
+class EmbedPolicy(enum.Enum):
+    """What to do when embedding / lm_head rows differ between inputs (reference §1.6)."""
+
+    COMMON = "common"  # cut every input to the largest common submatrix
+    BASE = "base"  # cut other inputs to the base's shape
+    EXACT = "exact"  # shapes must match
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: name, default (``REQUIRED`` if none), per-model or global, value type."""
+
+    name: str
+    default: Any = REQUIRED
+    per_model: bool = False
+    type: type = float
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class MergeContext:
+    """What a method may know besides tensors and parameters."""
+
+    tensor_name: str
+    is_embed: bool = False
+    base_index: int | None = None
+    generator: torch.Generator | None = None
+
+
+# merge(tensors, per_model, params, ctx) -> tensor
+#   tensors:   one per input model, in recipe order (the base included when there is one;
+#              ctx.base_index says where). For staged methods, entries other than the base are
+#              the outputs of the method's Stage for that model.
+#   per_model: one mapping per tensor with the resolved per-model parameters (base included;
+#              its required-but-unset per-model parameters are None).
+#   params:    the resolved global parameters.
+MergeFn = Callable[[Sequence[torch.Tensor], Sequence[Mapping[str, Any]], Mapping[str, Any], MergeContext], torch.Tensor]
+
+# stage(x, base, params, ctx) -> tensor, run once per non-base model; ``params`` holds only the
+# parameters named in ``Stage.params`` (that model's per-model values, and global ones).
+StageFn = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any], MergeContext], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A per-model intermediate with its own content key (e.g. a sparsified task vector)."""
+
+    name: str
+    params: tuple[str, ...]
+    fn: StageFn
+    random: bool = False  # draws from ctx.generator (seed enters the key)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered merge method. See the module docstring."""
+
+    name: str
+    version: int
+    reference: str
+    params: tuple[ParamSpec, ...]
+    merge: MergeFn
+    base: BaseRule = BaseRule.IGNORED
+    min_models: int = 1
+    max_models: int | None = None
+    embed: EmbedPolicy = EmbedPolicy.COMMON
+    stage: Stage | None = None
+    random: bool = False  # merge draws from ctx.generator
+    summary: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    def param(self, name: str) -> ParamSpec | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+    @property
+    def global_params(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for p in self.params if not p.per_model)
+
+    @property
+    def model_params(self) -> tuple[ParamSpec, ...]:
+        return tuple(p for p in self.params if p.per_model)
