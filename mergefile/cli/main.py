@@ -1,0 +1,138 @@
+"""``mergebuild``: make for model merges. Thin: parse flags, call the library, render.
+
+Exit status follows make: 0 done/up to date, 1 stale under ``-q``, 2 user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mergefile.errors import UserError
+
+
+def parse_size(text: str) -> int:
+    """``4G``, ``512M``, ``1.5GiB``, ``1000000`` -> bytes."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 4G)") from None
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mergebuild",
+        description="Build merged models from a Mergefile, recomputing only what changed.",
+    )
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="targets to build (default: the first in the file)")
+    p.add_argument("-f", "--file", default=None, help="the Mergefile (default: ./Mergefile)")
+    p.add_argument("-C", "--directory", default=None, help="change to DIR first")
+    p.add_argument("--config", default=None, metavar="YAML", help="build a mergekit YAML config as TARGET")
+    p.add_argument("-n", "--dry-run", action="store_true", help="say what would be recomputed, build nothing")
+    p.add_argument("-B", "--always-make", action="store_true", help="rebuild everything (ignore outputs and cache hits)")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="tensors computed in parallel")
+    p.add_argument("-q", "--question", action="store_true", help="exit 1 if anything is stale, 0 if up to date")
+    p.add_argument("--explain", action="store_true", help="say why each stale target/tensor is stale")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: $MERGEBUILD_CACHE_DIR or ./cache)")
+    p.add_argument("--cache-size", type=parse_size, default=None, help="cache size limit (e.g. 100G)")
+    p.add_argument("--memory-budget", type=parse_size, default=None, help="bytes of tensors in flight (default: RAM/4)")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights-only loading)")
+    p.add_argument("--no-wait", action="store_true", help="fail instead of waiting when an output is being built")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in explanations")
+    return p
+
+
+def load_recipe(args) -> "object":
+    from mergefile.syntax import load_yaml_target, parse_mergefile
+    from mergefile.syntax.ast import Mergefile
+
+    if args.config:
+        if len(args.targets) != 1:
+            raise UserError("--config needs exactly one TARGET: the output folder to build, e.g. mergebuild --config merge.yml out/model")
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"config file '{args.config}' not found")
+        target = load_yaml_target(path, args.targets[0])
+        return Mergefile(str(Path.cwd() / "Mergefile"), (target,))
+    path = Path(args.file or "Mergefile")
+    if not path.is_file():
+        where = f"'{path}'" if args.file else f"in {Path.cwd()}"
+        raise UserError(f"no Mergefile found {where} (use -f FILE, -C DIR or --config YAML)")
+    return parse_mergefile(path)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    from mergefile.cli.progress import make_progress
+    from mergefile.cli.render import build_line, dry_run_lines, explain_lines, report_json
+    from mergefile.run.build import BuildOptions, build, default_memory_budget, resolve_cache_dir
+    from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(argv)
+    if args.directory:
+        try:
+            os.chdir(args.directory)
+        except OSError as e:
+            raise UserError(f"cannot change to directory '{args.directory}': {e.strerror}") from None
+    mf = load_recipe(args)
+    dry = args.dry_run or args.question or args.explain
+    options = BuildOptions(
+        jobs=max(1, args.jobs),
+        device=args.device,
+        force=args.always_make,
+        dry_run=dry,
+        memory_budget=args.memory_budget or default_memory_budget(),
+        allow_pickle=args.allow_pickle,
+        wait_for_lock=not args.no_wait,
+    )
+    cache = resolve_cache_dir(args.cache_dir, Path.cwd())
+    quiet = args.quiet or args.question or args.json or not sys.stderr.isatty()
+    with Store(cache, args.cache_size or DEFAULT_SIZE_LIMIT) as store, make_progress(quiet) as progress:
+        targets = [] if args.config else args.targets
+        if args.config:
+            targets = [mf.statements[0].name]
+        report = build(mf, targets, store, options, progress, argv)
+    if args.json:
+        print(report_json(report, dry))
+    elif args.question:
+        if args.explain:
+            for r in report.targets:
+                print("\n".join(explain_lines(r, args.verbose)))
+    elif dry:
+        for r in report.targets:
+            print("\n".join(explain_lines(r, args.verbose) + dry_run_lines(r)))
+    else:
+        for r in report.targets:
+            print(build_line(r))
+    if args.question:
+        return 0 if report.up_to_date else 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: user errors become one paragraph and exit code 2."""
+    try:
+        code = run(argv)
+    except UserError as e:
+        print(f"mergebuild: error: {e.render()}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print("mergebuild: interrupted", file=sys.stderr)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

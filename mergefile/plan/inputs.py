@@ -1,0 +1,167 @@
+"""Input models: local folders, Hugging Face Hub snapshots, and other targets' outputs.
+
+Only headers and config.json are read here: planning never touches tensor data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mergefile.errors import ConfigError, Loc, UserError, unknown
+from mergefile.syntax.ast import AutoRef, HfRef, PathRef, Ref, Sym
+
+HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """What planning needs of a tensor that does not exist yet (another target's output)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        from mergefile.io.header import TORCH_DTYPES
+
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * TORCH_DTYPES[self.dtype].itemsize
+
+
+@dataclass
+class InputModel:
+    """One input of a merge, whatever its origin. ``tensors`` values have name/dtype/shape."""
+
+    label: str
+    path: str  # folder holding it (a model folder, or a target's output folder)
+    config: dict
+    tensors: Mapping[str, Any]
+    target: str | None = None  # set when it is another target's output
+    hub: tuple[str, str | None] | None = None  # (repo, revision) when it came from the hub
+    layout: Any = field(default=None, repr=False)
+
+    def get_layout(self):
+        if self.layout is None:
+            from mergefile.arch import layer_layout
+
+            self.layout = layer_layout(self.tensors.keys(), self.config)
+        return self.layout
+
+
+@dataclass
+class ResolveOptions:
+    allow_pickle: bool = False
+    convert_dir: str | None = None
+    offline: bool | None = None
+
+
+def parse_model_string(text: str, loc: Loc | None = None) -> tuple[str, str | None]:
+    """``path_or_id[@revision]`` -> (path_or_id, revision). LoRA suffixes are not supported yet."""
+    if "+" in text:
+        raise ConfigError(f"model reference '{text}' applies a LoRA ('+'); LoRA inputs are not supported yet", loc)
+    if text.count("@") > 1:
+        raise ConfigError(f"bad model reference '{text}': more than one '@revision'", loc)
+    name, _, rev = text.partition("@")
+    if not name:
+        raise ConfigError(f"bad model reference '{text}'", loc)
+    return name, (rev or None)
+
+
+def download_hub(repo: str, revision: str | None, loc: Loc | None, offline: bool | None = None) -> str:
+    """Local folder of a hub model: only the files a merge needs, honouring HF_HUB_OFFLINE."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # pragma: no cover - dependency declared
+        raise UserError(f"huggingface_hub is needed for hf(\"{repo}\")") from e
+    kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "allow_patterns": HUB_PATTERNS}
+    if offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        kwargs["local_files_only"] = True
+    try:
+        return snapshot_download(**kwargs)
+    except Exception as e:  # the hub library raises many types; all mean "cannot get it"
+        rev = f"@{revision}" if revision else ""
+        raise UserError(
+            f"cannot resolve hub model '{repo}{rev}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            loc,
+            "offline? the model must already be in the local Hugging Face cache (HF_HUB_OFFLINE=1)",
+        ) from None
+
+
+class ModelResolver:
+    """Turns references into ``InputModel``s, memoised by folder."""
+
+    def __init__(
+        self,
+        models: Mapping[str, Ref],
+        base_dir: Path,
+        target_output: Callable[[str], InputModel | None],
+        target_names: set[str],
+        options: ResolveOptions | None = None,
+    ):
+        self.models = dict(models)
+        self.base_dir = base_dir
+        self.target_output = target_output
+        self.target_names = target_names
+        self.options = options or ResolveOptions()
+        self._dirs: dict[str, InputModel] = {}
+
+    def resolve(self, ref: Ref, loc: Loc | None = None, label: str | None = None) -> InputModel:
+        if isinstance(ref, Sym):
+            return self._resolve_name(ref, loc)
+        if isinstance(ref, PathRef):
+            base = Path(ref.loc.file).parent if ref.loc and ref.loc.file not in ("<string>", "") else self.base_dir
+            return self._open_dir((base / ref.path), label or ref.path, ref.loc or loc)
+        if isinstance(ref, HfRef):
+            path = download_hub(ref.repo, ref.revision, ref.loc or loc, self.options.offline)
+            m = self._open_dir(Path(path), label or ref.repo, ref.loc or loc)
+            m.hub = (ref.repo, ref.revision)
+            return m
+        if isinstance(ref, AutoRef):
+            name, rev = parse_model_string(ref.text, ref.loc or loc)
+            local = Path(ref.base_dir) / name
+            if local.is_dir() and rev is None:
+                return self._open_dir(local, label or ref.text, ref.loc or loc)
+            if name in self.target_names:
+                return self._resolve_name(Sym(name, ref.loc), loc)
+            if not _HUB_ID.match(name):
+                raise ConfigError(f"model '{ref.text}' is neither a local folder ({local}) nor a hub id", ref.loc or loc)
+            return self.resolve(HfRef(name, rev, ref.loc), loc, label or ref.text)
+        raise ConfigError(f"not a model reference: {ref!r}", loc)
+
+    def _resolve_name(self, ref: Sym, loc: Loc | None) -> InputModel:
+        name = ref.name
+        if name in self.models:
+            return self.resolve(self.models[name], ref.loc or loc, label=name)
+        if name in self.target_names or name.rstrip("/") in self.target_names:
+            out = self.target_output(name.rstrip("/"))
+            if out is None:
+                raise ConfigError(f"target '{name}' cannot be used as a model (it is a group)", ref.loc or loc)
+            return out
+        raise unknown("model", name, list(self.models) + sorted(self.target_names), ref.loc or loc)
+
+    def _open_dir(self, path: Path, label: str, loc: Loc | None) -> InputModel:
+        from mergefile.io.model_dir import ModelDir
+
+        real = os.path.realpath(path)
+        if real in self._dirs:
+            return self._dirs[real]
+        if not os.path.isdir(real):
+            raise UserError(f"model folder '{path}' does not exist", loc)
+        try:
+            md = ModelDir.open(real, allow_pickle=self.options.allow_pickle, convert_dir=self.options.convert_dir)
+        except UserError as e:
+            if e.loc is None and loc is not None:
+                raise UserError(e.message, loc, e.hint) from None
+            raise
+        model = InputModel(label=label, path=md.path, config=md.config, tensors=md.tensors)
+        self._dirs[real] = model
+        return model

@@ -1,0 +1,420 @@
+"""AST -> per-tensor plan. Everything that needs no tensor data is checked here, before any read.
+
+The planner resolves models (headers and config.json only), validates method, parameter and
+setting names, layer ranges and shapes, expands slices into renumbered per-layer tensors, and
+resolves every parameter for every tensor (precedence: source > slice > target > file default >
+method default).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mergefile.arch.generic import is_embedding
+from mergefile.errors import ConfigError, Loc, UserError, unknown
+from mergefile.methods.base import BaseRule, EmbedPolicy, Method
+from mergefile.methods.registry import get_method
+from mergefile.plan.graph import normalize_name
+from mergefile.plan.inputs import InputModel, ModelResolver, ResolveOptions
+from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
+from mergefile.plan.params import Level, layer_t, resolve, substitute
+from mergefile.syntax.ast import AutoRef, HfRef, Mergefile, Param, PathRef, Phony, Slice, Source, Sym, Target
+
+SETTINGS = ("base", "dtype", "out_dtype", "seed", "tokenizer_source", "tokenizer", "chat_template")
+SLICE_SETTINGS = ("base",)
+_REF_TYPES = (Sym, HfRef, PathRef, AutoRef)
+
+
+@dataclass
+class _Src:
+    model: InputModel
+    ast: Source
+    start: int
+    end: int
+
+
+@dataclass
+class _Slice:
+    sources: list[_Src]
+    params: tuple[Param, ...]
+    base_index: int | None
+    template: int  # which source names the output tensors
+    loc: Loc | None
+
+    @property
+    def length(self) -> int:
+        return self.sources[0].end - self.sources[0].start
+
+
+class Planner:
+    """Plans targets of one Mergefile; memoises plans so multi-stage inputs are planned once."""
+
+    def __init__(self, mf: Mergefile, options: ResolveOptions | None = None):
+        self.mf = mf
+        self.rules = mf.targets()
+        self.base_dir = Path(mf.path).resolve().parent if mf.path not in ("<string>", "") else Path.cwd()
+        self.file_params = tuple(Param(a.name, a.value, None, a.loc) for a in mf.assigns().values())
+        self.variables = {a.name: a.value for a in mf.assigns().values()}
+        self.resolver = ModelResolver(
+            {m.name: m.ref for m in mf.models().values()},
+            self.base_dir,
+            self._target_output,
+            set(self.rules),
+            options,
+        )
+        self.plans: dict[str, TargetPlan] = {}
+
+    def _target_output(self, name: str) -> InputModel | None:
+        rule = self.rules.get(normalize_name(name))
+        if rule is None or isinstance(rule, Phony):
+            return None
+        return self.plan(rule.name).as_output_model()
+
+    def plan(self, name: str) -> TargetPlan:
+        name = normalize_name(name)
+        if name not in self.plans:
+            rule = self.rules[name]
+            assert isinstance(rule, Target)
+            self.plans[name] = self._plan(rule)
+        return self.plans[name]
+
+    # -- settings and names -------------------------------------------------------------
+    def _check_names(self, t: Target, method: Method) -> None:
+        allowed = set(SETTINGS) | {p.name for p in method.params}
+        for p in t.params:
+            if p.name not in allowed:
+                raise _unknown_param(p, method, allowed)
+        for sl in t.slices:
+            for p in sl.params:
+                if p.name not in set(SLICE_SETTINGS) | {q.name for q in method.params}:
+                    raise _unknown_param(p, method, set(SLICE_SETTINGS) | {q.name for q in method.params})
+        for src in list(t.sources) + [s for sl in t.slices for s in sl.sources]:
+            for p in src.params:
+                spec = method.param(p.name)
+                if spec is None:
+                    raise _unknown_param(p, method, {q.name for q in method.model_params})
+                if not spec.per_model:
+                    raise ConfigError(
+                        f"'{p.name}' is a global parameter of {method.name}: set it on the target or a slice, not on one model",
+                        p.loc,
+                    )
+
+    def _setting(self, t: Target, name: str) -> Param | None:
+        for p in reversed(t.params):
+            if p.name == name and p.filter is None:
+                return p
+        for p in self.file_params:
+            if p.name == name:
+                return p
+        return None
+
+    def _dtype(self, t: Target, name: str) -> str | None:
+        from mergefile.io.header import dtype_name, parse_dtype
+
+        p = self._setting(t, name)
+        if p is None:
+            return None
+        value = substitute(p.value, self.variables)
+        text = value.name if isinstance(value, Sym) else value
+        if not isinstance(text, str):
+            raise ConfigError(f"'{name}' must be a dtype name such as bfloat16, got {value!r}", p.loc)
+        try:
+            return dtype_name(parse_dtype(text))
+        except UserError as e:
+            raise ConfigError(e.message, p.loc, e.hint) from None
+
+    def _model_setting(self, p: Param | None) -> InputModel | None:
+        if p is None:
+            return None
+        value = substitute(p.value, self.variables)
+        if isinstance(value, str):
+            value = PathRef(value, p.loc)
+        if not isinstance(value, _REF_TYPES):
+            raise ConfigError(f"'{p.name}' must name a model, got {value!r}", p.loc)
+        return self.resolver.resolve(value, p.loc)
+
+    # -- slices -------------------------------------------------------------------------
+    def _sources(self, t: Target, method: Method, base: InputModel | None) -> list[_Slice]:
+        if t.sources and t.slices:
+            raise ConfigError(f"target '{t.name}' mixes model lines and 'slice' lines; use one or the other", t.loc)
+        if not t.sources and not t.slices:
+            if base is None:
+                raise ConfigError(f"target '{t.name}' has no input models", t.loc)
+        if not t.slices:
+            return [self._whole_models(t, method, base)]
+        slices = []
+        for sl in t.slices:
+            slices.append(self._slice(t, sl, method, base))
+        return slices
+
+    def _whole_models(self, t: Target, method: Method, base: InputModel | None) -> _Slice:
+        srcs: list[_Src] = []
+        for s in t.sources:
+            if s.layers is not None:
+                raise ConfigError("a layer range belongs in a 'slice' line, not on a model line", s.loc)
+            m = self.resolver.resolve(s.ref, s.loc)
+            if any(x.model is m for x in srcs):
+                raise ConfigError(f"model '{m.label}' is listed twice in target '{t.name}'", s.loc)
+            srcs.append(_Src(m, s, 0, m.get_layout().num_layers))
+        base_index = next((i for i, x in enumerate(srcs) if base is not None and x.model is base), None)
+        if base is not None and base_index is None and method.base is not BaseRule.IGNORED:
+            srcs.append(_Src(base, Source(Sym(base.label)), 0, base.get_layout().num_layers))
+            base_index = len(srcs) - 1
+        if method.base is BaseRule.IGNORED:
+            base_index = None
+        counts = {x.model.label: x.end for x in srcs}
+        if len(set(counts.values())) > 1:
+            detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
+            raise ConfigError(f"models of target '{t.name}' have different layer counts ({detail}); use slices", t.loc)
+        template = base_index if base_index is not None else 0
+        return _Slice(srcs, (), base_index, template, t.loc)
+
+    def _slice(self, t: Target, sl: Slice, method: Method, base: InputModel | None) -> _Slice:
+        srcs: list[_Src] = []
+        for s in sl.sources:
+            m = self.resolver.resolve(s.ref, s.loc)
+            if s.layers is None:
+                raise ConfigError("a slice source needs a layer range, e.g. model[0:8]", s.loc)
+            start, end = s.layers
+            n = m.get_layout().num_layers
+            if start < 0 or end <= start:
+                raise ConfigError(f"bad layer range [{start}:{end}] (need 0 <= start < end)", s.loc)
+            if end > n:
+                raise ConfigError(
+                    f"layer range [{start}:{end}] is beyond model '{m.label}', which has {n} layers", s.loc
+                )
+            srcs.append(_Src(m, s, start, end))
+        lengths = {x.end - x.start for x in srcs}
+        if len(lengths) > 1:
+            raise ConfigError("all sources of a slice must span the same number of layers", sl.loc)
+        slice_base = next((p for p in sl.params if p.name == "base"), None)
+        b = self._model_setting(slice_base) if slice_base else base
+        base_index = next((i for i, x in enumerate(srcs) if b is not None and x.model is b), None)
+        if method.base is BaseRule.IGNORED:
+            base_index = None
+        elif method.base is BaseRule.REQUIRED and base_index is None and len(srcs) > 1:
+            who = f"'{b.label}'" if b else "a base model (base=...)"
+            raise ConfigError(f"{method.name} needs {who} among the sources of this slice", sl.loc)
+        params = tuple(p for p in sl.params if p.name != "base")
+        template = base_index if base_index is not None else 0
+        return _Slice(srcs, params, base_index, template, sl.loc)
+
+    # -- the plan -----------------------------------------------------------------------
+    def _plan(self, t: Target) -> TargetPlan:
+        method = get_method(t.method, t.method_loc or t.loc)
+        self._check_names(t, method)
+        base = self._model_setting(self._setting(t, "base"))
+        if method.base is BaseRule.REQUIRED and base is None and not t.slices:
+            raise ConfigError(f"{method.name} needs a base model: add base=MODEL", t.method_loc or t.loc)
+        slices = self._sources(t, method, base)
+        dtype, out_dtype = self._dtype(t, "dtype"), self._dtype(t, "out_dtype")
+        seed_p = self._setting(t, "seed")
+        seed = int(substitute(seed_p.value, self.variables)) if seed_p else 0
+        warnings: list[str] = []
+        jobs, layer_map, inputs = self._jobs(t, method, slices, dtype, out_dtype, seed, warnings)
+        donor = next((s.model for s in slices[0].sources if base is not None and s.model is base), slices[0].sources[slices[0].template].model)
+        tok = self._tokenizer_donor(t) or donor
+        layout = donor.get_layout()
+        config = _rewrite_config(donor.config, layout.layer_key, layout.num_layers, layer_map)
+        plan = TargetPlan(
+            name=t.name,
+            out_dir=(self.base_dir / t.name),
+            target=t,
+            method=method,
+            inputs=inputs,
+            jobs=jobs,
+            config=config,
+            donor=tok,
+            num_layers=len(layer_map),
+            layer_key=layout.layer_key,
+            warnings=warnings,
+        )
+        plan.assign_shards()
+        return plan
+
+    def _tokenizer_donor(self, t: Target) -> InputModel | None:
+        for key in ("tokenizer_source", "tokenizer"):
+            p = self._setting(t, key)
+            if p is None:
+                continue
+            v = substitute(p.value, self.variables)
+            if isinstance(v, Sym) and v.name == "base":
+                return None
+            if isinstance(v, Sym) and v.name == "union":
+                raise ConfigError("tokenizer 'union' (vocabulary merging) is not supported yet; use base or a model", p.loc)
+            return self._model_setting(p)
+        return None
+
+    def _jobs(self, t, method, slices, dtype, out_dtype, seed, warnings):
+        inputs: list[InputModel] = []
+
+        def index_of(m: InputModel) -> int:
+            for i, x in enumerate(inputs):
+                if x is m:
+                    return i
+            inputs.append(m)
+            return len(inputs) - 1
+
+        for sl in slices:
+            for s in sl.sources:
+                index_of(s.model)
+        ctx = _JobFactory(self, t, method, dtype, out_dtype, seed, warnings, index_of)
+        jobs: list[TensorJob] = []
+        first, last = slices[0], slices[-1]
+        tm = first.sources[first.template].model.get_layout()
+        for name in tm.pre:
+            jobs.append(ctx.job(name, ("pre",), first, [name] * len(first.sources), 0.0))
+        layer_map: list[tuple[int, int]] = []  # output layer -> (template model index, source layer)
+        out_layer = 0
+        for sl in slices:
+            tsrc = sl.sources[sl.template]
+            lay = tsrc.model.get_layout()
+            for j in range(sl.length):
+                for ln in lay.templates(tsrc.start + j):
+                    names = [ln.at(s.start + j) for s in sl.sources]
+                    jobs.append(ctx.job(ln.at(out_layer), ("layer", out_layer), sl, names, layer_t(j, sl.length)))
+                layer_map.append((id(tsrc.model), tsrc.start + j, tsrc.model))
+                out_layer += 1
+        lm = last.sources[last.template].model.get_layout()
+        for name in lm.post:
+            jobs.append(ctx.job(name, ("post",), last, [name] * len(last.sources), 0.0))
+        seen: dict[str, TensorJob] = {}
+        for j in jobs:
+            if j.name in seen:
+                raise ConfigError(f"two recipes write tensor '{j.name}'", t.loc)
+            seen[j.name] = j
+        return jobs, layer_map, inputs
+
+
+class _JobFactory:
+    """Builds TensorJobs for one target; keeps the per-target context out of signatures."""
+
+    def __init__(self, planner, t, method, dtype, out_dtype, seed, warnings, index_of):
+        self.p, self.t, self.method = planner, t, method
+        self.dtype, self.out_dtype, self.seed = dtype, out_dtype, seed
+        self.warnings, self.index_of = warnings, index_of
+        self.target_params = tuple(q for q in t.params if q.name not in SETTINGS)
+        self.file_params = tuple(q for q in planner.file_params if method.param(q.name) is not None)
+
+    def job(self, out_name: str, group: tuple, sl: _Slice, names: Sequence[str], tpos: float) -> TensorJob:
+        method = self.method
+        srcs = list(sl.sources)
+        names = list(names)
+        base_index = sl.base_index
+        for s, n in zip(srcs, names):
+            if n not in s.model.tensors:
+                raise ConfigError(f"tensor '{n}' is missing from model '{s.model.label}' (needed for '{out_name}')", s.ast.loc or self.t.loc)
+        shapes = [tuple(s.model.tensors[n].shape) for s, n in zip(srcs, names)]
+        embed = is_embedding(out_name)
+        keep = list(range(len(srcs)))
+        if len(set(shapes)) > 1:
+            keep = self._check_shapes(out_name, srcs, shapes, embed, base_index)
+        if len(keep) != len(srcs):
+            base_index = keep.index(base_index) if base_index is not None else None
+            srcs = [srcs[i] for i in keep]
+            names = [names[i] for i in keep]
+            shapes = [shapes[i] for i in keep]
+        n_models = len(srcs)
+        if n_models < method.min_models or (method.max_models is not None and n_models > method.max_models):
+            want = (
+                f"exactly {method.min_models}"
+                if method.max_models == method.min_models
+                else f"at least {method.min_models}" + (f" and at most {method.max_models}" if method.max_models else "")
+            )
+            raise ConfigError(f"{method.name} needs {want} input models (base included), got {n_models}", sl.loc or self.t.loc)
+        levels_global = [Level("slice", sl.params), Level("target", self.target_params), Level("file", self.file_params)]
+        params = {
+            spec.name: resolve(spec, levels_global, out_name, tpos, self.p.variables, where=f"of target '{self.t.name}'")
+            for spec in method.global_params
+        }
+        per_model = []
+        for i, (s, n) in enumerate(zip(srcs, names)):
+            levels = [Level(f"model {s.model.label}", s.ast.params)] + levels_global
+            where = f"for model '{s.model.label}'"
+            per_model.append(
+                freeze(
+                    {
+                        spec.name: resolve(spec, levels, n, tpos, self.p.variables, required=i != base_index, where=where)
+                        for spec in method.model_params
+                    }
+                )
+            )
+        return TensorJob(
+            name=out_name,
+            group=group,
+            method=method.name,
+            inputs=tuple(InputRef(self.index_of(s.model), n) for s, n in zip(srcs, names)),
+            base_index=base_index,
+            params=freeze(params),
+            per_model=tuple(per_model),
+            dtype=self.dtype,
+            out_dtype=self.out_dtype,
+            is_embed=embed,
+            seed=self.seed,
+            result_dtype=self._result_dtype(srcs, names, base_index),
+            result_shape=_result_shape(method, shapes, base_index),
+        )
+
+    def _check_shapes(self, out_name, srcs, shapes, embed, base_index) -> list[int]:
+        policy = self.method.embed
+        detail = ", ".join(f"{s.model.label} {list(sh)}" for s, sh in zip(srcs, shapes))
+        if embed and policy is not EmbedPolicy.EXACT:
+            return list(range(len(srcs)))
+        if policy is EmbedPolicy.BASE and base_index is not None:
+            keep = [i for i, sh in enumerate(shapes) if sh == shapes[base_index]]
+            self.warnings.append(f"{out_name}: shapes differ ({detail}); using only models matching the base")
+            return keep
+        raise ConfigError(f"tensor '{out_name}' has different shapes: {detail}", self.t.loc)
+
+    def _result_dtype(self, srcs, names, base_index) -> str:
+        from mergefile.io.header import DTYPE_CODES, parse_dtype
+
+        if self.out_dtype or self.dtype:
+            return DTYPE_CODES[parse_dtype(self.out_dtype or self.dtype)]
+        i = base_index if base_index is not None else 0
+        return srcs[i].model.tensors[names[i]].dtype
+
+
+def _result_shape(method: Method, shapes: list[tuple], base_index: int | None) -> tuple[int, ...]:
+    if method.embed is EmbedPolicy.BASE and base_index is not None:
+        return shapes[base_index]
+    if len(set(shapes)) == 1:
+        return shapes[0]
+    return tuple(min(d) for d in zip(*shapes))
+
+
+def _unknown_param(p: Param, method: Method, allowed: set[str]) -> ConfigError:
+    err = unknown(f"parameter for {method.name}", p.name, allowed, p.loc)
+    return err
+
+
+def _rewrite_config(config: Mapping, layer_key: str | None, old_layers: int, layer_map: list) -> dict:
+    """Output config.json: the donor's, with the layer count and per-layer arrays rewritten."""
+    out = copy.deepcopy(dict(config))
+    n = len(layer_map)
+    if n == old_layers and all(src_layer == k for k, (_, src_layer, _) in enumerate(layer_map)):
+        return out
+    if layer_key:
+        node = out
+        parts = layer_key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = n
+    for key, value in list(out.items()):
+        if isinstance(value, list) and old_layers > 1 and len(value) == old_layers:
+            new = []
+            for _, src_layer, model in layer_map:
+                arr = model.config.get(key, value)
+                new.append(arr[src_layer] if isinstance(arr, list) and src_layer < len(arr) else value[min(src_layer, len(value) - 1)])
+            out[key] = new
+    return out
+
+
+def plan_targets(mf: Mergefile, names: Sequence[str], options: ResolveOptions | None = None) -> list[TargetPlan]:
+    """Plan the given targets (already in build order)."""
+    planner = Planner(mf, options)
+    return [planner.plan(n) for n in names]

@@ -1,0 +1,233 @@
+"""The build: plan -> keys -> compare -> compute what is missing -> publish, target by target.
+
+Targets are processed prerequisites first. Keys of a downstream target are computed from
+upstream keys (Merkle style), so a dry run can explain a whole multi-stage recipe without
+building anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mergefile.errors import UserError
+from mergefile.plan.graph import build_graph, build_order
+from mergefile.plan.inputs import ResolveOptions
+from mergefile.plan.jobs import TargetPlan, TensorJob
+from mergefile.plan.planner import Planner
+from mergefile.run.compute import InputLoader, compute_job, job_input_bytes
+from mergefile.run.executor import LocalExecutor, WorkItem
+from mergefile.run.keys import KeyedPlan, key_plan
+from mergefile.run.publish import aux_files, write_output
+from mergefile.run.stale import TargetStatus, compare
+from mergefile.store.lock import output_lock
+from mergefile.store.store import Store
+from mergefile.syntax.ast import Mergefile
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a build is told; one frozen object, set up by the CLI."""
+
+    jobs: int = 1
+    device: str = "cpu"
+    force: bool = False
+    dry_run: bool = False
+    memory_budget: int = 4 * 2**30
+    allow_pickle: bool = False
+    wait_for_lock: bool = True
+
+
+@dataclass
+class TargetReport:
+    name: str
+    status: TargetStatus
+    built: bool = False
+    computed: int = 0
+    cache_hits: int = 0
+    stage_hits: int = 0
+    stage_misses: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    to_compute: list[str] = field(default_factory=list)
+    est_read: int = 0
+    est_write: int = 0
+    est_peak: int = 0
+
+
+@dataclass
+class BuildReport:
+    targets: list[TargetReport]
+
+    @property
+    def up_to_date(self) -> bool:
+        return all(t.status.up_to_date for t in self.targets)
+
+
+class Progress:
+    """What a build tells its caller while it runs (the CLI renders it)."""
+
+    def start_target(self, name: str, total: int) -> None: ...
+    def advance(self, name: str, n: int = 1, nbytes: int = 0) -> None: ...
+    def message(self, text: str) -> None: ...
+    def end_target(self, name: str) -> None: ...
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} requested but no CUDA device is available")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise UserError(f"unknown device '{device}' (use cpu or cuda)")
+
+
+def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: BuildOptions) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
+    """Plan, key and compare every needed target. Reads headers and the stat-cache only."""
+    g = build_graph(mf)
+    order = build_order(mf, g, requested)
+    planner = Planner(mf, ResolveOptions(allow_pickle=options.allow_pickle, convert_dir=str(store.root / "converted")))
+    keyed: dict[str, KeyedPlan] = {}
+    out = []
+    for name in order:
+        plan = planner.plan(name)
+        kp = key_plan(plan, store.stat, keyed)
+        keyed[plan.name] = kp
+        aux = aux_files(plan)
+        out.append((plan, kp, compare(kp, aux.key, force=options.force), aux))
+    return out
+
+
+def _needs_compute(st: TargetStatus, store: Store) -> list[TensorJob]:
+    """Jobs whose result is not in the cache but is needed by a shard being written."""
+    plan = st.kp.plan
+    need = []
+    for job in plan.jobs:
+        if plan.shard_of(job) in st.write_shards and st.kp.keys[job.name] not in store.blobs:
+            need.append(job)
+    return need
+
+
+def _estimate(report: TargetReport, st: TargetStatus, store: Store, options: BuildOptions) -> None:
+    plan = st.kp.plan
+    jobs = _needs_compute(st, store)
+    report.to_compute = [j.name for j in jobs]
+    report.est_read = sum(job_input_bytes(j, plan) for j in jobs)
+    report.est_write = sum(j.nbytes for j in plan.jobs if plan.shard_of(j) in st.write_shards)
+    peaks = sorted((job_input_bytes(j, plan) + 2 * j.nbytes for j in jobs), reverse=True)
+    report.est_peak = min(sum(peaks[: max(1, options.jobs)]), max(options.memory_budget, peaks[0] if peaks else 0))
+
+
+def build(
+    mf: Mergefile,
+    requested: Sequence[str],
+    store: Store,
+    options: BuildOptions,
+    progress: Progress | None = None,
+    argv: Sequence[str] = (),
+) -> BuildReport:
+    """Bring the requested targets up to date (or, with dry_run, say what that would take)."""
+    progress = progress or Progress()
+    _check_device(options.device)
+    planned = plan_build(mf, requested, store, options)
+    reports: list[TargetReport] = []
+    run = None if options.dry_run else store.log.start_run(list(argv))
+    try:
+        for plan, kp, st, aux in planned:
+            report = TargetReport(plan.name, st)
+            reports.append(report)
+            for w in plan.warnings:
+                progress.message(f"warning: {plan.name}: {w}")
+            _estimate(report, st, store, options)
+            if options.dry_run or st.up_to_date:
+                if run is not None:
+                    run.record(target=plan.name, status="up-to-date" if st.up_to_date else "stale")
+                continue
+            _build_target(plan, kp, st, aux, store, options, progress, report, run)
+    finally:
+        if run is not None:
+            run.close(
+                targets=[r.name for r in reports],
+                computed=sum(r.computed for r in reports),
+                hits=sum(r.cache_hits for r in reports),
+                bytes_read=sum(r.bytes_read for r in reports),
+                bytes_written=sum(r.bytes_written for r in reports),
+            )
+    return BuildReport(reports)
+
+
+def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, report: TargetReport, run) -> None:
+    from mergefile.io.reader import TensorReader
+
+    t0 = time.perf_counter()
+
+    def on_wait(pid):
+        progress.message(f"waiting: {plan.out_dir} is being built by another mergebuild (pid {pid})")
+
+    with output_lock(plan.out_dir, wait=options.wait_for_lock, on_wait=on_wait):
+        aux2 = aux_files(plan)
+        st = compare(kp, aux2.key, force=options.force)  # someone may have built it while we waited
+        report.status = st
+        if st.up_to_date:
+            return
+        reader = TensorReader()
+        loader = InputLoader(plan, reader, store.blobs, options.allow_pickle)
+        need = _needs_compute(st, store)
+        progress.start_target(plan.name, len(need))
+        executor = LocalExecutor(options.jobs, options.memory_budget)
+
+        def work(job: TensorJob):
+            return lambda: compute_job(job, kp, loader, store.blobs, options.device)[1]
+
+        items = [WorkItem(j.name, work(j), job_input_bytes(j, plan) + 2 * j.nbytes) for j in need]
+        try:
+            for item, res in executor.run(items):
+                report.computed += 1
+                report.stage_hits += res.stage_hits
+                report.stage_misses += res.stage_misses
+                report.bytes_read += res.bytes_read
+                report.bytes_written += res.bytes_written
+                run.record(target=plan.name, tensor=res.name, key=res.key, status="computed", seconds=round(res.seconds, 6),
+                           bytes_read=res.bytes_read, bytes_written=res.bytes_written, stage_hits=res.stage_hits,
+                           stage_misses=res.stage_misses)
+                progress.advance(plan.name, 1, res.bytes_read)
+            jobs_by_name = {j.name: j for j in plan.jobs}
+            computed = set(report.to_compute)
+
+            def fetch(name: str) -> torch.Tensor:
+                key = kp.keys[name]
+                t = store.blobs.get(key, verify=True)
+                if t is None:  # evicted or corrupt since: recompute
+                    t, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, options.device)
+                    report.computed += 1
+                    run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
+                elif name not in computed:
+                    report.cache_hits += 1
+                    run.record(target=plan.name, tensor=name, key=key, status="hit")
+                return t
+
+            report.bytes_written += write_output(plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch)
+            report.built = True
+        finally:
+            reader.close()
+            progress.end_target(plan.name)
+    report.seconds = time.perf_counter() - t0
+
+
+def default_memory_budget() -> int:
+    """A quarter of physical memory, at least 1 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return max(2**30, total // 4)
+
+
+def resolve_cache_dir(cache_dir: str | None, start: Path) -> Path:
+    from mergefile.store.store import default_cache_dir
+
+    return Path(cache_dir) if cache_dir else default_cache_dir(start)

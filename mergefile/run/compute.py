@@ -1,0 +1,165 @@
+"""Compute one output tensor: load inputs, align shapes, run cached stages, merge, cast.
+
+This is the only place tensors meet methods. Results go to the blob store under their key, so
+an interrupted build resumes from whatever finished, and a repeated key is never recomputed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergefile.methods.base import EmbedPolicy, MergeContext, Method
+from mergefile.methods.registry import get_method
+from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob
+from mergefile.run.keys import KeyedPlan, stage_key
+from mergefile.store.keys import seed_from_key
+
+
+@dataclass
+class JobResult:
+    name: str
+    key: str
+    status: str  # "computed" | "hit"
+    seconds: float
+    bytes_read: int
+    bytes_written: int
+    stage_hits: int = 0
+    stage_misses: int = 0
+
+
+class InputLoader:
+    """Reads input tensors for one plan: model files by mmap, upstream targets from the cache."""
+
+    def __init__(self, plan: TargetPlan, reader, blobs, allow_pickle: bool = False):
+        self.plan = plan
+        self.reader = reader
+        self.blobs = blobs
+        self._outputs: dict[int, Any] = {}
+        self.allow_pickle = allow_pickle
+
+    def load(self, ref: InputRef, key: str) -> tuple[torch.Tensor, int]:
+        model = self.plan.inputs[ref.model]
+        if model.target is None:
+            info = model.tensors[ref.tensor]
+            return self.reader.get(info), info.nbytes
+        t = self.blobs.get(key)
+        if t is not None:
+            return t, t.numel() * t.element_size()
+        if ref.model not in self._outputs:
+            from mergefile.io.model_dir import ModelDir
+
+            self._outputs[ref.model] = ModelDir.open(model.path)
+        info = self._outputs[ref.model].tensors[ref.tensor]
+        return self.reader.get(info), info.nbytes
+
+
+def _cut(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    return t[tuple(slice(0, s) for s in shape)]
+
+
+def align(tensors: list[torch.Tensor], policy: EmbedPolicy, base_index: int | None) -> list[torch.Tensor]:
+    """Make vocabulary-sized matrices the same shape (reference §1.6)."""
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) == 1:
+        return tensors
+    if policy is EmbedPolicy.BASE and base_index is not None:
+        target = tuple(tensors[base_index].shape)
+        out = []
+        for t in tensors:
+            if tuple(t.shape) == target:
+                out.append(t)
+                continue
+            # rows the other model lacks keep the base's values, so their delta is zero
+            filled = tensors[base_index].clone()
+            common = tuple(min(a, b) for a, b in zip(t.shape, target))
+            filled[tuple(slice(0, s) for s in common)] = _cut(t, common)
+            out.append(filled)
+        return out
+    common = tuple(min(d) for d in zip(*(t.shape for t in tensors)))
+    return [_cut(t, common) for t in tensors]
+
+
+def _generator(key: str, seed: int) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed_from_key(key, seed))
+    return g
+
+
+def _run_stages(method: Method, job: TensorJob, tensors, in_keys, blobs, device, res: JobResult) -> list[torch.Tensor]:
+    stage = method.stage
+    assert stage is not None and job.base_index is not None
+    b = job.base_index
+    params = dict(job.params)
+    out = list(tensors)
+    for i, x in enumerate(tensors):
+        if i == b:
+            continue
+        pm = dict(job.per_model[i])
+        sp = {n: pm[n] if n in pm else params.get(n) for n in stage.params}
+        sk = stage_key(method, sp, in_keys[i], in_keys[b], job.dtype, job.seed)
+        cached = blobs.get(sk)
+        if cached is not None:
+            res.stage_hits += 1
+            out[i] = cached.to(device)
+            continue
+        ctx = MergeContext(job.name, job.is_embed, b, _generator(sk, job.seed))
+        y = stage.fn(x, tensors[b], sp, ctx)
+        res.stage_misses += 1
+        res.bytes_written += blobs.put(sk, y.detach().to("cpu").contiguous())
+        out[i] = y
+    return out
+
+
+def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, device: str = "cpu") -> tuple[torch.Tensor, JobResult]:
+    """Merge one tensor; store and return it (on CPU)."""
+    t0 = time.perf_counter()
+    key = kp.keys[job.name]
+    res = JobResult(job.name, key, "computed", 0.0, 0, 0)
+    method = get_method(job.method)
+    in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
+    raw = []
+    for ref, k in zip(job.inputs, in_keys):
+        t, n = loader.load(ref, k)
+        res.bytes_read += n
+        raw.append(t)
+    dtype = _compute_dtype(job, raw)
+    tensors = [t.to(device=device, dtype=dtype) for t in raw]
+    tensors = align(tensors, method.embed, job.base_index)
+    if method.stage is not None and job.base_index is not None and len(tensors) > 1:
+        tensors = _run_stages(method, job, tensors, in_keys, blobs, device, res)
+    ctx = MergeContext(job.name, job.is_embed, job.base_index, _generator(key, job.seed))
+    result = method.merge(tensors, [dict(p) for p in job.per_model], dict(job.params), ctx)
+    if job.out_dtype:
+        from mergefile.io.header import parse_dtype
+
+        result = result.to(parse_dtype(job.out_dtype))
+    result = result.detach().to("cpu").contiguous()
+    res.bytes_written += blobs.put(key, result)
+    res.seconds = time.perf_counter() - t0
+    return result, res
+
+
+def _compute_dtype(job: TensorJob, raw: list[torch.Tensor]) -> torch.dtype:
+    if job.dtype:
+        from mergefile.io.header import parse_dtype
+
+        return parse_dtype(job.dtype)
+    i = job.base_index if job.base_index is not None else 0
+    return raw[i].dtype
+
+
+def job_input_bytes(job: TensorJob, plan: TargetPlan) -> int:
+    """Bytes a job reads, for -n estimates and the memory budget."""
+    total = 0
+    for r in job.inputs:
+        total += plan.inputs[r.model].tensors[r.tensor].nbytes
+    return total
+
+
+def params_view(job: TensorJob) -> Mapping[str, Any]:
+    return dict(job.params)

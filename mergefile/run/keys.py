@@ -1,0 +1,111 @@
+"""Content keys for a planned target: input digests (via the stat-cache) and Merkle node keys.
+
+A key covers exactly what determines a tensor's bytes: method and version, resolved parameters,
+the keys of its inputs in order, dtypes, and the seed for random methods. Model names and file
+paths do not enter it, so renaming a model or moving a folder rebuilds nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mergefile.methods.base import Method
+from mergefile.methods.registry import get_method
+from mergefile.plan.jobs import TargetPlan, TensorJob
+from mergefile.store.keys import input_key, key_of
+
+
+@dataclass
+class KeyedPlan:
+    """A plan with every key computed: what the build and ``--explain`` compare."""
+
+    plan: TargetPlan
+    input_keys: dict[tuple[int, str], str]
+    keys: dict[str, str] = field(default_factory=dict)  # output tensor -> key
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _random(method: Method) -> bool:
+    return method.random or (method.stage is not None and method.stage.random)
+
+
+def job_payload(job: TensorJob, method: Method, in_keys: list[str]) -> dict[str, Any]:
+    """The key preimage of one output tensor."""
+    return {
+        "method": method.name,
+        "version": method.version,
+        "params": dict(job.params),
+        "per_model": [dict(p) for p in job.per_model],
+        "inputs": in_keys,
+        "base_index": job.base_index,
+        "dtype": job.dtype,
+        "out_dtype": job.out_dtype,
+        "embed": method.embed.value if job.is_embed else None,
+        "seed": job.seed if _random(method) else None,
+    }
+
+
+def stage_key(method: Method, params: Mapping[str, Any], x_key: str, base_key: str, dtype: str | None, seed: int) -> str:
+    """Key of a per-model stage output (e.g. one model's sparsified task vector)."""
+    assert method.stage is not None
+    return key_of(
+        "stage",
+        {
+            "method": method.name,
+            "version": method.version,
+            "stage": method.stage.name,
+            "params": dict(params),
+            "x": x_key,
+            "base": base_key,
+            "dtype": dtype,
+            "seed": seed if method.stage.random else None,
+        },
+    )
+
+
+def compute_input_keys(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> dict[tuple[int, str], str]:
+    """Input tensor keys: from the stat-cache for files, from upstream keys for targets."""
+    needed: dict[int, set[str]] = defaultdict(set)
+    for job in plan.jobs:
+        for ref in job.inputs:
+            needed[ref.model].add(ref.tensor)
+    keys: dict[tuple[int, str], str] = {}
+    for idx, names in needed.items():
+        model = plan.inputs[idx]
+        if model.target is not None:
+            up = upstream[model.target].keys
+            for n in names:
+                keys[(idx, n)] = up[n]
+            continue
+        by_file: dict[str, list] = defaultdict(list)
+        for info in model.tensors.values():
+            by_file[info.file].append(info)
+        files = {model.tensors[n].file for n in names}
+        for f in sorted(files):
+            digests = stat.digests(f, by_file[f])
+            for n in names:
+                info = model.tensors[n]
+                if info.file == f:
+                    keys[(idx, n)] = input_key(digests[n], info.dtype, info.shape)
+    return keys
+
+
+def key_plan(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> KeyedPlan:
+    """Compute every output tensor's key and recorded recipe. Reads no tensor data."""
+    kp = KeyedPlan(plan, compute_input_keys(plan, stat, upstream))
+    method = plan.method
+    for job in plan.jobs:
+        in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
+        payload = job_payload(job, method, in_keys)
+        kp.keys[job.name] = key_of("tensor", payload)
+        payload["models"] = [plan.inputs[r.model].label for r in job.inputs]
+        payload["tensors"] = [r.tensor for r in job.inputs]
+        kp.recipes[job.name] = payload
+    return kp
+
+
+def method_of(job: TensorJob) -> Method:
+    return get_method(job.method)
