@@ -1,0 +1,49 @@
+"""Content keys, the input stat-cache, the tensor blob store, output locks and build logs.
+
+Names are imported on first use (PEP 562) so that planning, key computation and locking never
+pay for importing torch: a no-op rebuild must finish in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BlobStore": "blobs",
+    "BuildLog": "log",
+    "DEFAULT_SIZE_LIMIT": "store",
+    "HASH_VERSION": "keys",
+    "RunLog": "log",
+    "StatCache": "statcache",
+    "Store": "store",
+    "canonical_json": "keys",
+    "default_cache_dir": "store",
+    "input_key": "keys",
+    "key_of": "keys",
+    "lock_path": "lock",
+    "output_lock": "lock",
+    "seed_from_key": "keys",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mergefile.store.blobs import BlobStore
+    from mergefile.store.keys import HASH_VERSION, canonical_json, input_key, key_of, seed_from_key
+    from mergefile.store.lock import lock_path, output_lock
+    from mergefile.store.log import BuildLog, RunLog
+    from mergefile.store.statcache import StatCache
+    from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store, default_cache_dir
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,62 @@
+"""The store facade the executor uses: blobs, bookkeeping, stat-cache and build log under one root.
+
+Layout of a cache root (see ``cache/README.md``)::
+
+    blobs/  tensors by key (size-limited, LRU)      meta/  stat-cache, bookkeeping (never evicted)
+    logs/   one JSONL build log per run
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import diskcache
+
+from mergefile.store.blobs import BlobStore
+from mergefile.store.log import BuildLog
+from mergefile.store.statcache import StatCache
+
+DEFAULT_SIZE_LIMIT = 100 * 2**30
+CACHE_DIR_ENV = "MERGEBUILD_CACHE_DIR"
+
+
+def default_cache_dir(start: str | Path = ".") -> Path:
+    """``$MERGEBUILD_CACHE_DIR`` if set, else ``<start>/cache``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(start) / "cache"
+
+
+class Store:
+    """Everything a build keeps between runs.
+
+    Args:
+        root: the cache folder (created if missing).
+        size_limit: bytes the blob store may use before LRU eviction.
+
+    Example:
+        >>> with Store(default_cache_dir()) as store:
+        ...     store.blobs.put(key, tensor)
+    """
+
+    def __init__(self, root: str | Path, size_limit: int = DEFAULT_SIZE_LIMIT):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.root / "blobs", size_limit)
+        # Bookkeeping must never be evicted by blob pressure: separate cache, no eviction.
+        self.meta = diskcache.Cache(str(self.root / "meta"), eviction_policy="none")
+        self.stat = StatCache(self.meta)
+        self.log = BuildLog(self.root / "logs")
+
+    def close(self) -> None:
+        """Close the SQLite connections of this thread (safe to call twice)."""
+        self.blobs.close()
+        self.meta.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
