@@ -26,15 +26,53 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 4G)") from None
 
 
+# Verbs: `mergebuild VERB ...`; each module has add_arguments(parser) and run(args) -> int.
+# A target named like a verb is built with `mergebuild ./graph`.
+VERBS: dict[str, tuple[str, str]] = {
+    "status": ("mergefile.cli.status_cmd", "exit 0 if up to date, 1 if stale (like -q), with a summary"),
+}
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """Where the recipe and the cache are: shared by the build and every verb."""
+    p.add_argument("-f", "--file", default=None, help="the Mergefile (default: ./Mergefile)")
+    p.add_argument("-C", "--directory", default=None, help="change to DIR first")
+    p.add_argument("--config", default=None, metavar="YAML", help="use a mergekit YAML config as TARGET")
+    p.add_argument("--cache-dir", default=None, help="cache folder (default: $MERGEBUILD_CACHE_DIR or ./cache)")
+    p.add_argument("--cache-size", type=parse_size, default=None, help="cache size limit (e.g. 100G)")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights-only loading)")
+
+
+def enter_directory(args) -> None:
+    if args.directory:
+        try:
+            os.chdir(args.directory)
+        except OSError as e:
+            raise UserError(f"cannot change to directory '{args.directory}': {e.strerror}") from None
+
+
+def open_store(args):
+    """The cache named by --cache-dir / $MERGEBUILD_CACHE_DIR / ./cache (a context manager)."""
+    from mergefile.run.build import resolve_cache_dir
+    from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store
+
+    return Store(resolve_cache_dir(args.cache_dir, Path.cwd()), args.cache_size or DEFAULT_SIZE_LIMIT)
+
+
+def requested_targets(args, mf) -> list[str]:
+    return [mf.statements[0].name] if args.config else list(args.targets)
+
+
 def make_parser() -> argparse.ArgumentParser:
+    verbs = "\n".join(f"  {name:<14}{help}" for name, (_, help) in VERBS.items())
     p = argparse.ArgumentParser(
         prog="mergebuild",
         description="Build merged models from a Mergefile, recomputing only what changed.",
+        epilog=f"other commands (mergebuild COMMAND --help):\n{verbs}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("targets", nargs="*", metavar="TARGET", help="targets to build (default: the first in the file)")
-    p.add_argument("-f", "--file", default=None, help="the Mergefile (default: ./Mergefile)")
-    p.add_argument("-C", "--directory", default=None, help="change to DIR first")
-    p.add_argument("--config", default=None, metavar="YAML", help="build a mergekit YAML config as TARGET")
+    add_recipe_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="say what would be recomputed, build nothing")
     p.add_argument("-B", "--always-make", action="store_true", help="rebuild everything (ignore outputs and cache hits)")
     p.add_argument("-j", "--jobs", type=int, default=1, help="tensors computed in parallel")
@@ -42,10 +80,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="say why each stale target/tensor is stale")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--cache-dir", default=None, help="cache folder (default: $MERGEBUILD_CACHE_DIR or ./cache)")
-    p.add_argument("--cache-size", type=parse_size, default=None, help="cache size limit (e.g. 100G)")
     p.add_argument("--memory-budget", type=parse_size, default=None, help="bytes of tensors in flight (default: RAM/4)")
-    p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights-only loading)")
     p.add_argument("--no-wait", action="store_true", help="fail instead of waiting when an output is being built")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in explanations")
@@ -71,20 +106,32 @@ def load_recipe(args) -> "object":
     return parse_mergefile(path)
 
 
+def run_verb(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, help = VERBS[name]
+    module = importlib.import_module(module_name)
+    p = argparse.ArgumentParser(prog=f"mergebuild {name}", description=help)
+    module.add_arguments(p)
+    return module.run(p.parse_args(argv))
+
+
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first in VERBS and argv[0] == first:
+        return run_verb(first, argv[1:])
+    args = make_parser().parse_args(argv)
+    enter_directory(args)
+    mf = load_recipe(args)
+    return build_command(args, mf, argv)
+
+
+def build_command(args, mf, argv: Sequence[str]) -> int:
     from mergefile.cli.progress import make_progress
     from mergefile.cli.render import build_line, dry_run_lines, explain_lines, report_json
-    from mergefile.run.build import BuildOptions, build, default_memory_budget, resolve_cache_dir
-    from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store
+    from mergefile.run.build import BuildOptions, build, default_memory_budget
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = make_parser().parse_args(argv)
-    if args.directory:
-        try:
-            os.chdir(args.directory)
-        except OSError as e:
-            raise UserError(f"cannot change to directory '{args.directory}': {e.strerror}") from None
-    mf = load_recipe(args)
     dry = args.dry_run or args.question or args.explain
     options = BuildOptions(
         jobs=max(1, args.jobs),
@@ -95,13 +142,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         allow_pickle=args.allow_pickle,
         wait_for_lock=not args.no_wait,
     )
-    cache = resolve_cache_dir(args.cache_dir, Path.cwd())
     quiet = args.quiet or args.question or args.json or not sys.stderr.isatty()
-    with Store(cache, args.cache_size or DEFAULT_SIZE_LIMIT) as store, make_progress(quiet) as progress:
-        targets = [] if args.config else args.targets
-        if args.config:
-            targets = [mf.statements[0].name]
-        report = build(mf, targets, store, options, progress, argv)
+    with open_store(args) as store, make_progress(quiet) as progress:
+        report = build(mf, requested_targets(args, mf), store, options, progress, argv)
     if args.json:
         print(report_json(report, dry))
     elif args.question:

@@ -1,5 +1,6 @@
 """Merge methods: one module each, registered in ``registry.py`` (the one place to add one)."""
 
+from mergefile.methods.apply import apply_method
 from mergefile.methods.base import REQUIRED, BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec, Stage
 from mergefile.methods.registry import METHODS, get_method
 
@@ -12,5 +13,6 @@ __all__ = [
     "Method",
     "ParamSpec",
     "Stage",
+    "apply_method",
     "get_method",
 ]

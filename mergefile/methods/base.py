@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from mergefile._lazy import torch
 
 
 class _Required:
@@ -75,11 +75,11 @@ class MergeContext:
 #   per_model: one mapping per tensor with the resolved per-model parameters (base included;
 #              its required-but-unset per-model parameters are None).
 #   params:    the resolved global parameters.
-MergeFn = Callable[[Sequence[torch.Tensor], Sequence[Mapping[str, Any]], Mapping[str, Any], MergeContext], torch.Tensor]
+MergeFn = Callable[[Sequence["torch.Tensor"], Sequence[Mapping[str, Any]], Mapping[str, Any], MergeContext], "torch.Tensor"]
 
 # stage(x, base, params, ctx) -> tensor, run once per non-base model; ``params`` holds only the
 # parameters named in ``Stage.params`` (that model's per-model values, and global ones).
-StageFn = Callable[[torch.Tensor, torch.Tensor, Mapping[str, Any], MergeContext], torch.Tensor]
+StageFn = Callable[["torch.Tensor", "torch.Tensor", Mapping[str, Any], MergeContext], "torch.Tensor"]
 
 
 @dataclass(frozen=True)

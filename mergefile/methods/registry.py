@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 from mergefile.errors import Loc, unknown
-from mergefile.methods import linear, passthrough, task_arithmetic
+from mergefile.methods import (
+    arcee_fusion,
+    gta,
+    karcher,
+    linear,
+    model_stock,
+    multislerp,
+    nearswap,
+    nuslerp,
+    passthrough,
+    ram,
+    sce,
+    slerp,
+)
 from mergefile.methods.base import Method
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        linear.METHOD,
-        task_arithmetic.METHOD,
-        passthrough.METHOD,
-    )
-}
+_ALL: tuple[Method, ...] = (
+    linear.METHOD,
+    *gta.METHODS,  # task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs(_ties), della(_linear)
+    slerp.METHOD,
+    nuslerp.METHOD,
+    multislerp.METHOD,
+    karcher.METHOD,
+    sce.METHOD,
+    *ram.METHODS,  # ram, ramplus_tl
+    model_stock.METHOD,
+    nearswap.METHOD,
+    arcee_fusion.METHOD,
+    passthrough.METHOD,
+)
+
+METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+if len(METHODS) != len(_ALL):
+    raise RuntimeError("two merge methods share a name")
+
+_LOOKUP: dict[str, Method] = {**{a: m for m in _ALL for a in m.aliases}, **METHODS}
 
 
 def get_method(name: str, loc: Loc | None = None) -> Method:
-    """The method called ``name``, or a located error with a near-match suggestion."""
+    """The method called ``name`` (or one of its aliases), or a located error with a suggestion."""
     try:
-        return METHODS[name]
+        return _LOOKUP[name]
     except KeyError:
         raise unknown("merge method", name, METHODS, loc) from None

@@ -29,12 +29,12 @@ class TensorMeta:
 
     @property
     def nbytes(self) -> int:
-        from mergefile.io.header import TORCH_DTYPES
+        from mergefile.io.header import DTYPE_SIZES
 
         n = 1
         for s in self.shape:
             n *= s
-        return n * TORCH_DTYPES[self.dtype].itemsize
+        return n * DTYPE_SIZES[self.dtype]
 
 
 @dataclass

@@ -45,12 +45,12 @@ class TensorJob:
 
     @property
     def nbytes(self) -> int:
-        from mergefile.io.header import TORCH_DTYPES
+        from mergefile.io.header import DTYPE_SIZES
 
         n = 1
         for s in self.result_shape:
             n *= s
-        return n * TORCH_DTYPES[self.result_dtype].itemsize
+        return n * DTYPE_SIZES[self.result_dtype]
 
 
 @dataclass

@@ -113,7 +113,7 @@ class Planner:
         return None
 
     def _dtype(self, t: Target, name: str) -> str | None:
-        from mergefile.io.header import dtype_name, parse_dtype
+        from mergefile.io.header import code_name, dtype_code
 
         p = self._setting(t, name)
         if p is None:
@@ -123,7 +123,7 @@ class Planner:
         if not isinstance(text, str):
             raise ConfigError(f"'{name}' must be a dtype name such as bfloat16, got {value!r}", p.loc)
         try:
-            return dtype_name(parse_dtype(text))
+            return code_name(dtype_code(text))
         except UserError as e:
             raise ConfigError(e.message, p.loc, e.hint) from None
 
@@ -371,10 +371,10 @@ class _JobFactory:
         raise ConfigError(f"tensor '{out_name}' has different shapes: {detail}", self.t.loc)
 
     def _result_dtype(self, srcs, names, base_index) -> str:
-        from mergefile.io.header import DTYPE_CODES, parse_dtype
+        from mergefile.io.header import dtype_code
 
         if self.out_dtype or self.dtype:
-            return DTYPE_CODES[parse_dtype(self.out_dtype or self.dtype)]
+            return dtype_code(self.out_dtype or self.dtype)
         i = base_index if base_index is not None else 0
         return srcs[i].model.tensors[names[i]].dtype
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from mergefile._lazy import torch
 
 from mergefile.errors import UserError
 from mergefile.plan.graph import build_graph, build_order

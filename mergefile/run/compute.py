@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from mergefile._lazy import torch
 
 from mergefile.methods.base import EmbedPolicy, MergeContext, Method
 from mergefile.methods.registry import get_method

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from mergefile._lazy import torch
 import xxhash
 
 from mergefile.plan.jobs import TargetPlan
@@ -39,12 +39,12 @@ class AuxFiles:
 
 def aux_files(plan: TargetPlan) -> AuxFiles:
     from mergefile.io.hf_folder import TOKENIZER_FILES
-    from mergefile.io.header import TORCH_DTYPES, dtype_name
+    from mergefile.io.header import code_name
 
     config = json.loads(json.dumps(plan.config))
     codes = {j.result_dtype for j in plan.jobs}
     if len(codes) == 1:
-        name = dtype_name(TORCH_DTYPES[codes.pop()])
+        name = code_name(codes.pop())
         for k in ("torch_dtype", "dtype"):
             if k in config or k == "torch_dtype":
                 config[k] = name

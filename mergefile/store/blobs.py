@@ -30,17 +30,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import diskcache
-import torch
+from mergefile._lazy import torch
 import xxhash
 
-_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "C64": torch.complex64,
-}
-_CODES: dict[torch.dtype, str] = {v: k for k, v in _DTYPES.items()}
+from mergefile.io.header import DTYPE_CODES as _CODES
+from mergefile.io.header import DTYPE_SIZES as _SIZES
+from mergefile.io.header import TORCH_DTYPES as _DTYPES
+
 _MAX_HEADER = 1 << 20  # one tensor's header is ~200 bytes; anything big is garbage
 _MMAP_MIN = 1 << 16  # below this, one small read beats an mmap (and a map-count slot)
 _CHUNK = 1 << 22
@@ -91,7 +87,7 @@ def _parse_header(head: bytes, key: str) -> tuple[str, list[int], int, int, str]
         for s in shape:
             numel *= s
         ok = (md["key"] == key and begin == 0 and min(shape, default=0) >= 0
-              and end == numel * _DTYPES[code].itemsize)
+              and end == numel * _SIZES[code])
         digest = str(md["xxh3"])
     except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _Corrupt(f"unreadable header: {exc}") from exc

@@ -1,0 +1,187 @@
+"""Build-spine benchmark: cold build, no-op, one-layer edit, peak RSS, against the disk floor.
+
+Generates Llama-shaped bf16 models (random, seeded; written directly with safetensors, so
+generation is quick) under bench/work/, then times `mergebuild` subprocesses. Every figure is
+reported as a ratio to another measured in the same run, because this machine is noisy.
+Page cache is dropped for the inputs (posix_fadvise DONTNEED) before the floor and before the
+cold build, so both start from disk.
+
+    .venv/bin/python bench/build_bench.py [--layers 16] [--hidden 1024] [--models 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parent
+WORK = ROOT / "work"
+
+
+def make_model(path: Path, seed: int, layers: int, hidden: int, inter: int, vocab: int, base: Path | None) -> None:
+    if (path / "config.json").exists():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    kv = hidden // 4
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    def write(name: str, tensors: dict) -> None:
+        save_file(tensors, str(path / name), metadata={"format": "pt"})
+
+    shards: dict[str, str] = {}
+    pre = {"model.embed_tokens.weight": rnd(vocab, hidden)}
+    write("model-pre.safetensors", pre)
+    shards.update({k: "model-pre.safetensors" for k in pre})
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t = {
+            p + "self_attn.q_proj.weight": rnd(hidden, hidden),
+            p + "self_attn.k_proj.weight": rnd(kv, hidden),
+            p + "self_attn.v_proj.weight": rnd(kv, hidden),
+            p + "self_attn.o_proj.weight": rnd(hidden, hidden),
+            p + "mlp.gate_proj.weight": rnd(inter, hidden),
+            p + "mlp.up_proj.weight": rnd(inter, hidden),
+            p + "mlp.down_proj.weight": rnd(hidden, inter),
+            p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+            p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+        }
+        name = f"model-layer{i:03d}.safetensors"
+        write(name, t)
+        shards.update({k: name for k in t})
+    post = {"model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16), "lm_head.weight": rnd(vocab, hidden)}
+    write("model-post.safetensors", post)
+    shards.update({k: "model-post.safetensors" for k in post})
+    total = sum((path / f).stat().st_size for f in set(shards.values()))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": shards}))
+    cfg = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
+        "num_key_value_heads": 4, "vocab_size": vocab, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048, "tie_word_embeddings": False,
+    }
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def drop_cache(paths: list[Path]) -> None:
+    for p in paths:
+        for f in p.rglob("*"):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd) if False else None
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+def disk_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    """Plain read of every input byte + write (and fsync) of the output's bytes."""
+    drop_cache(inputs)
+    t0 = time.perf_counter()
+    buf = bytearray(16 * 2**20)
+    for p in inputs:
+        for f in sorted(p.glob("*.safetensors")):
+            with open(f, "rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+    scratch.mkdir(parents=True, exist_ok=True)
+    with open(scratch / "floor.bin", "wb") as fh:
+        left = out_bytes
+        while left > 0:
+            n = min(left, len(buf))
+            fh.write(memoryview(buf)[:n])
+            left -= n
+        fh.flush()
+        os.fsync(fh.fileno())
+    dt = time.perf_counter() - t0
+    (scratch / "floor.bin").unlink()
+    return dt
+
+
+def mergebuild(cwd: Path, *args: str) -> tuple[float, int, str]:
+    """Wall seconds and peak RSS (KB) of one mergebuild process."""
+    exe = Path(sys.executable).parent / "mergebuild"
+    t0 = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", str(exe), "--quiet", *args], cwd=cwd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"mergebuild failed: {r.stderr}")
+    rss = int([line for line in r.stderr.splitlines() if line.startswith("MAXRSS")][-1].split()[1])
+    return dt, rss, r.stdout
+
+
+RECIPE = """
+dtype = float32
+out_dtype = bfloat16
+{models}
+out/merged: linear {{
+{sources}
+}}
+"""
+
+
+def run_case(layers: int, hidden: int, n_models: int, jobs: int) -> dict:
+    inter = int(hidden * 2.75)
+    vocab = 32000
+    mdir = WORK / f"models-L{layers}-H{hidden}"
+    names = [f"m{i}" for i in range(n_models)]
+    print(f"generating {n_models} models ({layers} layers, hidden {hidden}) in {mdir} ...", flush=True)
+    for i, n in enumerate(names):
+        make_model(mdir / n, seed=i, layers=layers, hidden=hidden, inter=inter, vocab=vocab, base=None)
+    case = WORK / f"case-L{layers}-H{hidden}"
+    shutil.rmtree(case, ignore_errors=True)
+    case.mkdir(parents=True)
+    models = "\n".join(f'model {n} = "{mdir / n}"' for n in names)
+    sources = "\n".join(f"    {n} weight={1.0 + i / 10}" for i, n in enumerate(names))
+    mf = case / "Mergefile"
+    mf.write_text(RECIPE.format(models=models, sources=sources))
+    inputs = [mdir / n for n in names]
+    in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
+    out_bytes = in_bytes // n_models
+    floor = disk_floor(inputs, out_bytes, case / "scratch")
+    drop_cache(inputs)
+    cold, cold_rss, _ = mergebuild(case, "-j", str(jobs))
+    noop, noop_rss, out = mergebuild(case, "-j", str(jobs))
+    assert "up to date" in out, out
+    mf.write_text(mf.read_text().replace("    m0 weight=1.0", '    m0 weight=1.0 weight["layers.7."]=0.5'))
+    edit, edit_rss, _ = mergebuild(case, "-j", str(jobs))
+    return {
+        "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs,
+        "input_bytes": in_bytes, "floor_s": floor, "cold_s": cold, "noop_s": noop, "edit_s": edit,
+        "cold_rss_kb": cold_rss, "noop_rss_kb": noop_rss, "edit_rss_kb": edit_rss,
+        "noop_over_cold": noop / cold, "edit_over_cold": edit / cold, "cold_over_floor": cold / floor,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--models", type=int, default=4)
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="small models, to check the script")
+    args = ap.parse_args()
+    if args.quick:
+        args.hidden, args.layers = 256, 4
+    big = run_case(args.layers, args.hidden, args.models, args.jobs)
+    half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs)
+    result = {"big": big, "half": half, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
+    print(json.dumps(result, indent=2))
+    (ROOT / "last_run.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

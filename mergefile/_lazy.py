@@ -1,0 +1,40 @@
+"""Import heavy libraries on first use.
+
+Planning a build — the whole of a no-op rebuild — needs no tensor library, and importing torch
+costs seconds. Modules on that path bind ``torch`` to this proxy; the first attribute access
+(``torch.float32``, ``torch.Tensor``) imports the real module, and later accesses are a dict
+lookup away. Annotations stay plain (``from __future__ import annotations`` keeps them lazy).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+
+class LazyModule:
+    """A stand-in for a module that is imported when an attribute is first read."""
+
+    __slots__ = ("_name", "_module")
+
+    def __init__(self, name: str):
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_module", None)
+
+    def load(self) -> ModuleType:
+        module = self._module
+        if module is None:
+            module = importlib.import_module(self._name)
+            object.__setattr__(self, "_module", module)
+        return module
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.load(), attr)
+
+    def __repr__(self) -> str:
+        state = "loaded" if self._module is not None else "not loaded"
+        return f"<lazy module {self._name!r} ({state})>"
+
+
+torch: Any = LazyModule("torch")

@@ -1,0 +1,79 @@
+"""Helpers shared by the method modules: working dtype, base lookup, seeded draws, errors.
+
+Half-precision inputs are computed in float32 and rounded once at the end, so sums and norms
+never overflow (mergekit PR #704) and a result does not depend on intermediate bf16 rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mergefile._lazy import torch
+
+from mergefile.errors import ConfigError
+from mergefile.methods.base import MergeContext
+
+
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to compute in: float32 for half types and integers, else the dtype itself."""
+    if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
+        return torch.float32
+    return dtype
+
+
+def up(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in its working dtype (a no-op for float32/float64)."""
+    return t.to(work_dtype(t.dtype))
+
+
+def finish(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round a working-dtype result back to ``dtype`` (integers are rounded, not truncated)."""
+    if not dtype.is_floating_point and t.dtype.is_floating_point:
+        t = torch.round(t)
+    return t.to(dtype)
+
+
+def out_dtype(tensors: Sequence[torch.Tensor], ctx: MergeContext) -> torch.dtype:
+    """The contract's output dtype: the base's, else the first input's."""
+    if ctx.base_index is not None:
+        return tensors[ctx.base_index].dtype
+    return tensors[0].dtype
+
+
+def others(tensors: Sequence[torch.Tensor], ctx: MergeContext) -> list[int]:
+    """Indices of the inputs that are not the base, in recipe order."""
+    return [i for i in range(len(tensors)) if i != ctx.base_index]
+
+
+def require_base(method: str, tensors: Sequence[torch.Tensor], ctx: MergeContext) -> torch.Tensor:
+    """The base tensor, or a clear error when the planner gave none."""
+    if ctx.base_index is None:
+        raise method_error(method, ctx, "needs a base model", "set base=...")
+    return tensors[ctx.base_index]
+
+
+def method_error(method: str, ctx: MergeContext, message: str, hint: str | None = None) -> ConfigError:
+    """A user error that names the method and the tensor it happened on."""
+    return ConfigError(f"{method}: {message} (tensor '{ctx.tensor_name}')", hint=hint)
+
+
+def model_param(method: str, per_model: Mapping[str, Any], name: str, index: int, ctx: MergeContext) -> float:
+    """A required per-model number; a clear error instead of mergekit's TypeError on None."""
+    value = per_model.get(name)
+    if value is None:
+        raise method_error(method, ctx, f"input #{index + 1} has no '{name}'", f"give every model a {name}")
+    return float(value)
+
+
+def draw_uniform(shape: Sequence[int], gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U[0,1) float32 numbers drawn on CPU from ``gen``, then moved to ``device``.
+
+    Drawing on CPU makes CPU and CUDA builds of the same node pick the same random masks. With
+    no generator (a direct call from a test) a fixed seed is used: never the global RNG.
+    """
+    if gen is None:
+        gen = torch.Generator().manual_seed(0)
+    return torch.rand(tuple(shape), generator=gen, dtype=torch.float32).to(device)

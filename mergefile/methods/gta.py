@@ -1,0 +1,191 @@
+"""Generalized task arithmetic: task_arithmetic, TIES, DARE, Breadcrumbs, DELLA as rows of data.
+
+Every row is the same computation (mergekit's ``GTATask``, reference §1.3):
+
+1. ``delta_i = x_i - base`` for every non-base model;
+2. sparsify ``delta_i`` with the row's :class:`Sparsifier` (its own density, gamma, epsilon);
+3. combine ``w_i * delta_i``, with or without TIES sign consensus, optionally normalized by the
+   weights that took part, times ``lambda``;
+4. ``base + mixed``, in the base's dtype.
+
+Steps 1-2 are a :class:`Stage` keyed per model on (density, gamma/epsilon, rescale) only, so a
+``weight`` edit reuses every sparsified delta. Rows without a sparsifier (task_arithmetic) have
+no stage: a cached copy of ``x - base`` would cost a tensor of disk to save one subtraction.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from mergefile._lazy import torch
+
+from mergefile.methods._common import finish, model_param, others, require_base, up
+from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec, Stage
+from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Sparsifier, SparsifyOptions, sparsify
+
+
+class Consensus(str, enum.Enum):
+    """How task vectors are combined: plain weighted sum, or TIES sign election (``sum``)."""
+
+    NONE = "none"
+    SUM = "sum"
+
+
+@dataclass(frozen=True)
+class GTARow:
+    """One paper variant: its name, sparsifier, consensus and default normalize/rescale."""
+
+    name: str
+    sparsifier: Sparsifier | None
+    consensus: Consensus
+    normalize: bool
+    rescale: bool
+    reference: str
+    summary: str
+    extra: tuple[ParamSpec, ...] = ()
+
+
+_GAMMA = ParamSpec("gamma", 0.01, per_model=True, doc="fraction of largest-|delta| outliers to drop")
+_EPSILON = ParamSpec("epsilon", 0.15, per_model=True, doc="keep-probability spread around density")
+
+_TIES = "https://arxiv.org/abs/2306.01708"
+_DARE = "https://arxiv.org/abs/2311.03099"
+_BREADCRUMBS = "https://arxiv.org/abs/2312.06795"
+_DELLA = "https://arxiv.org/abs/2406.11617"
+
+_M, _R = Sparsifier.MAGNITUDE, Sparsifier.RANDOM
+_O, _D = Sparsifier.MAGNITUDE_OUTLIERS, Sparsifier.DELLA_MAGPRUNE
+_N, _S = Consensus.NONE, Consensus.SUM
+
+# name, sparsifier, consensus, normalize, rescale  (reference §1.3 table)
+ROWS: tuple[GTARow, ...] = (
+    GTARow("task_arithmetic", None, _N, False, False, "https://arxiv.org/abs/2212.04089",
+           "base + lambda * sum of weighted task vectors"),
+    GTARow("ties", _M, _S, True, False, _TIES,
+           "top-k magnitude trim, sign election, disjoint mean of task vectors"),
+    GTARow("dare_ties", _R, _S, False, True, _DARE,
+           "random drop-and-rescale of task vectors, then TIES sign election"),
+    GTARow("dare_linear", _R, _N, False, True, _DARE,
+           "random drop-and-rescale of task vectors, then a weighted sum"),
+    GTARow("breadcrumbs", _O, _N, False, False, _BREADCRUMBS,
+           "drop largest outliers and smallest entries of task vectors, then a weighted sum",
+           (_GAMMA,)),
+    GTARow("breadcrumbs_ties", _O, _S, False, False, _BREADCRUMBS,
+           "breadcrumbs sparsification, then TIES sign election", (_GAMMA,)),
+    GTARow("della", _D, _S, True, True, _DELLA,
+           "magnitude-ranked random pruning (MagPrune), then TIES sign election", (_EPSILON,)),
+    GTARow("della_linear", _D, _N, False, True, _DELLA,
+           "magnitude-ranked random pruning (MagPrune), then a weighted sum", (_EPSILON,)),
+)
+
+
+def _stage_fn(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any],
+              ctx: MergeContext) -> torch.Tensor:
+    """One model's sparsified task vector, in the input dtype."""
+    opts = SparsifyOptions(
+        density=float(params["density"]),
+        rescale=bool(params["rescale"]),
+        gamma=float(params.get("gamma", 0.01)),
+        epsilon=float(params.get("epsilon", 0.15)),
+        generator=ctx.generator,
+    )
+    return sparsify(x - base, kind, opts)
+
+
+# A combiner gets the stacked weighted deltas (N, ...) — a fresh tensor it may overwrite, to
+# keep peak memory near one stack — and the weights shaped (N, 1, ...).
+
+
+def _combine_plain(weighted: torch.Tensor, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Weighted sum; normalized by the weight sum unless it is ~0 (mergekit's guard)."""
+    mixed = weighted.sum(dim=0)
+    if normalize:
+        divisor = weights.sum()
+        mixed = mixed / (divisor if divisor.abs() >= 1e-8 else torch.ones_like(divisor))
+    return mixed
+
+
+def _combine_sum(weighted: torch.Tensor, weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """TIES: elect a sign per entry from the weighted sum (ties go to +), keep agreeing entries.
+
+    Exact zeros never agree with a ±1 majority, so they leave the element-wise divisor too.
+    """
+    majority = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
+    mask = torch.sign(weighted) == majority
+    mixed = weighted.mul_(mask).sum(dim=0)
+    if normalize:
+        divisor = (weights * mask).sum(dim=0)
+        mixed = mixed / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return mixed
+
+
+COMBINERS: dict[Consensus, Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]] = {
+    Consensus.NONE: _combine_plain,
+    Consensus.SUM: _combine_sum,
+}
+
+
+def _merge(row: GTARow, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
+           params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+    """Combine the (staged) task vectors and add them back to the base."""
+    base = require_base(row.name, tensors, ctx)
+    idx = others(tensors, ctx)
+    if not idx:
+        return base
+    base_w = up(base)
+    if row.sparsifier is None:
+        deltas = torch.stack([up(tensors[i]) - base_w for i in idx])
+    else:
+        deltas = torch.stack([up(tensors[i]) for i in idx])
+    w = [model_param(row.name, per_model[i], "weight", i, ctx) for i in idx]
+    weights = torch.tensor(w, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
+    mixed = COMBINERS[row.consensus](deltas.mul_(weights), weights, bool(params["normalize"]))
+    lam = float(params["lambda"])
+    if lam != 1.0:
+        mixed = mixed * lam
+    return finish(base_w + mixed, base.dtype)
+
+
+def _params(row: GTARow) -> tuple[ParamSpec, ...]:
+    return (
+        ParamSpec("weight", per_model=True, doc="scale of this model's task vector"),
+        ParamSpec("density", 1.0, per_model=True, doc="fraction of task-vector entries kept"),
+        *row.extra,
+        ParamSpec("normalize", row.normalize, type=bool, doc="divide by the sum of weights"),
+        ParamSpec("rescale", row.rescale, type=bool, doc="restore each pruned delta's L1 norm"),
+        ParamSpec("lambda", 1.0, doc="scale of the merged task vector"),
+        ParamSpec("int8_mask", False, type=bool, doc="accepted for mergekit compatibility; no effect"),
+    )
+
+
+def _stage(row: GTARow) -> Stage | None:
+    if row.sparsifier is None:
+        return None
+    names = ("density", *(p.name for p in row.extra), "rescale")
+    return Stage("sparsify", names, partial(_stage_fn, row.sparsifier),
+                 random=row.sparsifier in RANDOM_SPARSIFIERS)
+
+
+def build(row: GTARow) -> Method:
+    """The :class:`Method` for one row."""
+    return Method(
+        name=row.name,
+        version=1,
+        reference=row.reference,
+        params=_params(row),
+        merge=partial(_merge, row),
+        base=BaseRule.REQUIRED,
+        min_models=2,
+        embed=EmbedPolicy.BASE,
+        stage=_stage(row),
+        summary=row.summary,
+    )
+
+
+METHODS: tuple[Method, ...] = tuple(build(r) for r in ROWS)
+(TASK_ARITHMETIC, TIES, DARE_TIES, DARE_LINEAR,
+ BREADCRUMBS, BREADCRUMBS_TIES, DELLA, DELLA_LINEAR) = METHODS

@@ -1,0 +1,76 @@
+"""SCE: Select (high-variance entries), Calculate (per-model weights), Erase (minority signs).
+
+Task vectors ``tau_i = x_i - base``. With ``select_topk < 1`` only the ``select_topk`` fraction
+of positions with the largest variance across models is kept (of the positions whose variance
+is nonzero; at least one when ``select_topk > 0``). Weights ``s_i = mean(tau_i^2)`` normalized
+to sum 1 (uniform when the sum is below 1e-6, as mergekit). TIES sign election gives masks;
+``out = base + sum_i s_i m_i tau_i / max(sum_i s_i m_i, 1e-6)``. Per-model ``weight`` is unused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mergefile._lazy import torch
+
+from mergefile.methods._common import finish, others, require_base, up
+from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
+from mergefile.methods.sparsify import keep_count
+
+
+def select_mask(tvs: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Positions among the top ``fraction`` of nonzero cross-model variance (bool, one tensor)."""
+    if fraction <= 0:
+        return torch.zeros(tvs.shape[1:], dtype=torch.bool, device=tvs.device)
+    var = torch.var(tvs, dim=0, unbiased=False)
+    k = keep_count(fraction, int(torch.count_nonzero(var)))
+    mask = torch.zeros(var.numel(), dtype=torch.bool, device=tvs.device)
+    if k:
+        top = torch.sort(var.reshape(-1), descending=True, stable=True).indices[:k]
+        mask[top] = True
+    return mask.view(var.shape)
+
+
+def sce_weights(tvs: torch.Tensor) -> torch.Tensor:
+    """Matrix-level weights ``mean(tau_i^2)``, normalized; uniform when they (nearly) vanish."""
+    w = (tvs**2).reshape(tvs.shape[0], -1).mean(dim=1)
+    total = w.sum()
+    if total.abs() < 1e-6:
+        return torch.full_like(w, 1.0 / w.numel())
+    return w / total
+
+
+def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
+          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+    """Select, calculate, erase, then add the merged task vector to the base."""
+    base = require_base("sce", tensors, ctx)
+    idx = others(tensors, ctx)
+    if not idx:
+        return base
+    b = up(base)
+    tvs = torch.stack([up(tensors[i]) - b for i in idx])
+    topk = float(params["select_topk"])
+    if topk < 1:
+        tvs = tvs * select_mask(tvs, topk)
+    majority = torch.where(tvs.sum(dim=0) >= 0, 1.0, -1.0).to(tvs.dtype)
+    erase = torch.sign(tvs) == majority
+    weights = sce_weights(tvs).view(-1, *[1] * (tvs.dim() - 1)) * erase
+    merged = (tvs * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1e-6)
+    return finish(b + merged, base.dtype)
+
+
+METHOD = Method(
+    name="sce",
+    version=1,
+    reference="https://arxiv.org/abs/2408.07990",
+    params=(
+        ParamSpec("select_topk", 1.0, doc="fraction of highest-variance positions kept"),
+        ParamSpec("int8_mask", False, type=bool, doc="accepted for mergekit compatibility; no effect"),
+    ),
+    merge=merge,
+    base=BaseRule.REQUIRED,
+    min_models=2,
+    embed=EmbedPolicy.BASE,
+    summary="select high-variance entries, weight models by energy, erase minority signs",
+)
