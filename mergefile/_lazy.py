@@ -16,25 +16,25 @@ from typing import Any
 class LazyModule:
     """A stand-in for a module that is imported when an attribute is first read."""
 
-    __slots__ = ("_name", "_module")
+    __slots__ = ("_lazy_name", "_lazy_module")  # names no real module attribute shadows
 
     def __init__(self, name: str):
-        object.__setattr__(self, "_name", name)
-        object.__setattr__(self, "_module", None)
+        object.__setattr__(self, "_lazy_name", name)
+        object.__setattr__(self, "_lazy_module", None)
 
-    def load(self) -> ModuleType:
-        module = self._module
+    def _lazy_load(self) -> ModuleType:
+        module = self._lazy_module
         if module is None:
-            module = importlib.import_module(self._name)
-            object.__setattr__(self, "_module", module)
+            module = importlib.import_module(self._lazy_name)
+            object.__setattr__(self, "_lazy_module", module)
         return module
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(self.load(), attr)
+        return getattr(self._lazy_load(), attr)
 
     def __repr__(self) -> str:
-        state = "loaded" if self._module is not None else "not loaded"
-        return f"<lazy module {self._name!r} ({state})>"
+        state = "loaded" if self._lazy_module is not None else "not loaded"
+        return f"<lazy module {self._lazy_name!r} ({state})>"
 
 
 torch: Any = LazyModule("torch")
