@@ -84,6 +84,25 @@ class TensorReader:
             self.tensors_read += 1
         return tensor
 
+    def release(self, info: TensorInfo) -> None:
+        """Let the kernel drop the pages of a tensor that is no longer needed.
+
+        Mapped file pages count as resident memory until unmapped; without this, a build's RSS
+        would grow with every tensor read. Only pages wholly inside the tensor are dropped, and
+        an unmodified private page simply faults back in from the file if read again.
+        """
+        mm = self._maps.get(info.file)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = -(-info.begin // page) * page
+        end = (info.end // page) * page
+        if end > start:
+            try:
+                mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         """Drop the mappings; tensors already handed out keep theirs alive until freed."""
         with self._lock:

@@ -16,7 +16,7 @@ from typing import Any
 from mergefile._lazy import torch
 
 from mergefile.methods._common import finish, method_error, model_param, out_dtype, up
-from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
+from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
 _ZERO_SUM = 1e-8
 
@@ -29,16 +29,26 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     if not picked:
         raise method_error("linear", ctx, "no input has a weight")
     w = [model_param("linear", per_model[i], "weight", i, ctx) for i in picked]
-    stacked = torch.stack([up(tensors[i]) for i in picked])
-    weights = torch.tensor(w, dtype=stacked.dtype, device=stacked.device)
-    out = (stacked * weights.view(-1, *[1] * (stacked.dim() - 1))).sum(dim=0)
+    # accumulate one input at a time: peak memory is the result plus one upcast input,
+    # not a stack of all of them
+    out = up(tensors[picked[0]]) * w[0]
+    for i, wi in zip(picked[1:], w[1:]):
+        out.add_(up(tensors[i]), alpha=wi)
     if params["normalize"]:
-        total = weights.sum()
-        if total.abs() < _ZERO_SUM:
+        total = sum(w)
+        if abs(total) < _ZERO_SUM:
             raise method_error("linear", ctx, f"weights {w} sum to 0 and normalize is on",
                                "set normalize = false, or change the weights")
-        out = out / total
+        out = out.div_(total)
     return finish(out, out_dtype(tensors, ctx))
+
+
+def check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], base_index: int | None) -> None:
+    """The zero-sum error of :func:`merge`, raised by the planner before any tensor is read."""
+    w = [pm["weight"] for i, pm in enumerate(per_model) if not (i == base_index and pm.get("weight") is None)]
+    if params["normalize"] and w and abs(sum(w)) < _ZERO_SUM:
+        raise ParamCheckError(f"weights {w} sum to 0 and normalize is on",
+                              hint="set normalize = false, or change the weights")
 
 
 METHOD = Method(
@@ -54,4 +64,5 @@ METHOD = Method(
     min_models=1,
     embed=EmbedPolicy.COMMON,
     summary="weighted average of the models (model soup)",
+    check=check,
 )

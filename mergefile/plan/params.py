@@ -108,11 +108,13 @@ def resolve(
     *,
     required: bool = True,
     where: str = "",
+    loc: Loc | None = None,
 ) -> Any:
     """Resolve one parameter for one tensor through the precedence levels.
 
     Returns the method default when no level sets it; raises when it is required and unset
-    (``required`` is False for a base model's per-model parameters, which may stay None).
+    (``required`` is False for a base model's per-model parameters, which may stay None),
+    located at ``loc`` (the model line or target the value was expected on).
     """
     for level in levels:
         p = pick(level.params, spec.name, tensor)
@@ -126,4 +128,7 @@ def resolve(
         return spec.default
     if not required:
         return None
-    raise ConfigError(f"missing required parameter '{spec.name}' {where} for tensor '{tensor}'")
+    raise ConfigError(
+        f"missing required parameter '{spec.name}' {where} for tensor '{tensor}'", loc,
+        hint=f"set {spec.name}=... on the model line, or once for all models on the target",
+    )

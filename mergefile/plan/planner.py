@@ -12,12 +12,12 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mergefile.arch.generic import is_embedding
 from mergefile.errors import ConfigError, Loc, UserError, unknown
 from mergefile.methods.base import BaseRule, EmbedPolicy, Method
 from mergefile.methods.registry import get_method
+from mergefile.plan.checks import check_params
 from mergefile.plan.graph import normalize_name
 from mergefile.plan.inputs import InputModel, ModelResolver, ResolveOptions
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
@@ -327,22 +327,20 @@ class _JobFactory:
             )
             raise ConfigError(f"{method.name} needs {want} input models (base included), got {n_models}", sl.loc or self.t.loc)
         levels_global = [Level("slice", sl.params), Level("target", self.target_params), Level("file", self.file_params)]
+        here = sl.loc or self.t.loc
         params = {
-            spec.name: resolve(spec, levels_global, out_name, tpos, self.p.variables, where=f"of target '{self.t.name}'")
+            spec.name: resolve(spec, levels_global, out_name, tpos, self.p.variables, where=f"of target '{self.t.name}'", loc=here)
             for spec in method.global_params
         }
         per_model = []
         for i, (s, n) in enumerate(zip(srcs, names)):
             levels = [Level(f"model {s.model.label}", s.ast.params)] + levels_global
-            where = f"for model '{s.model.label}'"
-            per_model.append(
-                freeze(
-                    {
-                        spec.name: resolve(spec, levels, n, tpos, self.p.variables, required=i != base_index, where=where)
-                        for spec in method.model_params
-                    }
-                )
-            )
+            where = f"for model '{s.model.label}' in target '{self.t.name}'"
+            per_model.append({
+                spec.name: resolve(spec, levels, n, tpos, self.p.variables, required=i != base_index, where=where, loc=s.ast.loc or here)
+                for spec in method.model_params
+            })
+        check_params(method, params, per_model, base_index, [(s.model.label, s.ast.loc) for s in srcs], here, out_name, self.t.name)
         return TensorJob(
             name=out_name,
             group=group,
@@ -350,7 +348,7 @@ class _JobFactory:
             inputs=tuple(InputRef(self.index_of(s.model), n) for s, n in zip(srcs, names)),
             base_index=base_index,
             params=freeze(params),
-            per_model=tuple(per_model),
+            per_model=tuple(freeze(pm) for pm in per_model),
             dtype=self.dtype,
             out_dtype=self.out_dtype,
             is_embed=embed,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,7 +207,8 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
                     run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
                 elif name not in computed:
                     report.cache_hits += 1
-                    run.record(target=plan.name, tensor=name, key=key, status="hit")
+                    run.record(target=plan.name, tensor=name, key=key, status="hit",
+                               bytes_saved=job_input_bytes(jobs_by_name[name], plan))
                 return t
 
             report.bytes_written += write_output(plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch)

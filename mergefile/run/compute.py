@@ -7,7 +7,6 @@ an interrupted build resumes from whatever finished, and a repeated key is never
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +55,13 @@ class InputLoader:
             self._outputs[ref.model] = ModelDir.open(model.path)
         info = self._outputs[ref.model].tensors[ref.tensor]
         return self.reader.get(info), info.nbytes
+
+    def release(self, refs) -> None:
+        """Drop the mapped pages of model-file inputs a finished job read."""
+        for ref in refs:
+            model = self.plan.inputs[ref.model]
+            if model.target is None:
+                self.reader.release(model.tensors[ref.tensor])
 
 
 def _cut(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -139,6 +145,8 @@ def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, devic
 
         result = result.to(parse_dtype(job.out_dtype))
     result = result.detach().to("cpu").contiguous()
+    del tensors, raw
+    loader.release(job.inputs)
     res.bytes_written += blobs.put(key, result)
     res.seconds = time.perf_counter() - t0
     return result, res
@@ -159,7 +167,3 @@ def job_input_bytes(job: TensorJob, plan: TargetPlan) -> int:
     for r in job.inputs:
         total += plan.inputs[r.model].tensors[r.tensor].nbytes
     return total
-
-
-def params_view(job: TensorJob) -> Mapping[str, Any]:
-    return dict(job.params)

@@ -1,9 +1,14 @@
 """Executors: run independent tensor work items under a memory budget.
 
 One small protocol, two implementations: the local thread pool here (torch releases the GIL
-inside kernels) and, later, Ray. A work item is a zero-argument callable plus its estimated
-peak bytes; the executor yields results as they finish. Order of completion never matters:
-every result is stored under its content key.
+inside kernels) and Ray (``mergefile.run.ray_executor``). A work item is a zero-argument
+callable for in-process execution, plus — for executors that ship work elsewhere — a
+serializable ``task`` (a callable object that rebuilds what it needs from paths), and its
+estimated peak bytes. The executor yields results as they finish. Order of completion never
+matters: every result is stored under its content key.
+
+``run`` may be called from several threads at once (independent targets building
+concurrently): all calls share the executor's ``jobs`` slots and its one memory budget.
 """
 
 from __future__ import annotations
@@ -17,9 +22,19 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class WorkItem:
+    """One unit of work.
+
+    Args:
+        name: what it makes (a tensor name), for progress and errors.
+        fn: runs it in this process.
+        peak_bytes: estimated bytes it holds at its peak (host, and device for ``--device cuda``).
+        task: the same work as a picklable zero-argument callable, for remote executors.
+    """
+
     name: str
     fn: Callable[[], Any]
     peak_bytes: int
+    task: Callable[[], Any] | None = None
 
 
 class Executor(Protocol):
@@ -27,18 +42,34 @@ class Executor(Protocol):
 
 
 class MemoryBudget:
-    """A byte semaphore: a task waits until its estimate fits (one task always may run)."""
+    """A byte semaphore: a task waits until its estimate fits (one task always may run).
+
+    ``peak`` is the high-water mark of bytes held at once, for tests and reports.
+    """
 
     def __init__(self, limit: int):
         self.limit = max(1, limit)
         self.used = 0
+        self.peak = 0
         self._cv = threading.Condition()
+
+    def _take(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
 
     def acquire(self, n: int) -> None:
         with self._cv:
             while self.used > 0 and self.used + n > self.limit:
                 self._cv.wait()
-            self.used += n
+            self._take(n)
+
+    def try_acquire(self, n: int) -> bool:
+        """Take ``n`` bytes if they fit now; never waits."""
+        with self._cv:
+            if self.used > 0 and self.used + n > self.limit:
+                return False
+            self._take(n)
+            return True
 
     def release(self, n: int) -> None:
         with self._cv:
@@ -52,11 +83,29 @@ class LocalExecutor:
     def __init__(self, jobs: int = 1, memory_budget: int = 4 * 2**30):
         self.jobs = max(1, jobs)
         self.budget = MemoryBudget(memory_budget)
+        self._slots = threading.BoundedSemaphore(self.jobs)  # shared by concurrent run() calls
+
+    def _hold(self, item: WorkItem) -> None:
+        self._slots.acquire()
+        try:
+            self.budget.acquire(item.peak_bytes)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _drop(self, item: WorkItem) -> None:
+        self.budget.release(item.peak_bytes)
+        self._slots.release()
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, Any]]:
         if self.jobs == 1:
             for item in items:
-                yield item, item.fn()
+                self._hold(item)
+                try:
+                    result = item.fn()
+                finally:
+                    self._drop(item)
+                yield item, result
             return
         pending: dict[Future, WorkItem] = {}
         it = iter(items)
@@ -65,13 +114,13 @@ class LocalExecutor:
                 item = next(it, None)
                 if item is None:
                     return False
-                self.budget.acquire(item.peak_bytes)
+                self._hold(item)  # released by the task itself, so waiting here never deadlocks
 
                 def task(item=item):
                     try:
                         return item.fn()
                     finally:
-                        self.budget.release(item.peak_bytes)
+                        self._drop(item)
 
                 pending[pool.submit(task)] = item
                 return True
@@ -86,5 +135,6 @@ class LocalExecutor:
                         yield item, fut.result()
                         submit()
             finally:
-                for fut in pending:
-                    fut.cancel()
+                for fut, item in pending.items():
+                    if fut.cancel():  # never started: its slot and bytes are still held
+                        self._drop(item)

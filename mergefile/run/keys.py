@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergefile.methods.base import Method
-from mergefile.methods.registry import get_method
 from mergefile.plan.jobs import TargetPlan, TensorJob
 from mergefile.store.keys import input_key, key_of
 
@@ -105,7 +104,3 @@ def key_plan(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> Keyed
         payload["tensors"] = [r.tensor for r in job.inputs]
         kp.recipes[job.name] = payload
     return kp
-
-
-def method_of(job: TensorJob) -> Method:
-    return get_method(job.method)

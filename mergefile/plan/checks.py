@@ -1,0 +1,43 @@
+"""Run a method's own parameter check on one planned tensor, and say where a failure is.
+
+Methods validate resolved values (e.g. DELLA's ``0 < density ± epsilon < 1``) but know neither
+model names nor recipe positions; this adds both, so the error points at the model line (or the
+target) and names the tensor, before any tensor data is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mergefile.errors import ConfigError, Loc
+from mergefile.methods.base import Method, ParamCheckError
+
+
+def check_params(
+    method: Method,
+    params: Mapping[str, Any],
+    per_model: Sequence[Mapping[str, Any]],
+    base_index: int | None,
+    models: Sequence[tuple[str, Loc | None]],
+    loc: Loc | None,
+    tensor: str,
+    target: str,
+) -> None:
+    """Call ``method.check``; re-raise its error with the model, tensor, target and location.
+
+    ``models`` holds (label, model-line location) per input, in the order of ``per_model``;
+    ``loc`` is the slice's or target's location, used for errors about no single model.
+    """
+    if method.check is None:
+        return
+    try:
+        method.check(params, per_model, base_index)
+    except ParamCheckError as e:
+        who, where = "", loc
+        if e.model is not None:
+            label, model_loc = models[e.model]
+            who, where = f" for model '{label}'", model_loc or loc
+        raise ConfigError(
+            f"{method.name}: {e.message}{who} (tensor '{tensor}' of target '{target}')", where, e.hint
+        ) from None
