@@ -1,0 +1,84 @@
+"""Model card and mergekit YAML: pure renderings, and their place in the output's aux key."""
+
+from __future__ import annotations
+
+import yaml
+
+from mergefile.io.model_card import CardData, CardInput, mergekit_config, ref_namer, render_card, render_mergekit_yaml
+from mergefile.syntax import parse_mergefile
+from tests.helpers import cli_json, mergefile_for, shard_bytes
+
+RECIPE = """model base = hf("org/base")
+model m = "models/m"
+model c = "models/c"
+out/x: ties(base=base, dtype=bfloat16) {
+    m  weight=0.6 density=0.5
+    c  weight=0.4
+    weight[self_attn] = [0.3, 0.7]
+    density = 0.4
+}
+out/f: passthrough {
+    slice m[0:2]
+    slice { c[1:3] ; scale = 0.5 }
+}
+"""
+
+
+def _targets():
+    from pathlib import Path
+    import tempfile
+
+    d = Path(tempfile.mkdtemp())
+    (d / "Mergefile").write_text(RECIPE)
+    return parse_mergefile(d / "Mergefile").targets()
+
+
+def test_card_front_matter_and_sections():
+    d = CardData(
+        name="out/x", method="ties", reference="https://arxiv.org/abs/2306.01708", summary="trim, elect, merge",
+        inputs=(CardInput("m"), CardInput("base", hub="org/base", revision="main", commit="c" * 40, base=True),
+                CardInput("out/y", target=True)),
+        dtype="bfloat16", recipe="out/x: ties(base=base) {\n  m weight=1\n}",
+    )
+    text = render_card(d)
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta == {"base_model": ["m", "org/base", "out/y"], "library_name": "transformers", "tags": ["merge", "mergebuild"]}
+    assert "# x\n" in text and "**ties**" in text and "(https://arxiv.org/abs/2306.01708)" in text
+    assert "[org/base](https://huggingface.co/org/base) (revision main, commit cccccccccccc) — base model" in text
+    assert "```\nout/x: ties(base=base) {\n  m weight=1\n}\n```" in text
+    assert render_card(d) == text  # deterministic
+
+
+def test_mergekit_rendering_of_models_and_slices():
+    t = _targets()
+    namer = ref_namer({"base": "org/base"})
+    cfg = mergekit_config(t["out/x"], namer)
+    assert cfg["merge_method"] == "ties" and cfg["base_model"] == "org/base" and cfg["dtype"] == "bfloat16"
+    assert cfg["models"] == [{"model": "m", "parameters": {"weight": 0.6, "density": 0.5}},
+                             {"model": "c", "parameters": {"weight": 0.4}}]
+    assert cfg["parameters"] == {"weight": [{"filter": "self_attn", "value": [0.3, 0.7]}], "density": 0.4}
+    f = mergekit_config(t["out/f"], namer)
+    assert f["slices"] == [{"sources": [{"model": "m", "layer_range": [0, 2]}]},
+                           {"sources": [{"model": "c", "layer_range": [1, 3]}], "parameters": {"scale": 0.5}}]
+    text = render_mergekit_yaml(t["out/x"], namer)
+    assert text.startswith("# mergekit-style") and yaml.safe_load(text) == cfg
+    assert render_mergekit_yaml(t["out/x"], namer, source_yaml="a: 1") == "a: 1\n"
+
+
+def test_card_change_rewrites_aux_files_only(tiny_models, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    mf = mergefile_for(tmp_path, tiny_models, "out/x: linear { a weight=1 ; b weight=1 }")
+    assert cli_json(tmp_path, cache=cache, capsys=capsys)["exit"] == 0
+    shards = shard_bytes(tmp_path / "out/x")
+    inodes = {p.name: p.stat().st_ino for p in (tmp_path / "out/x").glob("*.safetensors")}
+    assert "base_model:\n- a\n- b\n" in (tmp_path / "out/x/README.md").read_text()
+    # renaming a model changes no tensor key, only the card and the YAML
+    mf.write_text(mf.read_text().replace("model a ", "model alpha ").replace("{ a weight", "{ alpha weight"))
+    r = cli_json(tmp_path, cache=cache, capsys=capsys)["targets"][0]
+    assert r["built"] and r["computed"] == 0 and r["shards_write"] == [] and not r["stale"]
+    assert shard_bytes(tmp_path / "out/x") == shards
+    assert {p.name: p.stat().st_ino for p in (tmp_path / "out/x").glob("*.safetensors")} == inodes  # hard links
+    assert "- alpha\n" in (tmp_path / "out/x/README.md").read_text()
+    assert "model: alpha" in (tmp_path / "out/x/mergebuild_config.yml").read_text()
+    assert cli_json(tmp_path, cache=cache, capsys=capsys)["targets"][0]["up_to_date"]
