@@ -14,6 +14,7 @@ from mergefile.syntax.ast import (
     Include,
     Mergefile,
     ModelDecl,
+    Module,
     Param,
     PathRef,
     Phony,
@@ -26,19 +27,27 @@ from mergefile.syntax.ast import (
     Value,
 )
 from mergefile.syntax.parser import parse_mergefile, parse_text
-from mergefile.syntax.yaml_import import load_yaml_target, yaml_text_to_target
+from mergefile.syntax.yaml_import import (
+    load_yaml_target,
+    load_yaml_targets,
+    yaml_text_to_target,
+    yaml_text_to_targets,
+)
 
 __all__ = [
     "parse_text",
     "parse_mergefile",
     "load_yaml_target",
+    "load_yaml_targets",
     "yaml_text_to_target",
+    "yaml_text_to_targets",
     "Assign",
     "AutoRef",
     "HfRef",
     "Include",
     "Mergefile",
     "ModelDecl",
+    "Module",
     "Param",
     "PathRef",
     "Phony",

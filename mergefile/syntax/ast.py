@@ -30,6 +30,7 @@ class HfRef:
     repo: str
     revision: str | None = None
     loc: Loc | None = field(default=None, compare=False)
+    lora: Ref | None = None  # a LoRA applied on load: ``model m = hf("org/x") + "./lora"``
 
 
 @dataclass(frozen=True)
@@ -38,18 +39,22 @@ class PathRef:
 
     path: str
     loc: Loc | None = field(default=None, compare=False)
+    lora: Ref | None = None  # a LoRA applied on load: ``model m = "./x" + "./lora"``
 
 
 @dataclass(frozen=True)
 class AutoRef:
-    """A mergekit-style model string ``path_or_id[@revision][+lora[@revision]]``.
+    """A mergekit-style model string ``path_or_id[@revision]`` (YAML produces these).
 
-    Local folder if it exists (relative to ``base_dir``), else a hub id. YAML produces these.
+    Local folder if it exists (relative to ``base_dir``), else a hub id. The ``+lora[@revision]``
+    part of mergekit's syntax is parsed into ``lora`` (itself an AutoRef), so ``text`` never
+    holds a ``+``.
     """
 
     text: str
     base_dir: str = "."
     loc: Loc | None = field(default=None, compare=False)
+    lora: AutoRef | None = None
 
 
 Ref = Union[Sym, HfRef, PathRef, AutoRef]
@@ -89,6 +94,21 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class Module:
+    """``module text_decoder { sources | slices | params }``: one stack of a multi-module model.
+
+    mergekit's ``modules:`` (vision-language models, encoder-decoders): each module has its own
+    sources or slices and module-level parameters (precedence between slice and target).
+    """
+
+    name: str
+    sources: tuple[Source, ...] = ()
+    slices: tuple[Slice, ...] = ()
+    params: tuple[Param, ...] = ()
+    loc: Loc | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
 class Target:
     """``out/dir: method(k=v, ...) { sources | slices | params }``.
 
@@ -106,6 +126,7 @@ class Target:
     loc: Loc | None = field(default=None, compare=False)
     method_loc: Loc | None = field(default=None, compare=False)
     origin: str | None = field(default=None, compare=False)  # recipe text it came from (model card)
+    modules: tuple[Module, ...] = ()
 
 
 @dataclass(frozen=True)

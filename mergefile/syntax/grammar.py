@@ -23,7 +23,7 @@ from mergefile.errors import Loc, MergefileSyntaxError, did_you_mean
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 STATEMENT_KEYWORDS = ("model", "include")
-BLOCK_KEYWORDS = ("slice",)
+BLOCK_KEYWORDS = ("slice", "module")
 
 
 def grammar_text() -> str:
@@ -172,6 +172,8 @@ _WORDS = {
     "INCLUDE": "'include'",
     "AS": "'as'",
     "SLICE": "'slice'",
+    "MODULE": "'module'",
+    "PLUS": "'+'",
     "HF": "hf(...)",
     "TRUE": "'true'",
     "FALSE": "'false'",
@@ -212,7 +214,7 @@ def describe(tok: Token) -> str:
         return "end of file"
     if tok.type == "_NL":
         return "';'" if tok.value == ";" else "end of line"
-    if tok.type in ("MODEL", "INCLUDE", "AS", "SLICE", "HF", "TRUE", "FALSE"):
+    if tok.type in ("MODEL", "INCLUDE", "AS", "SLICE", "MODULE", "HF", "TRUE", "FALSE"):
         return f"keyword '{tok.value}'"
     return f"'{tok.value}'"
 

@@ -24,6 +24,7 @@ from mergefile.syntax.ast import (
     Include,
     Mergefile,
     ModelDecl,
+    Module,
     Param,
     PathRef,
     Phony,
@@ -35,7 +36,7 @@ from mergefile.syntax.ast import (
     Value,
 )
 from mergefile.syntax.grammar import parse_tree
-from mergefile.syntax.yaml_import import load_yaml_target
+from mergefile.syntax.yaml_import import load_yaml_targets
 
 _Children = list[Any]  # a rule's children, already transformed (tokens or AST values)
 _INT = re.compile(r"[+-]?\d+\Z")
@@ -63,7 +64,7 @@ class _Call:
 
 @dataclass(frozen=True)
 class _Block:
-    items: tuple[Source | Param | Slice, ...]
+    items: tuple[Source | Param | Slice | Module, ...]
 
 
 def _first_line(loc: Loc | None, here: Loc | None) -> str:
@@ -226,6 +227,20 @@ class _ToAst(Transformer):
         check_params(params, "this slice")
         return Slice(sources, params, loc)
 
+    def module(self, meta: Meta, children: _Children) -> Module:
+        head, items = children[0], children[1:]
+        name = self._unquote(head) if head.type == "STRING" else str(head)
+        loc = Loc(self.path, meta.line, meta.column)
+        sources = tuple(c for c in items if isinstance(c, Source))
+        slices = tuple(c for c in items if isinstance(c, Slice))
+        params = tuple(c for c in items if isinstance(c, Param))
+        if sources and slices:
+            raise ConfigError(f"module '{name}' mixes source lines and slices", slices[0].loc)
+        if not sources and not slices:
+            raise ConfigError(f"module '{name}' has no sources or slices", loc)
+        check_params(params, f"module '{name}'")
+        return Module(name, sources, slices, params, loc)
+
     # -- statements --
     def call(self, meta: Meta, children: _Children) -> _Call:
         args, kwargs = [], []
@@ -252,6 +267,8 @@ class _ToAst(Transformer):
         block_params = tuple(i for i in block.items if isinstance(i, Param))
         sources = tuple(i for i in block.items if isinstance(i, Source))
         slices = tuple(i for i in block.items if isinstance(i, Slice))
+        modules = tuple(i for i in block.items if isinstance(i, Module))
+        _check_modules(str(name), sources, slices, modules)
         # Checked separately: a block line may restate a call keyword (the later one wins).
         check_params(call.kwargs, f"the call of '{name}'")
         check_params(block_params, f"the block of '{name}'")
@@ -265,7 +282,7 @@ class _ToAst(Transformer):
         origin = self.text[meta.start_pos : meta.end_pos]
         return Target(
             str(name), str(method), params, sources, slices, call.args,
-            self._loc(name), self._loc(method), origin,
+            self._loc(name), self._loc(method), origin, modules,
         )  # fmt: skip
 
     def phony(self, meta: Meta, children: _Children) -> Phony:
@@ -276,7 +293,10 @@ class _ToAst(Transformer):
         )  # fmt: skip
 
     def model_decl(self, meta: Meta, children: _Children) -> ModelDecl:
-        return ModelDecl(str(children[0]), children[1], self._loc(children[0]))
+        ref = children[1]
+        if len(children) > 2:  # model m = BASE + LORA
+            ref = replace(ref, lora=children[2])
+        return ModelDecl(str(children[0]), ref, self._loc(children[0]))
 
     def assign(self, meta: Meta, children: _Children) -> Assign:
         return Assign(str(children[0]), children[1], self._loc(children[0]))
@@ -288,6 +308,22 @@ class _ToAst(Transformer):
 
     def start(self, meta: Meta, children: _Children) -> list[Statement]:
         return list(children)
+
+
+def _check_modules(name: str, sources: tuple, slices: tuple, modules: tuple[Module, ...]) -> None:
+    """A target has modules or sources/slices, and each module name once."""
+    if modules and (sources or slices):
+        raise ConfigError(
+            f"target '{name}' mixes 'module' blocks with source lines or slices",
+            modules[0].loc,
+            "with modules, every source and slice goes inside a module",
+        )
+    seen: dict[str, Module] = {}
+    for m in modules:
+        if m.name in seen:
+            first = _first_line(seen[m.name].loc, m.loc)
+            raise ConfigError(f"duplicate module '{m.name}' (first at {first})", m.loc)
+        seen[m.name] = m
 
 
 def parse_text(text: str, path: str = "<string>") -> Mergefile:
@@ -308,7 +344,11 @@ def parse_text(text: str, path: str = "<string>") -> Mergefile:
         >>> parse_text('model m = "./m"\\nout/x: linear { m weight=1 }').targets()["out/x"].method
         'linear'
     """
-    tree: Tree = parse_tree(text, path)
+    return tree_to_mergefile(parse_tree(text, path), text, path)
+
+
+def tree_to_mergefile(tree: Tree, text: str, path: str) -> Mergefile:
+    """A parse tree of ``text`` -> the AST (``fmt`` parses with its own comment-keeping lexer)."""
     try:
         statements = _ToAst(text, path).transform(tree)
     except VisitError as e:
@@ -336,11 +376,12 @@ def check_definitions(statements: list[Statement] | tuple[Statement, ...]) -> No
         seen[st.name] = st
 
 
-def parse_mergefile(path: str | os.PathLike[str]) -> Mergefile:
+def parse_mergefile(path: str | os.PathLike[str], **yaml_options: Any) -> Mergefile:
     """Read and parse a Mergefile, splicing in its includes (recursively).
 
     Include paths are relative to the including file's directory; statements from an included
     file keep locations in that file (so ``os.path.dirname(loc.file)`` resolves their paths).
+    ``yaml_options`` (``lenient``, ``warn``) go to the import of included mergekit YAML files.
 
     Raises:
         MergefileSyntaxError, ConfigError: bad text, include cycle, missing include, duplicates.
@@ -349,12 +390,12 @@ def parse_mergefile(path: str | os.PathLike[str]) -> Mergefile:
         >>> mf = parse_mergefile("Mergefile")  # doctest: +SKIP
     """
     path = str(path)
-    statements = _load(path, (), None)
+    statements = _load(path, (), None, yaml_options)
     check_definitions(statements)
     return Mergefile(path, tuple(statements))
 
 
-def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None) -> list[Statement]:
+def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_options: dict) -> list[Statement]:
     """Statements of ``path`` with includes spliced; ``chain`` = (shown, real) paths above it."""
     real = os.path.realpath(path)
     if any(r == real for _, r in chain):
@@ -370,13 +411,13 @@ def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None) -> list
     out: list[Statement] = []
     for st in parse_text(text, path).statements:
         if isinstance(st, Include):
-            out.extend(_include(st, path, chain + ((path, real),)))
+            out.extend(_include(st, path, chain + ((path, real),), yaml_options))
         else:
             out.append(st)
     return out
 
 
-def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...]) -> list[Statement]:
+def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_options: dict) -> list[Statement]:
     target = os.path.normpath(os.path.join(os.path.dirname(path), st.path))
     is_yaml = st.path.lower().endswith(YAML_SUFFIXES)
     if st.as_target is None and is_yaml:
@@ -386,11 +427,12 @@ def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...]) -> list
             st.loc,
         )
     if st.as_target is None:
-        return _load(target, chain, st.loc)
+        return _load(target, chain, st.loc, yaml_options)
     if not is_yaml:
         raise ConfigError(
             "'include ... as out/name' imports a mergekit YAML config (.yml or .yaml)", st.loc
         )
     if not os.path.isfile(target):
         raise ConfigError(f"cannot read include file '{target}': No such file", st.loc)
-    return [replace(load_yaml_target(target, st.as_target), loc=st.loc)]
+    # A multi-document file brings its stages too (targets next to ``as``'s folder).
+    return [replace(t, loc=st.loc) for t in load_yaml_targets(target, st.as_target, **yaml_options)]

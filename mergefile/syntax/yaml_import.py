@@ -1,283 +1,245 @@
-"""mergekit YAML config -> one :class:`Target` of the recipe AST.
+"""mergekit YAML configs -> Targets of the recipe AST (the whole schema, multi-document files).
 
 Strict where mergekit is lax: mergekit silently ignores unknown keys (a typo like ``weigths:``
-merges with defaults), so here every unknown key is a located error with a "did you mean".
+merges with defaults), so here every unknown key or parameter name is a located error with a
+"did you mean" (``lenient=True`` turns them into warnings and drops them, as mergekit does).
 Nodes are read with ``yaml.compose`` so every error carries the YAML line and column.
+
+A file of several YAML documents is a ``mergekit-multi`` chain: every document but the last has
+a ``name:``; later documents use earlier names as models. Each named document becomes the target
+``PREFIX + name`` and the last one the requested target, so the build graph rebuilds a stage
+only when it or a stage it uses changed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node
 
-from mergefile.errors import ConfigError, Loc, MergefileSyntaxError, did_you_mean
-from mergefile.syntax.ast import AutoRef, Param, Slice, Source, Sym, Target, Value
+from mergefile.errors import ConfigError, Loc, MergefileSyntaxError, unknown
+from mergefile.syntax.ast import Module, Param, Sym, Target, Value
+from mergefile.syntax.yaml_reader import Pair, Warn, YamlReader
 
 TOP_KEYS = (
-    "merge_method", "models", "slices", "base_model", "parameters",
-    "dtype", "out_dtype", "tokenizer_source", "chat_template",
-)  # fmt: skip
-NOT_YET = ("modules", "tokenizer", "name")  # valid mergekit, not imported yet
-MODEL_KEYS = ("model", "parameters")
-SLICE_KEYS = ("sources", "parameters", "base_model", "residual_weight")
-SOURCE_KEYS = ("model", "layer_range", "parameters")
-COND_KEYS = ("filter", "value")
-_SCALAR_PARAMS = ("dtype", "out_dtype", "tokenizer_source", "chat_template")
+    "merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype",
+    "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name", "seed",
+)  # fmt: skip  ("seed" is a mergebuild extension: mergekit-yaml's --random-seed)
+INPUT_KEYS = ("models", "slices", "modules")
+MODULE_KEYS = ("models", "slices", "parameters")
+TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
+TOKEN_KEYS = ("source", "force")
+TOKEN_SOURCE_KEYS = ("kind", "model", "token", "token_id")
+TOKEN_KINDS = ("model_token", "zero")
+# The tokenizer block becomes these target parameters (read by plan/tokenizer_recipe.py):
+# tokenizer_source = union|base|MODEL; pad_to_multiple_of = N; token["<tok>"] = MODEL | zero |
+# [MODEL, "<other>"] | [MODEL, ID] | auto (no source given); token_force["<tok>"] = true.
+TOKENIZER_PARAMS = ("pad_to_multiple_of", "token", "token_force")
+_SCALAR_KEYS = ("dtype", "out_dtype", "tokenizer_source", "chat_template")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+)*\Z")
 
 
-_Pair = tuple[Node, Node]  # (key node, value node)
+def stage_prefix(target_name: str) -> str:
+    """Default folder prefix of a multi-document file's stages: the requested target's folder."""
+    head = target_name.rstrip("/").rpartition("/")[0]
+    return head + "/" if head else ""
 
 
-class _Reader:
-    """Walks composed YAML nodes, building AST values with locations."""
-
-    def __init__(self, path: str, loader: yaml.SafeLoader):
-        self.path, self.loader = path, loader
-        self.base_dir = os.path.dirname(path) or "."
-
-    def loc(self, node: Node) -> Loc:
-        return Loc(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
-
-    def scalar(self, node: Node, what: str) -> object:
-        if not isinstance(node, ScalarNode):
-            raise ConfigError(f"{what} must be a single value", self.loc(node))
-        try:
-            value = self.loader.construct_object(node, deep=True)
-        except Exception as e:  # noqa: BLE001 - a tag's own constructor failed ("!!int x")
-            raise ConfigError(f"bad value for {what}: {e}", self.loc(node)) from None
-        if value is not None and not isinstance(value, (str, int, float)):
-            shown = type(value).__name__
-            raise ConfigError(f"unsupported {shown} value for {what}", self.loc(node))
-        return value
-
-    def string(self, node: Node, what: str) -> str:
-        value = self.scalar(node, what)
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{what} must be a non-empty string, got {value!r}", self.loc(node))
-        return value
-
-    def mapping(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, _Pair]:
-        """Key -> (key node, value node); unknown or repeated keys are errors."""
-        if not isinstance(node, MappingNode):
-            raise ConfigError(f"{what} must be a mapping of keys to values", self.loc(node))
-        out: dict[str, _Pair] = {}
-        for knode, vnode in node.value:
-            key = self.scalar(knode, "a key")
-            if not isinstance(key, str) or key not in allowed:
-                raise self.unknown_key(knode, str(key), allowed, what)
-            if key in out:
-                raise ConfigError(f"duplicate key '{key}' in {what}", self.loc(knode))
-            out[key] = (knode, vnode)
-        return out
-
-    def unknown_key(
-        self, knode: Node, key: str, allowed: tuple[str, ...], what: str
-    ) -> ConfigError:
-        if what == "the config" and key in NOT_YET:
-            return ConfigError(f"'{key}' is not supported by the YAML import yet", self.loc(knode))
-        hint = did_you_mean(key, allowed) or "known: " + ", ".join(allowed)
-        return ConfigError(f"unknown key '{key}' in {what}", self.loc(knode), hint)
-
-    def sequence(self, node: Node, what: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise ConfigError(f"{what} must be a list", self.loc(node))
-        return list(node.value)
-
-    def ref(self, node: Node, what: str) -> AutoRef:
-        return AutoRef(self.string(node, what), self.base_dir, self.loc(node))
-
-    # -- parameters --
-    def params(self, node: Node, what: str) -> tuple[Param, ...]:
-        """``parameters:`` mapping -> Params; conditionals give one Param per entry."""
-        if not isinstance(node, MappingNode):
-            raise ConfigError(f"parameters of {what} must be a mapping", self.loc(node))
-        out: list[Param] = []
-        for knode, vnode in node.value:
-            name = self.string(knode, "a parameter name")
-            out.extend(self.param_entries(name, knode, vnode))
-        seen: set[tuple[str, str | None]] = set()
-        for p in out:
-            if (p.name, p.filter) in seen:
-                raise ConfigError(f"duplicate parameter '{p.name}' in {what}", p.loc)
-            seen.add((p.name, p.filter))
-        return tuple(out)
-
-    def param_entries(self, name: str, knode: Node, vnode: Node) -> list[Param]:
-        if isinstance(vnode, MappingNode):
-            return [self.conditional(name, vnode)]
-        if isinstance(vnode, SequenceNode):
-            items = vnode.value
-            if not items:
-                raise ConfigError(f"parameter '{name}' is an empty list", self.loc(vnode))
-            if all(isinstance(i, MappingNode) for i in items):
-                return self.conditionals(name, items)
-            if any(isinstance(i, MappingNode) for i in items):
-                raise ConfigError(
-                    f"parameter '{name}' mixes conditionals ({{filter, value}}) and plain values",
-                    self.loc(vnode),
-                )
-        return [Param(name, self.value(vnode, name), None, self.loc(knode))]
-
-    def conditionals(self, name: str, items: list[Node]) -> list[Param]:
-        """A conditional list, in order, up to its first catch-all entry.
-
-        mergekit takes the first matching entry, so entries after a catch-all (no filter or
-        ``"*"``) never apply; the AST gives filtered entries priority over the unfiltered one
-        whatever their order, so dropping the dead entries keeps mergekit's result.
-        """
-        out: list[Param] = []
-        for item in items:
-            out.append(self.conditional(name, item))
-            if out[-1].filter is None:
-                break
-        return out
-
-    def conditional(self, name: str, node: MappingNode) -> Param:
-        keys = self.mapping(node, COND_KEYS, f"a conditional value of '{name}'")
-        if "value" not in keys:
-            raise ConfigError(f"conditional for '{name}' has no 'value'", self.loc(node))
-        filt = None
-        if "filter" in keys:
-            filt = self.string(keys["filter"][1], "filter")
-            filt = None if filt == "*" else filt
-        return Param(name, self.value(keys["value"][1], name), filt, self.loc(node))
-
-    def value(self, node: Node, name: str) -> Value:
-        """Scalar -> itself; list -> tuple (a gradient)."""
-        if isinstance(node, SequenceNode):
-            if not node.value:
-                raise ConfigError(f"parameter '{name}' is an empty list", self.loc(node))
-            return tuple(self.scalar(i, f"an element of '{name}'") for i in node.value)
-        value = self.scalar(node, f"parameter '{name}'")
-        if value is None:
-            raise ConfigError(f"parameter '{name}' has no value", self.loc(node))
-        return value  # type: ignore[return-value]
-
-    # -- models and slices --
-    def model_source(self, node: Node) -> Source:
-        keys = self.mapping(node, MODEL_KEYS, "a models entry")
-        if "model" not in keys:
-            raise ConfigError("a models entry needs 'model'", self.loc(node))
-        params = self.params(keys["parameters"][1], "a model") if "parameters" in keys else ()
-        return Source(self.ref(keys["model"][1], "model"), None, params, self.loc(node))
-
-    def slice_source(self, node: Node) -> Source:
-        keys = self.mapping(node, SOURCE_KEYS, "a slice source")
-        for need in ("model", "layer_range"):
-            if need not in keys:
-                raise ConfigError(f"a slice source needs '{need}'", self.loc(node))
-        params = self.params(keys["parameters"][1], "a source") if "parameters" in keys else ()
-        layers = self.layer_range(keys["layer_range"][1])
-        return Source(self.ref(keys["model"][1], "model"), layers, params, self.loc(node))
-
-    def layer_range(self, node: Node) -> tuple[int, int]:
-        items = self.sequence(node, "layer_range")
-        values = [self.scalar(i, "a layer_range bound") for i in items]
-        if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise ConfigError(
-                f"layer_range must be two integers [start, end], got {values}", self.loc(node)
-            )
-        start, end = values
-        if start < 0 or end <= start:
-            raise ConfigError(
-                f"layer_range [{start}, {end}] is empty or negative: need 0 <= start < end",
-                self.loc(node),
-            )
-        return (start, end)
-
-    def slice(self, node: Node) -> Slice:
-        keys = self.mapping(node, SLICE_KEYS, "a slice")
-        if "sources" not in keys:
-            raise ConfigError("a slice needs 'sources'", self.loc(node))
-        sources = tuple(self.slice_source(s) for s in self.sequence(keys["sources"][1], "sources"))
-        if not sources:
-            raise ConfigError("a slice needs at least one source", self.loc(keys["sources"][1]))
-        params: tuple[Param, ...] = ()
-        if "base_model" in keys:
-            knode, vnode = keys["base_model"]
-            params = (Param("base", self.ref(vnode, "base_model"), None, self.loc(knode)),)
-        if "parameters" in keys:
-            params += self.params(keys["parameters"][1], "a slice")
-        return Slice(sources, params, self.loc(node))
+# ---- one document ---------------------------------------------------------------------------
 
 
-def _scalar_value(r: _Reader, name: str, vnode: Node) -> Value:
+def _scalar_value(r: YamlReader, name: str, vnode: Node) -> Value:
     """dtype words read like Mergefile bare words (Sym); a tokenizer source may be a model."""
-    text = r.string(vnode, name)
-    if name in ("dtype", "out_dtype"):
-        return Sym(text, r.loc(vnode))
     if name == "tokenizer_source":
-        if text in ("union", "base"):
-            return Sym(text, r.loc(vnode))
-        return AutoRef(text, r.base_dir, r.loc(vnode))
-    return text
+        if isinstance(vnode, MappingNode):
+            return r.ref(vnode, name)
+        text = r.string(vnode, name)
+        return Sym(text, r.loc(vnode)) if text in ("union", "base") else r.ref(vnode, name)
+    text = r.string(vnode, name)
+    return Sym(text, r.loc(vnode)) if name in ("dtype", "out_dtype") else text
 
 
-def _top_params(r: _Reader, keys: dict[str, _Pair]) -> tuple[Param, ...]:
-    """Target params in a fixed order: base, parameters..., then the scalar keys.
+def _token_source(r: YamlReader, node: Node) -> Value:
+    """A token's ``source``: a model, ``{kind: zero}`` or ``{kind: model_token, ...}``."""
+    if not isinstance(node, MappingNode) or "kind" not in {k.value for k, _ in node.value}:
+        return r.ref(node, "token source")
+    keys = r.mapping(node, TOKEN_SOURCE_KEYS, "a token source")
+    kind = r.string(keys["kind"][1], "kind")
+    if kind not in TOKEN_KINDS:
+        raise unknown("token source kind", kind, TOKEN_KINDS, r.loc(keys["kind"][1]))
+    if kind == "zero":
+        extra = [k for k in keys if k != "kind"]
+        if extra:
+            raise ConfigError(f"'{extra[0]}' does not go with kind: zero", r.loc(keys[extra[0]][0]))
+        return Sym("zero", r.loc(node))
+    if "model" not in keys or ("token" in keys) == ("token_id" in keys):
+        raise ConfigError("kind: model_token needs 'model' and one of 'token' or 'token_id'", r.loc(node))
+    which = r.string(keys["token"][1], "token") if "token" in keys else r.integer(keys["token_id"][1], "token_id")
+    return (r.ref(keys["model"][1], "model"), which)
+
+
+def _tokenizer_params(r: YamlReader, knode: Node, vnode: Node) -> list[Param]:
+    """The ``tokenizer:`` block as target parameters (see TOKENIZER_PARAMS)."""
+    keys = r.mapping(vnode, TOKENIZER_KEYS, "the tokenizer block")
+    source: Value = Sym("union", r.loc(knode))  # mergekit's default source
+    if "source" in keys:
+        source = _scalar_value(r, "tokenizer_source", keys["source"][1])
+    out = [Param("tokenizer_source", source, None, r.loc(keys.get("source", (knode,))[0]))]
+    if "pad_to_multiple_of" in keys:
+        k, v = keys["pad_to_multiple_of"]
+        out.append(Param("pad_to_multiple_of", r.integer(v, "pad_to_multiple_of", 1), None, r.loc(k)))
+    forced: list[Param] = []
+    for tnode, cnode in r.mapping_items(keys["tokens"][1], "tokens") if "tokens" in keys else ():
+        tok = r.string(tnode, "a token")
+        if tok == "*":
+            raise ConfigError("the token '*' cannot be configured here", r.loc(tnode))
+        conf = r.mapping(cnode, TOKEN_KEYS, f"token {tok!r}")
+        value: Value = _token_source(r, conf["source"][1]) if "source" in conf else Sym("auto", r.loc(tnode))
+        out.append(Param("token", value, tok, r.loc(tnode)))
+        if "force" in conf and r.boolean(conf["force"][1], "force"):
+            forced.append(Param("token_force", True, tok, r.loc(conf["force"][0])))
+    return out + forced
+
+
+def _top_params(r: YamlReader, keys: dict[str, Pair]) -> tuple[Param, ...]:
+    """Target params in a fixed order: settings (base, dtype, out_dtype, tokenizer_source,
+    chat_template, seed), then ``parameters``, then the rest of the tokenizer block.
 
     A fixed order (not the YAML's key order) makes two configs that differ only in key order
-    give equal Targets.
+    give equal Targets, and puts the settings first, where a Mergefile's call has them.
     """
     out: list[Param] = []
     if "base_model" in keys:
         knode, vnode = keys["base_model"]
         out.append(Param("base", r.ref(vnode, "base_model"), None, r.loc(knode)))
+    tokenizer: list[Param] = []
+    if "tokenizer" in keys:
+        if "tokenizer_source" in keys:
+            raise ConfigError("'tokenizer_source' and 'tokenizer' cannot both be set",
+                              r.loc(keys["tokenizer"][0]), "use tokenizer: {source: ...}")  # fmt: skip
+        tokenizer = _tokenizer_params(r, *keys["tokenizer"])
+    for name in _SCALAR_KEYS:
+        if name in keys:
+            knode, vnode = keys[name]
+            out.append(Param(name, _scalar_value(r, name, vnode), None, r.loc(knode)))
+        if name == "tokenizer_source":
+            out.extend(tokenizer[:1])  # the block's source
+    if "seed" in keys:
+        knode, vnode = keys["seed"]
+        out.append(Param("seed", r.integer(vnode, "seed"), None, r.loc(knode)))
     if "parameters" in keys:
         out.extend(r.params(keys["parameters"][1], "the config"))
-    for name in _SCALAR_PARAMS:
-        if name not in keys:
-            continue
-        knode, vnode = keys[name]
-        out.append(Param(name, _scalar_value(r, name, vnode), None, r.loc(knode)))
-    names = [p.name for p in out if p.filter is None]
-    for name in ("base",) + _SCALAR_PARAMS:
-        if names.count(name) > 1:
-            where = r.loc(keys["parameters"][0])
-            raise ConfigError(f"'{name}' is set both as a key and in parameters", where)
+    return tuple(out + tokenizer[1:])
+
+
+def _exactly_one(r: YamlReader, keys: dict[str, Pair], choices: tuple[str, ...], node: Node) -> None:
+    present = [k for k in choices if k in keys]
+    if len(present) != 1:
+        why = "neither" if not present else " and ".join(present) + " given"
+        shown = " or ".join(f"'{c}'" for c in choices)
+        raise ConfigError(f"exactly one of {shown} is required ({why})", r.loc(node))
+
+
+def _modules(r: YamlReader, node: Node) -> tuple[Module, ...]:
+    """``modules: {name: {models | slices, parameters}}`` (multi-module architectures)."""
+    out = []
+    for knode, vnode in r.mapping_items(node, "modules"):
+        name = r.string(knode, "a module name")
+        keys = r.mapping(vnode, MODULE_KEYS, f"module '{name}'")
+        _exactly_one(r, keys, ("models", "slices"), vnode)
+        sources, slices = r.inputs(keys, f"module '{name}'")
+        params = r.params(keys["parameters"][1], f"module '{name}'") if "parameters" in keys else ()
+        out.append(Module(name, sources, slices, params, r.loc(knode)))
+    if not out:
+        raise ConfigError("'modules' is empty", r.loc(node))
     return tuple(out)
 
 
-def yaml_text_to_target(text: str, path: str, target_name: str) -> Target:
-    """Convert mergekit YAML text to a Target named ``target_name``.
+def _document(r: YamlReader, root: Node, target_name: str, origin: str) -> Target:
+    keys = r.mapping(root, TOP_KEYS, "the config")
+    if "merge_method" not in keys:
+        raise ConfigError("the YAML config has no 'merge_method'", r.loc(root))
+    _exactly_one(r, keys, INPUT_KEYS, root)
+    mnode = keys["merge_method"][1]
+    method = r.string(mnode, "merge_method")
+    r.use_method(method, r.loc(mnode))
+    modules: tuple[Module, ...] = ()
+    if "modules" in keys:
+        sources, slices, modules = (), (), _modules(r, keys["modules"][1])
+    else:
+        sources, slices = r.inputs(keys, "the config")
+    params = _top_params(r, keys)
+    return Target(
+        target_name, method, params, sources, slices, (),
+        r.loc(root), r.loc(mnode), origin, modules,
+    )  # fmt: skip
 
-    ``path`` is used for locations and as the base directory of model references.
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def _stage_name(r: YamlReader, root: Node) -> tuple[str | None, Loc | None]:
+    """A document's ``name:`` (mergekit-multi), read before the rest."""
+    if not isinstance(root, MappingNode):
+        return None, None
+    for knode, vnode in root.value:
+        if getattr(knode, "value", None) == "name":
+            name = r.string(vnode, "name")
+            if not _NAME.match(name) or name.endswith("/"):
+                raise ConfigError(f"bad stage name '{name}'", r.loc(vnode),
+                                  "letters, digits, '_', '.', '-' and '/' only")  # fmt: skip
+            return name, r.loc(vnode)
+    return None, None
+
+
+def _documents(text: str, path: str, loader: yaml.SafeLoader) -> list[Node]:
+    docs = []
+    while loader.check_node():
+        node = loader.get_node()
+        if node is not None and not (node.tag.endswith(":null") and node.value in ("", "~", "null")):
+            docs.append(node)
+    if not docs:
+        raise ConfigError("the YAML config is empty", Loc(path, 1, 1))
+    return docs
+
+
+def yaml_text_to_targets(
+    text: str, path: str, target_name: str, *, prefix: str | None = None,
+    lenient: bool = False, warn: Warn | None = None,
+) -> tuple[Target, ...]:  # fmt: skip
+    """Convert mergekit YAML text (one or several documents) to Targets, the requested one last.
+
+    Args:
+        text: the YAML; ``path`` names it in locations and is the base of relative model paths.
+        target_name: the target the last document becomes (e.g. ``out/x``).
+        prefix: stage targets are ``prefix + name`` (default: ``target_name``'s folder + ``/``).
+        lenient: unknown keys and parameter names warn (through ``warn``) instead of failing.
 
     Raises:
         MergefileSyntaxError: the YAML does not parse.
-        ConfigError: unknown keys, missing ``merge_method``, bad ``layer_range``, ...
+        ConfigError: unknown keys, wrong types, bad ``layer_range`` or model references, ...
     """
+    prefix = stage_prefix(target_name) if prefix is None else prefix
     loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
-        if root is None:
-            raise ConfigError("the YAML config is empty", Loc(path, 1, 1))
-        r = _Reader(path, loader)
-        keys = r.mapping(root, TOP_KEYS, "the config")
-        if "merge_method" not in keys:
-            raise ConfigError("the YAML config has no 'merge_method'", r.loc(root))
-        present = [k for k in ("models", "slices") if k in keys]
-        if len(present) != 1:
-            why = "both" if present else "neither"
-            raise ConfigError(
-                f"exactly one of 'models' or 'slices' is required ({why} given)", r.loc(root)
-            )
-        mnode = keys["merge_method"][1]
-        method = r.string(mnode, "merge_method")
-        sources: tuple[Source, ...] = ()
-        slices: tuple[Slice, ...] = ()
-        if "models" in keys:
-            sources = tuple(r.model_source(n) for n in r.sequence(keys["models"][1], "models"))
-        else:
-            slices = tuple(r.slice(n) for n in r.sequence(keys["slices"][1], "slices"))
-        params = _top_params(r, keys)
-        return Target(
-            target_name, method, params, sources, slices, (),
-            Loc(path, 1, 1), r.loc(mnode), text,
-        )  # fmt: skip
+        docs = _documents(text, path, loader)
+        stages: dict[str, str] = {}
+        out: list[Target] = []
+        for i, root in enumerate(docs):
+            r = YamlReader(path, loader, lenient=lenient, warn=warn, stages=dict(stages))
+            name, nloc = _stage_name(r, root)
+            last = i == len(docs) - 1
+            if not last:
+                name = _check_stage(name, nloc, r.loc(root), stages, prefix, target_name)
+            origin = text if len(docs) == 1 else text[root.start_mark.index : root.end_mark.index]
+            tname = target_name if last else prefix + name
+            out.append(_document(r, root, tname, origin))
+            if not last:
+                stages[name] = tname
+        return tuple(out)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)
@@ -288,15 +250,48 @@ def yaml_text_to_target(text: str, path: str, target_name: str) -> Target:
         loader.dispose()
 
 
+def _check_stage(name: str | None, nloc: Loc | None, doc_loc: Loc, stages: dict[str, str],
+                 prefix: str, target_name: str) -> str:  # fmt: skip
+    if name is None:
+        raise ConfigError("in a multi-document file every document but the last needs a 'name:'",
+                          doc_loc, "later documents use it as a model")  # fmt: skip
+    if name in stages:
+        raise ConfigError(f"duplicate stage name '{name}'", nloc)
+    if prefix + name == target_name:
+        raise ConfigError(f"stage '{name}' would be built at '{target_name}', the final target",
+                          nloc, "rename the stage or the target")  # fmt: skip
+    return name
+
+
+def yaml_text_to_target(text: str, path: str, target_name: str, **options: object) -> Target:
+    """A single-document config as one Target (see :func:`yaml_text_to_targets`)."""
+    targets = yaml_text_to_targets(text, path, target_name, **options)  # type: ignore[arg-type]
+    if len(targets) != 1:
+        raise ConfigError(f"{path} holds {len(targets)} merge documents; expected one", Loc(path, 1, 1))
+    return targets[0]
+
+
+def read_yaml_text(path: str | os.PathLike[str]) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read YAML config '{path}': {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"YAML config '{path}' is not UTF-8 text ({e.reason})") from None
+
+
+def load_yaml_targets(path: str | os.PathLike[str], target_name: str, **options: object) -> tuple[Target, ...]:
+    """Read a mergekit YAML file (model paths relative to its folder) as Targets, final last.
+
+    Example:
+        >>> [t.name for t in load_yaml_targets("multi.yml", "out/final")]  # doctest: +SKIP
+        ['out/math-code', 'out/final']
+    """
+    return yaml_text_to_targets(read_yaml_text(path), str(path), target_name, **options)  # type: ignore[arg-type]
+
+
 def load_yaml_target(path: str | os.PathLike[str], target_name: str) -> Target:
-    """Read a mergekit YAML config file as one Target (model paths relative to its folder).
-
-    Args:
-        path: the YAML file; its directory becomes every ``AutoRef.base_dir``.
-        target_name: the name the Target gets (e.g. ``out/x``).
-
-    Returns:
-        The Target, with ``origin`` set to the YAML text.
+    """Read a single-document mergekit YAML config file as one Target.
 
     Raises:
         ConfigError: the file cannot be read, or the config is invalid (unknown key, ...).
@@ -306,11 +301,4 @@ def load_yaml_target(path: str | os.PathLike[str], target_name: str) -> Target:
         >>> load_yaml_target("merge.yml", "out/x").method  # doctest: +SKIP
         'ties'
     """
-    path = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read YAML config '{path}': {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"YAML config '{path}' is not UTF-8 text ({e.reason})") from None
-    return yaml_text_to_target(text, path, target_name)
+    return yaml_text_to_target(read_yaml_text(path), str(path), target_name)

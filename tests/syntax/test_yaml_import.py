@@ -66,7 +66,7 @@ dtype: float16
 """
 
 
-OK = "merge_method: linear\nmodels:\n  - model: a\n"
+OK = "merge_method: slerp\nmodels:\n  - model: a\n"
 
 
 def A(text: str) -> AutoRef:
@@ -88,9 +88,9 @@ def test_ties_example() -> None:
         method="ties",
         params=(
             P("base", A("TheBloke/Llama-2-13B-fp16")),
+            P("dtype", Sym("float16")),
             P("normalize", True),
             P("int8_mask", True),
-            P("dtype", Sym("float16")),
         ),
         sources=(
             Source(A("psmathur/orca_mini_v3_13b"), None, (P("density", (1, 0.7, 0.1)), P("weight", 1.0))),
@@ -114,10 +114,10 @@ def test_gradient_slerp_example() -> None:
         method="slerp",
         params=(
             P("base", A("psmathur/orca_mini_v3_13b")),
+            P("dtype", Sym("float16")),
             P("t", (0, 0.5, 0.3, 0.7, 1), "self_attn"),
             P("t", (1, 0.5, 0.7, 0.3, 0), "mlp"),
             P("t", 0.5),
-            P("dtype", Sym("float16")),
         ),
         slices=(
             Slice(
@@ -151,7 +151,7 @@ slices:
   - sources:
       - model: a
         layer_range: [0, 8]
-        parameters: {weight: 0.3}
+        parameters: {t: 0.3}
       - model: b
         layer_range: [0, 8]
     base_model: a
@@ -161,7 +161,7 @@ slices:
     t = convert(text)
     assert t.slices == (
         Slice(
-            (Source(A("a"), (0, 8), (P("weight", 0.3),)), Source(A("b"), (0, 8))),
+            (Source(A("a"), (0, 8), (P("t", 0.3),)), Source(A("b"), (0, 8))),
             (P("base", A("a")), P("t", 0.4)),
         ),
     )
@@ -226,7 +226,7 @@ YAML_ERRORS = [
      "needs 'layer_range'"),
     ("model missing", "merge_method: linear\nmodels:\n  - parameters: {w: 1}\n", 3, 5, "needs 'model'"),
     ("models not a list", "merge_method: linear\nmodels: a\n", 2, 9, "must be a list"),
-    ("modules not yet", OK + "modules: {}\n", 4, 1, "'modules' is not supported"),
+    ("models and modules", OK + "modules: {}\n", 1, 1, "(models and modules given)"),
     ("yaml syntax", "merge_method: [linear\nmodels: x\n", 2, 7, "YAML syntax error"),
     ("top level not a mapping", "- a\n- b\n", 1, 1, "must be a mapping"),
     ("empty", "", 1, 1, "empty"),
