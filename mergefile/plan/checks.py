@@ -37,7 +37,7 @@ def check_params(
         who, where = "", loc
         if e.model is not None:
             label, model_loc = models[e.model]
-            who, where = f" for model '{label}'", model_loc or loc
+            who, where = f", model '{label}'", model_loc or loc
         raise ConfigError(
-            f"{method.name}: {e.message}{who} (tensor '{tensor}' of target '{target}')", where, e.hint
+            f"{method.name}{who}: {e.message} (tensor '{tensor}' of target '{target}')", where, e.hint
         ) from None
