@@ -6,6 +6,7 @@ Exit status follows make: 0 done/up to date, 1 stale under ``-q``, 2 user error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,16 @@ def parse_size(text: str) -> int:
 # A target named like a verb is built with `mergebuild ./graph`.
 VERBS: dict[str, tuple[str, str]] = {
     "status": ("mergefile.cli.status_cmd", "exit 0 if up to date, 1 if stale (like -q), with a summary"),
+    "cache": ("mergefile.cli.cache_cmd", "cache stats|ls|gc|verify|clear: what the tensor cache holds"),
+    "log": ("mergefile.cli.log_cmd", "past builds, or one build's per-tensor records (like .ninja_log)"),
+    "graph": ("mergefile.cli.graph_cmd", "the target graph as DOT (or SVG/PNG with graphviz), stale targets marked"),
+    "lock": ("mergefile.cli.lock_cmd", "pin hub models to commits and input files to digests in Mergefile.lock"),
+    "push": ("mergefile.cli.push_cmd", "upload a built target to the Hugging Face Hub"),
+    "import": ("mergefile.cli.import_cmd", "print a mergekit YAML config as an equivalent Mergefile"),
+    "export": ("mergefile.cli.export_cmd", "print a target as an equivalent mergekit YAML config"),
+    "fmt": ("mergefile.cli.fmt_cmd", "rewrite a Mergefile canonically, comments kept (--check for CI)"),
+    "evolve": ("mergefile.cli.evolve_cmd", "evolutionary merge search (CMA-ES, lm-eval, Ray) from a mergekit-evolve YAML"),
+    "extract-lora": ("mergefile.cli.extract_lora_cmd", "extract a PEFT LoRA adapter from a fine-tune (like mergekit-extract-lora)"),
 }
 
 
@@ -41,6 +52,9 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default: $MERGEBUILD_CACHE_DIR or ./cache)")
     p.add_argument("--cache-size", type=parse_size, default=None, help="cache size limit (e.g. 100G)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights-only loading)")
+    p.add_argument("--lenient", action="store_true", help="unknown keys in mergekit YAML warn instead of failing")
+    p.add_argument("--target-prefix", default=None, metavar="P",
+                   help="with --config: stages of a multi-document YAML are targets P+name (default: TARGET's folder)")
 
 
 def enter_directory(args) -> None:
@@ -60,7 +74,7 @@ def open_store(args):
 
 
 def requested_targets(args, mf) -> list[str]:
-    return [mf.statements[0].name] if args.config else list(args.targets)
+    return [mf.statements[-1].name] if args.config else list(args.targets)  # the final YAML document
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -75,20 +89,24 @@ def make_parser() -> argparse.ArgumentParser:
     add_recipe_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="say what would be recomputed, build nothing")
     p.add_argument("-B", "--always-make", action="store_true", help="rebuild everything (ignore outputs and cache hits)")
-    p.add_argument("-j", "--jobs", type=int, default=1, help="tensors computed in parallel")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="tensors (and independent targets) computed in parallel")
     p.add_argument("-q", "--question", action="store_true", help="exit 1 if anything is stale, 0 if up to date")
     p.add_argument("--explain", action="store_true", help="say why each stale target/tensor is stale")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--read-to-device", action="store_true", help="read inputs straight to --device and cast them there")
+    p.add_argument("--executor", choices=("local", "ray"), default="local", help="where tensors are computed (default: local threads)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="with --executor ray: join this Ray cluster (default: start a local Ray)")
     p.add_argument("--memory-budget", type=parse_size, default=None, help="bytes of tensors in flight (default: RAM/4)")
     p.add_argument("--no-wait", action="store_true", help="fail instead of waiting when an output is being built")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-crimes", action="store_true", help="merge models of different architectures (refused by default)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in explanations")
     return p
 
 
 def load_recipe(args) -> "object":
-    from mergefile.syntax import load_yaml_target, parse_mergefile
+    from mergefile.syntax import load_yaml_targets, parse_mergefile
     from mergefile.syntax.ast import Mergefile
 
     if args.config:
@@ -97,13 +115,17 @@ def load_recipe(args) -> "object":
         path = Path(args.config)
         if not path.is_file():
             raise UserError(f"config file '{args.config}' not found")
-        target = load_yaml_target(path, args.targets[0])
-        return Mergefile(str(Path.cwd() / "Mergefile"), (target,))
+        lenient = getattr(args, "lenient", False)
+        from mergefile.targets.moe_yaml import moe_yaml_to_target  # a mergekit-moe config (it has experts:)
+
+        moe = moe_yaml_to_target(path, args.targets[0])
+        targets = (moe,) if moe else load_yaml_targets(path, args.targets[0], prefix=getattr(args, "target_prefix", None), lenient=lenient)
+        return Mergefile(str(Path.cwd() / "Mergefile"), targets)
     path = Path(args.file or "Mergefile")
     if not path.is_file():
         where = f"'{path}'" if args.file else f"in {Path.cwd()}"
         raise UserError(f"no Mergefile found {where} (use -f FILE, -C DIR or --config YAML)")
-    return parse_mergefile(path)
+    return parse_mergefile(path, lenient=getattr(args, "lenient", False))
 
 
 def run_verb(name: str, argv: list[str]) -> int:
@@ -140,11 +162,22 @@ def build_command(args, mf, argv: Sequence[str]) -> int:
         dry_run=dry,
         memory_budget=args.memory_budget or default_memory_budget(),
         allow_pickle=args.allow_pickle,
+        allow_crimes=args.allow_crimes,
         wait_for_lock=not args.no_wait,
+        executor=args.executor,
+        read_to_device=args.read_to_device,
     )
     quiet = args.quiet or args.question or args.json or not sys.stderr.isatty()
-    with open_store(args) as store, make_progress(quiet) as progress:
-        report = build(mf, requested_targets(args, mf), store, options, progress, argv)
+    with open_store(args) as store, make_progress(quiet) as progress, contextlib.ExitStack() as stack:
+        def ray_executor():  # Ray starts (or is joined) only when something must be computed
+            from mergefile.run.build import make_executor
+            from mergefile.run.ray_executor import ray_session
+
+            stack.enter_context(ray_session(args.ray_address, num_cpus=options.jobs))
+            return make_executor(options)
+
+        executor = ray_executor if args.executor == "ray" else None
+        report = build(mf, requested_targets(args, mf), store, options, progress, argv, executor)
     if args.json:
         print(report_json(report, dry))
     elif args.question:
@@ -172,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mergebuild: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     if argv is None:
         sys.exit(code)
     return code

@@ -1,7 +1,7 @@
 """Merge methods: one module each, registered in ``registry.py`` (the one place to add one)."""
 
 from mergefile.methods.apply import apply_method
-from mergefile.methods.base import REQUIRED, BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec, Stage
+from mergefile.methods.base import REQUIRED, BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
 from mergefile.methods.registry import METHODS, get_method
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "EmbedPolicy",
     "MergeContext",
     "Method",
+    "ParamCheckError",
     "ParamSpec",
     "Stage",
     "apply_method",

@@ -56,6 +56,8 @@ def apply_method(method: Method, tensors: Sequence[torch.Tensor],
     """
     ctx = ctx or MergeContext(tensor_name="tensor")
     models, glob = with_defaults(method, per_model or [{} for _ in tensors], params or {}, ctx.base_index)
+    if method.check is not None:  # the planner's check, so in-memory trials fail the same way
+        method.check(glob, models, ctx.base_index)
     inputs = list(tensors)
     if method.stage is not None:
         if ctx.base_index is None:

@@ -7,6 +7,8 @@ every content key: bump it when the math changes and exactly its results rebuild
 
 Staged methods (the task-arithmetic family) also declare a per-model ``Stage`` whose output is
 keyed and cached on its own, so editing a ``weight`` reuses every sparsified delta.
+A method whose parameters have a valid range beyond their type declares a ``check``, which the
+planner runs on every tensor's resolved parameters, so a bad value fails before any read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergefile._lazy import torch
+
+from mergefile.errors import ConfigError
 
 
 class _Required:
@@ -92,6 +96,22 @@ class Stage:
     random: bool = False  # draws from ctx.generator (seed enters the key)
 
 
+class ParamCheckError(ConfigError):
+    """A method's parameter check failed; ``model`` is the index of the offending input, if any.
+
+    The planner adds where it happened (model line, target, tensor), which a method cannot know.
+    """
+
+    def __init__(self, message: str, model: int | None = None, hint: str | None = None):
+        super().__init__(message, None, hint)
+        self.model = model
+
+
+# check(params, per_model, base_index) -> None: validate one tensor's resolved parameters before
+# any tensor is read (same arguments as MergeFn, no tensors); raise ParamCheckError.
+CheckFn = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], "int | None"], None]
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered merge method. See the module docstring."""
@@ -109,6 +129,7 @@ class Method:
     random: bool = False  # merge draws from ctx.generator
     summary: str = ""
     aliases: tuple[str, ...] = field(default=())
+    check: CheckFn | None = None  # parameter validation run by the planner for every tensor
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

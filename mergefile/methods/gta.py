@@ -24,7 +24,7 @@ from typing import Any
 from mergefile._lazy import torch
 
 from mergefile.methods._common import finish, model_param, others, require_base, up
-from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec, Stage
+from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
 from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Sparsifier, SparsifyOptions, sparsify
 
 
@@ -170,6 +170,30 @@ def _stage(row: GTARow) -> Stage | None:
                  random=row.sparsifier in RANDOM_SPARSIFIERS)
 
 
+def _check(row: GTARow, params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]],
+           base_index: int | None) -> None:
+    """Sparsifier parameters out of range (reference §1.4), caught before any tensor is read.
+
+    Negative density/gamma/epsilon have no meaning; DELLA needs ``0 < density ± epsilon < 1``
+    whenever it prunes at all (density >= 1 keeps everything, density 0 drops everything).
+    """
+    if row.sparsifier is None:
+        return
+    for i, pm in enumerate(per_model):
+        if i == base_index:
+            continue
+        for name in ("density", "gamma", "epsilon"):
+            if pm.get(name) is not None and pm[name] < 0:
+                raise ParamCheckError(f"{name} must be >= 0, got {pm[name]}", i)
+        d, eps = pm.get("density"), pm.get("epsilon")
+        if row.sparsifier is Sparsifier.DELLA_MAGPRUNE and d is not None and eps is not None and 0 < d < 1:
+            if not (d - eps > 0 and d + eps < 1):
+                raise ParamCheckError(
+                    f"density ± epsilon must lie in (0, 1), got density={d}, epsilon={eps}", i,
+                    hint="lower epsilon, or move density away from 0 and 1",
+                )
+
+
 def build(row: GTARow) -> Method:
     """The :class:`Method` for one row."""
     return Method(
@@ -183,6 +207,7 @@ def build(row: GTARow) -> Method:
         embed=EmbedPolicy.BASE,
         stage=_stage(row),
         summary=row.summary,
+        check=partial(_check, row),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from mergefile._lazy import torch
 
 from mergefile.methods._common import finish, method_error, model_param, out_dtype, up
-from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
+from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
 _SIN_EPS = 1e-7  # log map undefined for antipodal points: they give no direction, so skip them
 
@@ -69,6 +69,18 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     return finish(out.view(tensors[0].shape), out_dtype(tensors, ctx))
 
 
+def check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], base_index: int | None) -> None:
+    """The weight errors of :func:`merge`, raised by the planner before any tensor is read."""
+    w = [pm["weight"] for pm in per_model]
+    if len(w) == 1 or None in w:  # a single input is returned as it is; merge names a missing one
+        return
+    for i, x in enumerate(w):
+        if x < 0:
+            raise ParamCheckError(f"weights must be >= 0, got {x}", i)
+    if sum(w) <= 0:
+        raise ParamCheckError(f"weights {w} must have a positive sum")
+
+
 METHOD = Method(
     name="karcher",
     version=1,
@@ -83,4 +95,5 @@ METHOD = Method(
     min_models=1,
     embed=EmbedPolicy.COMMON,
     summary="Riemannian (Karcher) mean of the models on the hypersphere",
+    check=check,
 )

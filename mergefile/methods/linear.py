@@ -46,6 +46,8 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
 def check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], base_index: int | None) -> None:
     """The zero-sum error of :func:`merge`, raised by the planner before any tensor is read."""
     w = [pm["weight"] for i, pm in enumerate(per_model) if not (i == base_index and pm.get("weight") is None)]
+    if None in w:  # merge names the input without a weight
+        return
     if params["normalize"] and w and abs(sum(w)) < _ZERO_SUM:
         raise ParamCheckError(f"weights {w} sum to 0 and normalize is on",
                               hint="set normalize = false, or change the weights")

@@ -14,7 +14,7 @@ from typing import Any
 from mergefile._lazy import torch
 
 from mergefile.methods._common import finish, method_error, model_param, others, out_dtype, up
-from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
+from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
 
 def multislerp(xs: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor | None:
@@ -65,6 +65,13 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     return finish(out, out_dtype(tensors, ctx))
 
 
+def check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], base_index: int | None) -> None:
+    """The zero-sum error of :func:`merge`, raised by the planner before any tensor is read."""
+    w = [pm["weight"] for i, pm in enumerate(per_model) if i != base_index]
+    if params["normalize_weights"] and len(w) > 1 and None not in w and abs(sum(w)) < 1e-12:
+        raise ParamCheckError(f"weights {w} sum to 0", hint="change the weights")
+
+
 METHOD = Method(
     name="multislerp",
     version=1,
@@ -79,4 +86,5 @@ METHOD = Method(
     min_models=1,
     embed=EmbedPolicy.COMMON,
     summary="spherical weighted barycentre of any number of models",
+    check=check,
 )

@@ -46,4 +46,10 @@ def get_method(name: str, loc: Loc | None = None) -> Method:
     try:
         return _LOOKUP[name]
     except KeyError:
+        if ":" in name:  # the tensor work of a target kind ("lora:extract"), never spelled in a recipe
+            from mergefile.targets import target_method
+
+            method = target_method(name)
+            if method is not None:
+                return method
         raise unknown("merge method", name, METHODS, loc) from None

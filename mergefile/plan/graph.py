@@ -38,7 +38,7 @@ def target_refs(target: Target) -> Iterator[Sym]:
         if isinstance(src.ref, Sym):
             yield src.ref
     for p in params:
-        if p.name == "base" or p.name == "tokenizer_source":
+        if p.name in ("base", "tokenizer_source", "tokenizer", "token", "finetuned", "models"):  # finetuned: lora(...), models: evolve(...)
             yield from _syms(p.value)
     for a in target.args:
         yield from _syms(a)

@@ -48,6 +48,10 @@ class InputModel:
     target: str | None = None  # set when it is another target's output
     hub: tuple[str, str | None] | None = None  # (repo, revision) when it came from the hub
     layout: Any = field(default=None, repr=False)
+    # Derived tensors (a LoRA applied on load, MoE gate vectors): an object with
+    # input_keys(names, stat, upstream) -> {name: key} and load(name, key, blobs, reader) ->
+    # (tensor, bytes read); see mergefile.targets.lora_input.
+    source: Any = field(default=None, repr=False)
 
     def get_layout(self):
         if self.layout is None:
@@ -62,6 +66,13 @@ class ResolveOptions:
     allow_pickle: bool = False
     convert_dir: str | None = None
     offline: bool | None = None
+    allow_crimes: bool = False  # merge models of different architectures
+    pins: dict[str, str] = field(default_factory=dict)  # hub_key(repo, revision) -> locked commit
+
+
+def hub_key(repo: str, revision: str | None) -> str:
+    """How a lockfile names a hub reference: ``hf:org/name`` or ``hf:org/name@revision``."""
+    return f"hf:{repo}@{revision}" if revision else f"hf:{repo}"
 
 
 def parse_model_string(text: str, loc: Loc | None = None) -> tuple[str, str | None]:
@@ -82,7 +93,11 @@ def download_hub(repo: str, revision: str | None, loc: Loc | None, offline: bool
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - dependency declared
         raise UserError(f"huggingface_hub is needed for hf(\"{repo}\")") from e
+    from mergefile.io.hub import hub_cache_dir
+
     kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "allow_patterns": HUB_PATTERNS}
+    if hub_cache_dir():
+        kwargs["cache_dir"] = hub_cache_dir()
     if offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         kwargs["local_files_only"] = True
     try:
@@ -115,13 +130,17 @@ class ModelResolver:
         self._dirs: dict[str, InputModel] = {}
 
     def resolve(self, ref: Ref, loc: Loc | None = None, label: str | None = None) -> InputModel:
+        lora = getattr(ref, "lora", None)  # model = BASE + LORA (mergekit "model+lora")
+        if lora is not None:
+            return self._with_lora(ref, lora, loc, label)
         if isinstance(ref, Sym):
             return self._resolve_name(ref, loc)
         if isinstance(ref, PathRef):
             base = Path(ref.loc.file).parent if ref.loc and ref.loc.file not in ("<string>", "") else self.base_dir
             return self._open_dir((base / ref.path), label or ref.path, ref.loc or loc)
         if isinstance(ref, HfRef):
-            path = download_hub(ref.repo, ref.revision, ref.loc or loc, self.options.offline)
+            revision = self.options.pins.get(hub_key(ref.repo, ref.revision), ref.revision)  # Mergefile.lock
+            path = download_hub(ref.repo, revision, ref.loc or loc, self.options.offline)
             m = self._open_dir(Path(path), label or ref.repo, ref.loc or loc)
             m.hub = (ref.repo, ref.revision)
             return m
@@ -136,6 +155,36 @@ class ModelResolver:
                 raise ConfigError(f"model '{ref.text}' is neither a local folder ({local}) nor a hub id", ref.loc or loc)
             return self.resolve(HfRef(name, rev, ref.loc), loc, label or ref.text)
         raise ConfigError(f"not a model reference: {ref!r}", loc)
+
+    def _with_lora(self, ref: Ref, lora: Ref, loc: Loc | None, label: str | None) -> InputModel:
+        """``BASE + ADAPTER``: the base with a PEFT LoRA applied on load (mergefile.targets.lora_input)."""
+        from dataclasses import replace
+
+        from mergefile.targets.lora_input import apply_lora
+
+        here = getattr(lora, "loc", None) or ref.loc or loc
+        base = self.resolve(replace(ref, lora=None), loc, label)
+        if base.source is not None:
+            raise ConfigError(f"model '{base.label}' already has a LoRA applied; apply one adapter per model", here)
+        if isinstance(lora, PathRef):
+            folder = Path(lora.loc.file).parent / lora.path if lora.loc and lora.loc.file not in ("<string>", "") else self.base_dir / lora.path
+        elif isinstance(lora, HfRef):
+            folder = Path(download_hub(lora.repo, lora.revision, here, self.options.offline))
+        elif isinstance(lora, AutoRef):
+            name, rev = parse_model_string(lora.text, here)
+            folder = Path(lora.base_dir) / name
+            if not folder.is_dir() or rev is not None:
+                if not _HUB_ID.match(name):
+                    raise ConfigError(f"LoRA '{lora.text}' is neither a local folder ({folder}) nor a hub id", here)
+                folder = Path(download_hub(name, rev, here, self.options.offline))
+        else:
+            raise ConfigError(f"not a LoRA adapter reference: {lora!r}", here)
+        if not folder.is_dir():
+            raise UserError(f"LoRA adapter folder '{folder}' does not exist", here)
+        key = f"{os.path.realpath(base.path)}+{os.path.realpath(folder)}"
+        if key not in self._dirs:
+            self._dirs[key] = apply_lora(base, str(folder), label or f"{base.label}+{folder.name}", here)
+        return self._dirs[key]
 
     def _resolve_name(self, ref: Sym, loc: Loc | None) -> InputModel:
         name = ref.name

@@ -42,6 +42,7 @@ class TensorJob:
     seed: int
     result_dtype: str  # safetensors code of the written tensor (planned)
     result_shape: tuple[int, ...]
+    vocab: str | None = None  # digest of the vocabulary remap (plan.vocab.remaps[name]) applied first
 
     @property
     def nbytes(self) -> int:
@@ -69,6 +70,11 @@ class TargetPlan:
     layer_key: str | None
     warnings: list[str] = field(default_factory=list)
     shard_names: dict[tuple, str] = field(default_factory=dict)
+    vocab: Any = None  # plan.vocab.VocabPlan when the target merges tokenizers / sets a chat template
+    # A target kind's output layout (mergefile.targets), None for a Hugging Face model folder:
+    # write_files(folder, config) writes its config files once the weights are in the folder,
+    # card_texts(plan) -> {file: text}, dynamic_shapes: tensor shapes are known only once computed.
+    layout: Any = None
 
     def assign_shards(self) -> None:
         """Layer-stable shards: one file for pre-layer tensors, one per layer, one for post."""

@@ -33,7 +33,7 @@ def pick(params: Sequence[Param], name: str, tensor: str) -> Param | None:
         if p.name != name:
             continue
         if p.filter in (None, "*"):
-            fallback = fallback or p
+            fallback = p  # the later unfiltered entry wins (a block line restating a call keyword)
         elif p.filter in tensor:
             return p
     return fallback
@@ -130,5 +130,6 @@ def resolve(
         return None
     raise ConfigError(
         f"missing required parameter '{spec.name}' {where} for tensor '{tensor}'", loc,
-        hint=f"set {spec.name}=... on the model line, or once for all models on the target",
+        hint=f"set {spec.name}=... on the model line, or once for all models on the target"
+        if spec.per_model else f"set {spec.name}=... on the target or its slice",
     )

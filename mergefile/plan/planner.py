@@ -8,12 +8,12 @@ method default).
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergefile.arch.generic import is_embedding
+from mergefile.arch.slicing import check_architectures, loose_inputs, rewrite_config
 from mergefile.errors import ConfigError, Loc, UserError, unknown
 from mergefile.methods.base import BaseRule, EmbedPolicy, Method
 from mergefile.methods.registry import get_method
@@ -22,9 +22,11 @@ from mergefile.plan.graph import normalize_name
 from mergefile.plan.inputs import InputModel, ModelResolver, ResolveOptions
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
 from mergefile.plan.params import Level, layer_t, resolve, substitute
+from mergefile.plan.tokenizer_recipe import TOKENIZER_SETTINGS
+from mergefile.plan.vocab import fit_config, plan_vocab
 from mergefile.syntax.ast import AutoRef, HfRef, Mergefile, Param, PathRef, Phony, Slice, Source, Sym, Target
 
-SETTINGS = ("base", "dtype", "out_dtype", "seed", "tokenizer_source", "tokenizer", "chat_template")
+SETTINGS = ("base", "dtype", "out_dtype", "seed", *TOKENIZER_SETTINGS)
 SLICE_SETTINGS = ("base",)
 _REF_TYPES = (Sym, HfRef, PathRef, AutoRef)
 
@@ -67,12 +69,15 @@ class Planner:
             options,
         )
         self.plans: dict[str, TargetPlan] = {}
+        self._outputs: dict[str, InputModel] = {}  # one object per target: base=X with X listed is one input
 
     def _target_output(self, name: str) -> InputModel | None:
         rule = self.rules.get(normalize_name(name))
         if rule is None or isinstance(rule, Phony):
             return None
-        return self.plan(rule.name).as_output_model()
+        if rule.name not in self._outputs:
+            self._outputs[rule.name] = self.plan(rule.name).as_output_model()
+        return self._outputs[rule.name]
 
     def plan(self, name: str) -> TargetPlan:
         name = normalize_name(name)
@@ -181,6 +186,10 @@ class Planner:
                 raise ConfigError("a slice source needs a layer range, e.g. model[0:8]", s.loc)
             start, end = s.layers
             n = m.get_layout().num_layers
+            if n == 0:
+                raise ConfigError(
+                    f"cannot slice model '{m.label}': its layer count cannot be inferred (no tensor names like "
+                    "'model.layers.N.…' and no num_hidden_layers/n_layer in config.json)", s.loc)
             if start < 0 or end <= start:
                 raise ConfigError(f"bad layer range [{start}:{end}] (need 0 <= start < end)", s.loc)
             if end > n:
@@ -205,6 +214,12 @@ class Planner:
 
     # -- the plan -----------------------------------------------------------------------
     def _plan(self, t: Target) -> TargetPlan:
+        from mergefile.targets import TARGET_KINDS
+
+        if t.method in TARGET_KINDS:  # lora(...), moe(...): not merges; the kind plans jobs and layout
+            return TARGET_KINDS[t.method].plan(self, t)
+        if getattr(t, "modules", ()):  # mergekit "modules:" (VLMs, encoder-decoders)
+            raise ConfigError(f"target '{t.name}': multi-module merges ('module' blocks, mergekit 'modules:') are not supported yet", t.modules[0].loc or t.loc)
         method = get_method(t.method, t.method_loc or t.loc)
         self._check_names(t, method)
         base = self._model_setting(self._setting(t, "base"))
@@ -214,12 +229,18 @@ class Planner:
         dtype, out_dtype = self._dtype(t, "dtype"), self._dtype(t, "out_dtype")
         seed_p = self._setting(t, "seed")
         seed = int(substitute(seed_p.value, self.variables)) if seed_p else 0
-        warnings: list[str] = []
+        models = [s.model for sl in slices for s in sl.sources]
+        warnings = check_architectures([(m.label, m.config) for m in models], self.resolver.options.allow_crimes, t.name, t.loc)
+        warnings += list(dict.fromkeys(f"{m.label}: {n}" for m in models for n in m.get_layout().notes))
         jobs, layer_map, inputs = self._jobs(t, method, slices, dtype, out_dtype, seed, warnings)
         donor = next((s.model for s in slices[0].sources if base is not None and s.model is base), slices[0].sources[slices[0].template].model)
-        tok = self._tokenizer_donor(t) or donor
         layout = donor.get_layout()
-        config = _rewrite_config(donor.config, layout.layer_key, layout.num_layers, layer_map)
+        config, notes = rewrite_config(donor.config, layout, layer_map, any(layout.is_head(j.name) for j in jobs))
+        warnings += notes
+        vocab = plan_vocab(self, t, base, donor, inputs, jobs, warnings)
+        if vocab is not None and vocab.size is not None:
+            jobs = vocab.apply(jobs, inputs)
+            fit_config(config, layout, vocab.size)
         plan = TargetPlan(
             name=t.name,
             out_dir=(self.base_dir / t.name),
@@ -228,26 +249,14 @@ class Planner:
             inputs=inputs,
             jobs=jobs,
             config=config,
-            donor=tok,
+            donor=vocab.donor if vocab is not None else donor,
             num_layers=len(layer_map),
             layer_key=layout.layer_key,
             warnings=warnings,
+            vocab=vocab,
         )
         plan.assign_shards()
         return plan
-
-    def _tokenizer_donor(self, t: Target) -> InputModel | None:
-        for key in ("tokenizer_source", "tokenizer"):
-            p = self._setting(t, key)
-            if p is None:
-                continue
-            v = substitute(p.value, self.variables)
-            if isinstance(v, Sym) and v.name == "base":
-                return None
-            if isinstance(v, Sym) and v.name == "union":
-                raise ConfigError("tokenizer 'union' (vocabulary merging) is not supported yet; use base or a model", p.loc)
-            return self._model_setting(p)
-        return None
 
     def _jobs(self, t, method, slices, dtype, out_dtype, seed, warnings):
         inputs: list[InputModel] = []
@@ -265,9 +274,8 @@ class Planner:
         ctx = _JobFactory(self, t, method, dtype, out_dtype, seed, warnings, index_of)
         jobs: list[TensorJob] = []
         first, last = slices[0], slices[-1]
-        tm = first.sources[first.template].model.get_layout()
-        for name in tm.pre:
-            jobs.append(ctx.job(name, ("pre",), first, [name] * len(first.sources), 0.0))
+        for name, names in loose_inputs([s.model.get_layout() for s in first.sources], first.template, "pre"):
+            jobs.append(ctx.job(name, ("pre",), first, names, 0.0))
         layer_map: list[tuple[int, int]] = []  # output layer -> (template model index, source layer)
         out_layer = 0
         for sl in slices:
@@ -279,9 +287,8 @@ class Planner:
                     jobs.append(ctx.job(ln.at(out_layer), ("layer", out_layer), sl, names, layer_t(j, sl.length)))
                 layer_map.append((id(tsrc.model), tsrc.start + j, tsrc.model))
                 out_layer += 1
-        lm = last.sources[last.template].model.get_layout()
-        for name in lm.post:
-            jobs.append(ctx.job(name, ("post",), last, [name] * len(last.sources), 0.0))
+        for name, names in loose_inputs([s.model.get_layout() for s in last.sources], last.template, "post"):
+            jobs.append(ctx.job(name, ("post",), last, names, 0.0))
         seen: dict[str, TensorJob] = {}
         for j in jobs:
             if j.name in seen:
@@ -325,7 +332,8 @@ class _JobFactory:
                 if method.max_models == method.min_models
                 else f"at least {method.min_models}" + (f" and at most {method.max_models}" if method.max_models else "")
             )
-            raise ConfigError(f"{method.name} needs {want} input models (base included), got {n_models}", sl.loc or self.t.loc)
+            got = ", ".join(s.model.label for s in srcs)
+            raise ConfigError(f"{method.name} needs {want} input models (base included), got {n_models}: {got}", sl.loc or self.t.loc)
         levels_global = [Level("slice", sl.params), Level("target", self.target_params), Level("file", self.file_params)]
         here = sl.loc or self.t.loc
         params = {
@@ -388,28 +396,6 @@ def _result_shape(method: Method, shapes: list[tuple], base_index: int | None) -
 def _unknown_param(p: Param, method: Method, allowed: set[str]) -> ConfigError:
     err = unknown(f"parameter for {method.name}", p.name, allowed, p.loc)
     return err
-
-
-def _rewrite_config(config: Mapping, layer_key: str | None, old_layers: int, layer_map: list) -> dict:
-    """Output config.json: the donor's, with the layer count and per-layer arrays rewritten."""
-    out = copy.deepcopy(dict(config))
-    n = len(layer_map)
-    if n == old_layers and all(src_layer == k for k, (_, src_layer, _) in enumerate(layer_map)):
-        return out
-    if layer_key:
-        node = out
-        parts = layer_key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = n
-    for key, value in list(out.items()):
-        if isinstance(value, list) and old_layers > 1 and len(value) == old_layers:
-            new = []
-            for _, src_layer, model in layer_map:
-                arr = model.config.get(key, value)
-                new.append(arr[src_layer] if isinstance(arr, list) and src_layer < len(arr) else value[min(src_layer, len(value) - 1)])
-            out[key] = new
-    return out
 
 
 def plan_targets(mf: Mergefile, names: Sequence[str], options: ResolveOptions | None = None) -> list[TargetPlan]:

@@ -1,15 +1,18 @@
 """The build: plan -> keys -> compare -> compute what is missing -> publish, target by target.
 
-Targets are processed prerequisites first. Keys of a downstream target are computed from
-upstream keys (Merkle style), so a dry run can explain a whole multi-stage recipe without
-building anything.
+Targets are processed prerequisites first; with ``-j N`` independent targets build side by side
+(``run/schedule.py``), their tensor work sharing one executor and one memory budget, and a
+target starts only once the targets it reads are published. Keys of a downstream target are
+computed from upstream keys (Merkle style), so a dry run can explain a whole multi-stage recipe
+without building anything.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +22,15 @@ from mergefile.errors import UserError
 from mergefile.plan.graph import build_graph, build_order
 from mergefile.plan.inputs import ResolveOptions
 from mergefile.plan.jobs import TargetPlan, TensorJob
+from mergefile.plan.lockfile import check_plans, lock_for
 from mergefile.plan.planner import Planner
 from mergefile.run.compute import InputLoader, compute_job, job_input_bytes
-from mergefile.run.executor import LocalExecutor, WorkItem
+from mergefile.run.executor import Executor, LocalExecutor, WorkItem
 from mergefile.run.keys import KeyedPlan, key_plan
 from mergefile.run.publish import aux_files, write_output
+from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
+from mergefile.run.tasks import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_task
 from mergefile.store.lock import output_lock
 from mergefile.store.store import Store
 from mergefile.syntax.ast import Mergefile
@@ -40,7 +46,10 @@ class BuildOptions:
     dry_run: bool = False
     memory_budget: int = 4 * 2**30
     allow_pickle: bool = False
+    allow_crimes: bool = False  # merge models of different architectures
     wait_for_lock: bool = True
+    executor: str = "local"  # "local" | "ray" (Ray must be initialized: ray_executor.ray_session)
+    read_to_device: bool = False  # inputs go to the device as read, cast there
 
 
 @dataclass
@@ -79,18 +88,32 @@ class Progress:
     def end_target(self, name: str) -> None: ...
 
 
-def _check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
+def _check_device(device: str, executor: str = "local") -> None:
+    if executor not in ("local", "ray"):
+        raise UserError(f"unknown executor '{executor}' (use local or ray)")
+    if device.startswith("cuda") and executor == "local" and not torch.cuda.is_available():
         raise UserError(f"--device {device} requested but no CUDA device is available")
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise UserError(f"unknown device '{device}' (use cpu or cuda)")
 
 
-def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: BuildOptions) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
-    """Plan, key and compare every needed target. Reads headers and the stat-cache only."""
+def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: BuildOptions,
+               progress: Progress | None = None) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
+    """Plan, key and compare every needed target. Reads headers and the stat-cache only.
+
+    An ``evolve`` target (a target generator) first becomes its best candidate: a build runs its
+    search to the end; a dry run takes the best so far (``targets/evolve/target.py``).
+    """
+    if any(getattr(s, "method", None) == "evolve" for s in mf.statements):
+        from mergefile.targets.evolve.target import expand_evolve_targets
+
+        mf = expand_evolve_targets(mf, requested, store, options, progress)
     g = build_graph(mf)
     order = build_order(mf, g, requested)
-    planner = Planner(mf, ResolveOptions(allow_pickle=options.allow_pickle, convert_dir=str(store.root / "converted")))
+    lock = lock_for(mf)  # Mergefile.lock: hub references resolve to their pinned commits
+    pins = lock.pins if lock is not None else {}
+    planner = Planner(mf, ResolveOptions(allow_pickle=options.allow_pickle, convert_dir=str(store.root / "converted"), pins=pins,
+                                      allow_crimes=options.allow_crimes))
     keyed: dict[str, KeyedPlan] = {}
     out = []
     for name in order:
@@ -99,6 +122,8 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
         keyed[plan.name] = kp
         aux = aux_files(plan)
         out.append((plan, kp, compare(kp, aux.key, force=options.force), aux))
+    if lock is not None and out:
+        check_plans(lock, [row[0] for row in out], store.stat.digests, planner.base_dir)
     return out
 
 
@@ -118,7 +143,7 @@ def _estimate(report: TargetReport, st: TargetStatus, store: Store, options: Bui
     report.to_compute = [j.name for j in jobs]
     report.est_read = sum(job_input_bytes(j, plan) for j in jobs)
     report.est_write = sum(j.nbytes for j in plan.jobs if plan.shard_of(j) in st.write_shards)
-    peaks = sorted((job_input_bytes(j, plan) + 2 * j.nbytes for j in jobs), reverse=True)
+    peaks = sorted((job_peak_bytes(j, plan, options.device) for j in jobs), reverse=True)
     report.est_peak = min(sum(peaks[: max(1, options.jobs)]), max(options.memory_budget, peaks[0] if peaks else 0))
 
 
@@ -129,12 +154,19 @@ def build(
     options: BuildOptions,
     progress: Progress | None = None,
     argv: Sequence[str] = (),
+    executor: Executor | Callable[[], Executor] | None = None,
 ) -> BuildReport:
-    """Bring the requested targets up to date (or, with dry_run, say what that would take)."""
+    """Bring the requested targets up to date (or, with dry_run, say what that would take).
+
+    Args:
+        executor: where tensor work runs, or a function making it (called only when there is
+            work: the CLI starts Ray there); default: the one ``options.executor`` names.
+    """
     progress = progress or Progress()
-    _check_device(options.device)
-    planned = plan_build(mf, requested, store, options)
+    _check_device(options.device, options.executor)
+    planned = plan_build(mf, requested, store, options, progress)
     reports: list[TargetReport] = []
+    todo: dict[str, tuple] = {}
     run = None if options.dry_run else store.log.start_run(list(argv))
     try:
         for plan, kp, st, aux in planned:
@@ -147,20 +179,53 @@ def build(
                 if run is not None:
                     run.record(target=plan.name, status="up-to-date" if st.up_to_date else "stale")
                 continue
-            _build_target(plan, kp, st, aux, store, options, progress, report, run)
+            todo[plan.name] = (plan, kp, st, aux, report)
+        if todo:
+            if executor is None:
+                executor = make_executor(options)
+            elif not hasattr(executor, "run"):
+                executor = executor()
+
+            def build_one(name: str, stop: threading.Event) -> None:
+                _build_target(*todo[name][:4], store, options, progress, todo[name][4], run, executor, stop)
+
+            run_targets(list(todo), _prerequisites(mf, list(todo)), build_one, options.jobs)
     finally:
         if run is not None:
             run.close(
                 targets=[r.name for r in reports],
                 computed=sum(r.computed for r in reports),
                 hits=sum(r.cache_hits for r in reports),
+                stage_hits=sum(r.stage_hits for r in reports),
+                stage_misses=sum(r.stage_misses for r in reports),
                 bytes_read=sum(r.bytes_read for r in reports),
                 bytes_written=sum(r.bytes_written for r in reports),
             )
     return BuildReport(reports)
 
 
-def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, report: TargetReport, run) -> None:
+def make_executor(options: BuildOptions) -> Executor:
+    """The executor ``options.executor`` names (Ray imported only for ``ray``)."""
+    if options.executor == "ray":
+        from mergefile.run.ray_executor import RayExecutor
+
+        return RayExecutor(options.jobs, options.memory_budget, options.device)
+    return LocalExecutor(options.jobs, options.memory_budget)
+
+
+def _prerequisites(mf: Mergefile, names: list[str]) -> dict[str, set[str]]:
+    """For each target to build, the ones among ``names`` it needs (directly or not)."""
+    import networkx as nx
+
+    from mergefile.plan.graph import normalize_name
+
+    g = build_graph(mf)
+    norm = {normalize_name(n): n for n in names}
+    return {n: {norm[a] for a in nx.ancestors(g, normalize_name(n)) if a in norm} for n in names}
+
+
+def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, report: TargetReport, run,
+                  executor: Executor, stop: threading.Event | None = None) -> None:
     from mergefile.io.reader import TensorReader
 
     t0 = time.perf_counter()
@@ -176,16 +241,17 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
             return
         reader = TensorReader()
         loader = InputLoader(plan, reader, store.blobs, options.allow_pickle)
+        device = _driver_device(options)
+        if options.read_to_device and device != "cpu":
+            loader = DeviceLoader(loader, device)
         need = _needs_compute(st, store)
         progress.start_target(plan.name, len(need))
-        executor = LocalExecutor(options.jobs, options.memory_budget)
-
-        def work(job: TensorJob):
-            return lambda: compute_job(job, kp, loader, store.blobs, options.device)[1]
-
-        items = [WorkItem(j.name, work(j), job_input_bytes(j, plan) + 2 * j.nbytes) for j in need]
+        items = _work_items(plan, kp, need, loader, store, options, executor)
         try:
-            for item, res in executor.run(items):
+            for item, out in executor.run(items):
+                if stop is not None and stop.is_set():
+                    raise Cancelled(plan.name)
+                res = absorb(out, store.blobs)
                 report.computed += 1
                 report.stage_hits += res.stage_hits
                 report.stage_misses += res.stage_misses
@@ -202,7 +268,7 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
                 key = kp.keys[name]
                 t = store.blobs.get(key, verify=True)
                 if t is None:  # evicted or corrupt since: recompute
-                    t, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, options.device)
+                    t, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, device)
                     report.computed += 1
                     run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
                 elif name not in computed:
@@ -217,6 +283,31 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
             reader.close()
             progress.end_target(plan.name)
     report.seconds = time.perf_counter() - t0
+
+
+def _driver_device(options: BuildOptions) -> str:
+    """Where this process computes: Ray workers may have a GPU the driver lacks."""
+    if options.device.startswith("cuda") and options.executor != "local" and not torch.cuda.is_available():
+        return "cpu"
+    return options.device
+
+
+def _work_items(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, store: Store,
+                options: BuildOptions, executor: Executor) -> list[WorkItem]:
+    """One item per job: a closure over this target's loader, and for remote executors a task."""
+    remote = getattr(executor, "remote", False)
+    hub = hub_file_names(plan) if remote else None
+    device = _driver_device(options)
+
+    def work(job: TensorJob):
+        return lambda: compute_job(job, kp, loader, store.blobs, device)[1]
+
+    def task(job: TensorJob):
+        return make_task(job, kp, str(store.blobs.directory), store.blobs.size_limit, options.device,
+                         options.read_to_device, options.allow_pickle, hub)
+
+    return [WorkItem(j.name, work(j), job_peak_bytes(j, plan, options.device), task(j) if remote else None)
+            for j in need]
 
 
 def default_memory_budget() -> int:

@@ -43,6 +43,8 @@ class InputLoader:
 
     def load(self, ref: InputRef, key: str) -> tuple[torch.Tensor, int]:
         model = self.plan.inputs[ref.model]
+        if model.source is not None:  # derived tensors: cached under their keys, made on a miss
+            return model.source.load(ref.tensor, key, self.blobs, self.reader)
         if model.target is None:
             info = model.tensors[ref.tensor]
             return self.reader.get(info), info.nbytes
@@ -60,7 +62,7 @@ class InputLoader:
         """Drop the mapped pages of model-file inputs a finished job read."""
         for ref in refs:
             model = self.plan.inputs[ref.model]
-            if model.target is None:
+            if model.target is None and model.source is None:
                 self.reader.release(model.tensors[ref.tensor])
 
 
@@ -135,6 +137,11 @@ def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, devic
         raw.append(t)
     dtype = _compute_dtype(job, raw)
     tensors = [t.to(device=device, dtype=dtype) for t in raw]
+    if job.vocab is not None:  # merged tokenizer: rows re-indexed to the output vocabulary first
+        from mergefile.run.embed_remap import remap_inputs, remapped_keys
+
+        tensors = remap_inputs(tensors, kp.plan.vocab.remaps[job.name])
+        in_keys = remapped_keys(in_keys, job.vocab)
     tensors = align(tensors, method.embed, job.base_index)
     if method.stage is not None and job.base_index is not None and len(tensors) > 1:
         tensors = _run_stages(method, job, tensors, in_keys, blobs, device, res)

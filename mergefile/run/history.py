@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-NODE_STATUSES = ("computed", "hit", "recomputed")
+NODE_STATUSES = {"computed": "computed", "hit": "hits", "recomputed": "recomputed"}  # status -> counter
 
 
 @dataclass
@@ -74,7 +74,8 @@ def summarize(run_id: str, records: Sequence[dict[str, Any]]) -> RunSummary:
             s.up_to_date.append(target)
         if status not in NODE_STATUSES:
             continue
-        setattr(s, status, getattr(s, status) + 1)
+        attr = NODE_STATUSES[status]
+        setattr(s, attr, getattr(s, attr) + 1)
         s.stage_hits += int(rec.get("stage_hits", 0))
         s.stage_misses += int(rec.get("stage_misses", 0))
         s.bytes_read += int(rec.get("bytes_read", 0))

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mergefile.io.hub import hf_blob_sha256
 from mergefile.methods.base import Method
 from mergefile.plan.jobs import TargetPlan, TensorJob
 from mergefile.store.keys import input_key, key_of
@@ -32,8 +33,8 @@ def _random(method: Method) -> bool:
 
 
 def job_payload(job: TensorJob, method: Method, in_keys: list[str]) -> dict[str, Any]:
-    """The key preimage of one output tensor."""
-    return {
+    """The key preimage of one output tensor (``vocab``: only for re-indexed embeddings)."""
+    payload = {
         "method": method.name,
         "version": method.version,
         "params": dict(job.params),
@@ -45,6 +46,9 @@ def job_payload(job: TensorJob, method: Method, in_keys: list[str]) -> dict[str,
         "embed": method.embed.value if job.is_embed else None,
         "seed": job.seed if _random(method) else None,
     }
+    if job.vocab is not None:
+        payload["vocab"] = job.vocab
+    return payload
 
 
 def stage_key(method: Method, params: Mapping[str, Any], x_key: str, base_key: str, dtype: str | None, seed: int) -> str:
@@ -65,6 +69,15 @@ def stage_key(method: Method, params: Mapping[str, Any], x_key: str, base_key: s
     )
 
 
+def hub_digests(file: str, infos) -> dict[str, str] | None:
+    """Tensor digests of a file in the Hugging Face cache without reading it: the blob's sha256
+    (which the hub verified on download) and the tensor's byte range. None outside the cache."""
+    sha = hf_blob_sha256(file)
+    if sha is None:
+        return None
+    return {i.name: f"sha256:{sha}:{i.begin}-{i.end}" for i in infos}
+
+
 def compute_input_keys(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> dict[tuple[int, str], str]:
     """Input tensor keys: from the stat-cache for files, from upstream keys for targets."""
     needed: dict[int, set[str]] = defaultdict(set)
@@ -73,22 +86,29 @@ def compute_input_keys(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]
             needed[ref.model].add(ref.tensor)
     keys: dict[tuple[int, str], str] = {}
     for idx, names in needed.items():
-        model = plan.inputs[idx]
-        if model.target is not None:
-            up = upstream[model.target].keys
-            for n in names:
-                keys[(idx, n)] = up[n]
-            continue
-        by_file: dict[str, list] = defaultdict(list)
-        for info in model.tensors.values():
-            by_file[info.file].append(info)
-        files = {model.tensors[n].file for n in names}
-        for f in sorted(files):
-            digests = stat.digests(f, by_file[f])
-            for n in names:
-                info = model.tensors[n]
-                if info.file == f:
-                    keys[(idx, n)] = input_key(digests[n], info.dtype, info.shape)
+        for n, k in model_keys(plan.inputs[idx], names, stat, upstream).items():
+            keys[(idx, n)] = k
+    return keys
+
+
+def model_keys(model, names, stat, upstream: Mapping[str, KeyedPlan]) -> dict[str, str]:
+    """Keys of tensors ``names`` of one input model (an ``InputModel``)."""
+    if getattr(model, "source", None) is not None:  # derived tensors (LoRA applied, MoE gates)
+        return model.source.input_keys(names, stat, upstream)
+    if model.target is not None:
+        up = upstream[model.target].keys
+        return {n: up[n] for n in names}
+    keys: dict[str, str] = {}
+    by_file: dict[str, list] = defaultdict(list)
+    for info in model.tensors.values():
+        by_file[info.file].append(info)
+    files = {model.tensors[n].file for n in names}
+    for f in sorted(files):
+        digests = hub_digests(f, by_file[f]) or stat.digests(f, by_file[f])
+        for n in names:
+            info = model.tensors[n]
+            if info.file == f:
+                keys[n] = input_key(digests[n], info.dtype, info.shape)
     return keys
 
 

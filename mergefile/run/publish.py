@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergefile._lazy import torch
@@ -35,6 +35,8 @@ class AuxFiles:
     config: dict
     copies: dict[str, str]  # file name -> source path
     key: str
+    texts: dict[str, str] = field(default_factory=dict)  # file name -> content (model card, YAML)
+    tokenizer: object = None  # plan.vocab.TokenizerSpec: a merged tokenizer written instead of copied
 
 
 def aux_files(plan: TargetPlan) -> AuxFiles:
@@ -50,12 +52,41 @@ def aux_files(plan: TargetPlan) -> AuxFiles:
                 config[k] = name
     copies: dict[str, str] = {}
     src = Path(plan.donor.path)
-    for name in (*TOKENIZER_FILES, "generation_config.json"):
+    spec = plan.vocab.tokenizer if plan.vocab is not None else None
+    for name in (*(() if spec else TOKENIZER_FILES), "generation_config.json"):
         p = src / name
         if p.is_file():
             copies[name] = str(p)
     digests = {name: xxhash.xxh3_128_hexdigest(Path(p).read_bytes()) for name, p in copies.items()}
-    return AuxFiles(config, copies, key_of("aux", {"config": config, "files": digests, "recipe": plan.target.origin or ""}))
+    texts = plan.layout.card_texts(plan) if plan.layout is not None else card_texts(plan)
+    digests.update({name: xxhash.xxh3_128_hexdigest(text.encode()) for name, text in texts.items()})
+    payload = {"config": config, "files": digests, "recipe": plan.target.origin or ""}
+    if spec is not None:
+        payload["tokenizer"] = spec.key
+    return AuxFiles(config, copies, key_of("aux", payload), texts, spec)
+
+
+def card_texts(plan: TargetPlan) -> dict[str, str]:
+    """README.md (model card) and mergebuild_config.yml of an output, from its plan."""
+    from mergefile.io.header import code_name
+    from mergefile.io.hub import snapshot_of
+    from mergefile.io.model_card import CardData, CardInput, ref_namer, render_card, render_mergekit_yaml
+
+    bases = {j.inputs[j.base_index].model for j in plan.jobs if j.base_index is not None}
+    inputs = []
+    for i, m in enumerate(plan.inputs):
+        snap = snapshot_of(m.path) if m.hub else None
+        inputs.append(CardInput(m.label, m.hub[0] if m.hub else None, m.hub[1] if m.hub else None,
+                                snap[1] if snap else None, m.target is not None, i in bases))
+    codes = {j.result_dtype for j in plan.jobs}
+    dtype = code_name(codes.pop()) if len(codes) == 1 else None
+    t = plan.target
+    is_yaml = bool(t.loc and str(t.loc.file).endswith((".yml", ".yaml")))
+    card = CardData(plan.name, plan.method.name, plan.method.reference, plan.method.summary, tuple(inputs), dtype,
+                    t.origin, "yaml" if is_yaml else "mergefile")
+    namer = ref_namer({m.label: m.hub[0] for m in plan.inputs if m.hub})
+    config = render_mergekit_yaml(t, namer, dtype, source_yaml=t.origin if is_yaml else None)
+    return {"README.md": render_card(card), "mergebuild_config.yml": config}
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -149,6 +180,10 @@ def write_output(
                     def get(name=job.name) -> memoryview:
                         return tensor_bytes(fetch(name))
 
+                    if getattr(plan.layout, "dynamic_shapes", False):  # e.g. LoRA ranks cut by sv_epsilon
+                        t = fetch(job.name)
+                        entries.append((job.name, job.result_dtype, tuple(t.shape), lambda t=t: tensor_bytes(t)))
+                        continue
                     entries.append((job.name, job.result_dtype, tuple(job.result_shape), get))
                 written += write_safetensors(tmp / shard, entries, metadata={"format": "pt"})
             for job in jobs:
@@ -158,9 +193,18 @@ def write_output(
             man.shards[shard] = shard_stat(tmp / shard)
         if len(by_shard) > 1:
             write_index(tmp, weight_map, total, metadata={"mergebuild": "1"})
-        write_config(aux.config, tmp)
+        if plan.layout is None:
+            write_config(aux.config, tmp)
+        else:  # a target kind's own files (adapter_config.json, ...)
+            plan.layout.write_files(tmp, aux.config)
         for name, src in aux.copies.items():
             shutil.copyfile(src, tmp / name)
+        if aux.tokenizer is not None:
+            from mergefile.run.tokenizer_out import write_tokenizer
+
+            write_tokenizer(aux.tokenizer, tmp)
+        for name, text in aux.texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / MANIFEST).write_text(man.to_json())
         swap_in(tmp, out_dir)
     except BaseException:

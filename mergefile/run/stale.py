@@ -76,6 +76,8 @@ def diff_recipe(old: dict[str, Any], new: dict[str, Any]) -> tuple[Reason, tuple
     for k in sorted(set(op) | set(np_)):
         if op.get(k) != np_.get(k):
             out.append((Reason.PARAM_CHANGED, f"{k} {_fmt(op.get(k))} -> {_fmt(np_.get(k))}"))
+    if old.get("vocab") != new.get("vocab"):
+        out.append((Reason.PARAM_CHANGED, "tokenizer vocabulary or token rules changed"))
     if old.get("seed") != new.get("seed"):
         out.append((Reason.PARAM_CHANGED, f"seed {_fmt(old.get('seed'))} -> {_fmt(new.get('seed'))}"))
     om, nm = old.get("models", []), new.get("models", [])
