@@ -15,7 +15,7 @@ from mergefile._lazy import torch
 from mergefile.methods.base import EmbedPolicy, MergeContext, Method
 from mergefile.methods.registry import get_method
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob
-from mergefile.run.keys import KeyedPlan, stage_key
+from mergefile.run.keys import KeyedPlan, stage_inputs, stage_plan
 from mergefile.store.keys import seed_from_key
 
 
@@ -99,24 +99,16 @@ def _generator(key: str, seed: int) -> torch.Generator:
 
 
 def _run_stages(method: Method, job: TensorJob, tensors, in_keys, blobs, device, res: JobResult) -> list[torch.Tensor]:
-    stage = method.stage
-    assert stage is not None and job.base_index is not None
     b = job.base_index
-    params = dict(job.params)
     out = list(tensors)
-    for i, x in enumerate(tensors):
-        if i == b:
-            continue
-        pm = dict(job.per_model[i])
-        sp = {n: pm[n] if n in pm else params.get(n) for n in stage.params}
-        sk = stage_key(method, sp, in_keys[i], in_keys[b], job.dtype, job.seed)
+    for i, sp, sk in stage_plan(method, job, in_keys):
         cached = blobs.get(sk)
         if cached is not None:
             res.stage_hits += 1
             out[i] = cached.to(device)
             continue
         ctx = MergeContext(job.name, job.is_embed, b, _generator(sk, job.seed))
-        y = stage.fn(x, tensors[b], sp, ctx)
+        y = method.stage.fn(tensors[i], tensors[b], sp, ctx)
         res.stage_misses += 1
         res.bytes_written += blobs.put(sk, y.detach().to("cpu").contiguous())
         out[i] = y
@@ -129,22 +121,20 @@ def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, devic
     key = kp.keys[job.name]
     res = JobResult(job.name, key, "computed", 0.0, 0, 0)
     method = get_method(job.method)
-    in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
     raw = []
-    for ref, k in zip(job.inputs, in_keys):
-        t, n = loader.load(ref, k)
+    for ref in job.inputs:
+        t, n = loader.load(ref, kp.input_keys[(ref.model, ref.tensor)])
         res.bytes_read += n
         raw.append(t)
     dtype = _compute_dtype(job, raw)
     tensors = [t.to(device=device, dtype=dtype) for t in raw]
     if job.vocab is not None:  # merged tokenizer: rows re-indexed to the output vocabulary first
-        from mergefile.run.embed_remap import remap_inputs, remapped_keys
+        from mergefile.run.embed_remap import remap_inputs
 
         tensors = remap_inputs(tensors, kp.plan.vocab.remaps[job.name])
-        in_keys = remapped_keys(in_keys, job.vocab)
     tensors = align(tensors, method.embed, job.base_index)
     if method.stage is not None and job.base_index is not None and len(tensors) > 1:
-        tensors = _run_stages(method, job, tensors, in_keys, blobs, device, res)
+        tensors = _run_stages(method, job, tensors, stage_inputs(job, kp), blobs, device, res)
     ctx = MergeContext(job.name, job.is_embed, job.base_index, _generator(key, job.seed))
     result = method.merge(tensors, [dict(p) for p in job.per_model], dict(job.params), ctx)
     if job.out_dtype:

@@ -78,6 +78,36 @@ def hub_digests(file: str, infos) -> dict[str, str] | None:
     return {i.name: f"sha256:{sha}:{i.begin}-{i.end}" for i in infos}
 
 
+def stage_inputs(job: TensorJob, kp: "KeyedPlan") -> list[str]:
+    """Input keys as a job's stages see them: re-indexed inputs get keys of their own."""
+    in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
+    if job.vocab is not None:
+        from mergefile.run.embed_remap import remapped_keys
+
+        in_keys = remapped_keys(in_keys, job.vocab)
+    return in_keys
+
+
+def stage_plan(method: Method, job: TensorJob, in_keys: list[str]) -> list[tuple[int, dict[str, Any], str]]:
+    """``(input index, stage parameters, stage key)`` for every non-base input of a staged job.
+
+    The one definition of which parameters reach a stage: the build computes stages with it and
+    ``cache gc`` keeps what it names, so the two can never disagree.
+    """
+    stage, b = method.stage, job.base_index
+    if stage is None or b is None or len(job.inputs) < 2:
+        return []
+    params = dict(job.params)
+    out = []
+    for i in range(len(job.inputs)):
+        if i == b:
+            continue
+        pm = dict(job.per_model[i])
+        sp = {n: pm[n] if n in pm else params.get(n) for n in stage.params}
+        out.append((i, sp, stage_key(method, sp, in_keys[i], in_keys[b], job.dtype, job.seed)))
+    return out
+
+
 def compute_input_keys(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> dict[tuple[int, str], str]:
     """Input tensor keys: from the stat-cache for files, from upstream keys for targets."""
     needed: dict[int, set[str]] = defaultdict(set)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mergefile.methods.registry import get_method
-from mergefile.run.keys import KeyedPlan, stage_key
+from mergefile.run.keys import KeyedPlan, stage_inputs, stage_plan
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,12 @@ class KeyUse:
 
 
 def stage_keys(kp: KeyedPlan) -> dict[str, KeyUse]:
-    """Keys of every per-model stage output the plan's jobs compute (mirrors compute._run_stages)."""
+    """Keys of every per-model stage output the plan's jobs compute (the build's own stage_plan)."""
     out: dict[str, KeyUse] = {}
     plan = kp.plan
     for job in plan.jobs:
         method = get_method(job.method)
-        stage = method.stage
-        b = job.base_index
-        if stage is None or b is None or len(job.inputs) < 2:
-            continue
-        in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
-        params = dict(job.params)
-        for i in range(len(job.inputs)):
-            if i == b:
-                continue
-            pm = dict(job.per_model[i])
-            sp = {n: pm[n] if n in pm else params.get(n) for n in stage.params}
-            key = stage_key(method, sp, in_keys[i], in_keys[b], job.dtype, job.seed)
+        for i, _, key in stage_plan(method, job, stage_inputs(job, kp)):
             label = plan.inputs[job.inputs[i].model].label
             out.setdefault(key, KeyUse(plan.name, job.name, f"stage:{label}"))
     return out
