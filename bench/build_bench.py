@@ -132,6 +132,19 @@ out/merged: linear {{
 """
 
 
+def startup_costs() -> dict:
+    """Fixed costs every build pays: Python + mergebuild's planning imports, and torch's import."""
+    out = {}
+    for name, code in (("import_mergebuild_s", "import mergefile.cli.main, mergefile.run.build"), ("import_torch_s", "import torch")):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = best
+    return out
+
+
 def run_case(layers: int, hidden: int, n_models: int, jobs: int) -> dict:
     inter = int(hidden * 2.75)
     vocab = 32000
@@ -177,7 +190,11 @@ def main() -> int:
         args.hidden, args.layers = 256, 4
     big = run_case(args.layers, args.hidden, args.models, args.jobs)
     half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs)
-    result = {"big": big, "half": half, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
+    fixed = startup_costs()
+    result = {"big": big, "half": half, "startup": fixed, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
+    # what the build itself costs beyond the interpreter and torch start-up (an edit needs torch)
+    result["edit_minus_startup_over_cold"] = (big["edit_s"] - fixed["import_torch_s"]) / big["cold_s"]
+    result["noop_minus_startup_over_cold"] = (big["noop_s"] - fixed["import_mergebuild_s"]) / big["cold_s"]
     print(json.dumps(result, indent=2))
     (ROOT / "last_run.json").write_text(json.dumps(result, indent=2))
     return 0
