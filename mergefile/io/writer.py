@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,13 +90,16 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a small file through a temp file and rename: readers see old or new, never half."""
-    path = os.fspath(path)
+@contextmanager
+def _atomic_file(path: str):
+    """A file handle on ``path + ".tmp"``, fsynced and renamed over ``path`` on success.
+
+    Readers see the old file or the new one, never half; on any error the temp file is removed.
+    """
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -104,6 +108,12 @@ def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a small file through a temp file and rename: readers see old or new, never half."""
+    with _atomic_file(os.fspath(path)) as f:
+        f.write(data)
 
 
 def write_safetensors(
@@ -131,31 +141,21 @@ def write_safetensors(
     """
     path = os.fspath(path)
     header, sizes = _header_bytes(entries, metadata)
-    tmp = path + ".tmp"
     written = 0
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            written = 8 + len(header)
-            for (name, code, shape, fetch), size in zip(entries, sizes):
-                data = fetch()
-                got = data.nbytes if isinstance(data, memoryview) else len(data)
-                if got != size:
-                    raise ValueError(
-                        f"tensor '{name}' ({code}{list(shape)}) should be {size} bytes, fetch gave {got}"
-                    )
-                f.write(data)
-                written += got
-                del data
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    with _atomic_file(path) as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        written = 8 + len(header)
+        for (name, code, shape, fetch), size in zip(entries, sizes):
+            data = fetch()
+            got = data.nbytes if isinstance(data, memoryview) else len(data)
+            if got != size:
+                raise ValueError(
+                    f"tensor '{name}' ({code}{list(shape)}) should be {size} bytes, fetch gave {got}"
+                )
+            f.write(data)
+            written += got
+            del data
     return written
 
 
