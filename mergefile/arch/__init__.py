@@ -1,10 +1,12 @@
 """Architecture knowledge: which tensors are per-layer, how layers are numbered, layer-count keys.
 
 Known families are data (``families.json``, loaded by ``families.py``); anything else is
-inferred from tensor names (``generic.py``). ``slicing.py`` holds the frankenmerge rules.
+inferred from tensor names (``generic.py``). ``slicing.py`` holds the frankenmerge rules;
+``modular.py`` splits multi-module checkpoints (vision-language models, T5) by module.
 """
 
-from mergefile.arch.families import Family, arch_id, families, family_for
+from mergefile.arch.families import Family, Modular, ModuleSpec, arch_id, families, family_for, known_architectures, modular_families
+from mergefile.arch.modular import ModelModules, model_modules
 from mergefile.arch.generic import LayerLayout, LayerName, is_embedding, layer_layout, split_layer_name
 from mergefile.arch.slicing import check_architectures, config_get, config_set, loose_inputs, rewrite_config
 
@@ -12,6 +14,9 @@ __all__ = [
     "Family",
     "LayerLayout",
     "LayerName",
+    "ModelModules",
+    "Modular",
+    "ModuleSpec",
     "arch_id",
     "check_architectures",
     "config_get",
@@ -19,8 +24,11 @@ __all__ = [
     "families",
     "family_for",
     "is_embedding",
+    "known_architectures",
     "layer_layout",
     "loose_inputs",
+    "model_modules",
+    "modular_families",
     "rewrite_config",
     "split_layer_name",
 ]

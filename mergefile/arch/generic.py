@@ -74,6 +74,7 @@ class LayerLayout:
     layer_index_lists: tuple[str, ...] = ()
     vocab_key: str = "vocab_size"
     tie_default: bool = False
+    tie_key: str = "tie_word_embeddings"  # where the config says whether the head is tied
     names: frozenset[str] = field(default=frozenset(), repr=False)
 
     def templates(self, index: int) -> tuple[LayerName, ...]:
@@ -104,13 +105,25 @@ def _config_layers(config: Mapping, keys: Iterable[str] = LAYER_COUNT_KEYS) -> t
     return None, None
 
 
-def layer_layout(names: Iterable[str], config: Mapping) -> LayerLayout:
-    """Group tensor names by layer; use the family table when the config names a known family."""
-    fam = family_for(config)
-    return _family_layout(fam, sorted(names), config) if fam else _generic_layout(sorted(names), config)
+def layer_layout(names: Iterable[str], config: Mapping, arch: str | None = None) -> LayerLayout:
+    """Group tensor names by layer; use the family table when the config names a known family.
+
+    ``arch`` (a model's ``override_architecture``) picks the family by class name. A
+    multi-module architecture gets one layout of all its tensors with no layer stack
+    (``mergefile.arch.modular`` lays out each module).
+    """
+    from mergefile.arch.families import modular_for
+    from mergefile.arch.modular import combined_layout, model_modules
+
+    names = sorted(names)
+    mod = modular_for(config, arch)
+    if mod is not None:
+        return combined_layout(model_modules(names, config, mod), names)
+    fam = family_for(config, arch)
+    return family_layout(fam, names, config) if fam else generic_layout(names, config)
 
 
-def _generic_layout(names: list[str], config: Mapping) -> LayerLayout:
+def generic_layout(names: list[str], config: Mapping) -> LayerLayout:
     """Unknown architecture: layers from ``…layers.N…`` names, loose embeddings 'pre', the rest 'post'."""
     layers: dict[int, list[LayerName]] = {}
     pre: list[str] = []
@@ -139,7 +152,7 @@ def _generic_layout(names: list[str], config: Mapping) -> LayerLayout:
     )
 
 
-def _family_layout(fam: Family, names: list[str], config: Mapping) -> LayerLayout:
+def family_layout(fam: Family, names: list[str], config: Mapping) -> LayerLayout:
     """Known family: the table decides pre/post and per-layer names; unknown names are inferred."""
     layers: dict[int, list[LayerName]] = {}
     pre: list[str] = []
@@ -158,7 +171,7 @@ def _family_layout(fam: Family, names: list[str], config: Mapping) -> LayerLayou
             post.append(name)
         else:
             odd.append(name)
-            ln = split_layer_name(name)
+            ln = split_layer_name(name) if fam.layers is not None else None
             if ln is not None:
                 layers.setdefault(ln.index, []).append(ln)
             elif _is_word_embedding(name):
@@ -166,8 +179,10 @@ def _family_layout(fam: Family, names: list[str], config: Mapping) -> LayerLayou
             else:
                 post.append(name)
     key, n = _config_layers(config, (fam.layer_count_key,))
-    if key is None:
+    if key is None and fam.layers is not None:
         key, n = _config_layers(config)
+    if fam.layers is None:  # a module without a layer stack (a projector)
+        key, n = None, 0
     notes = ()
     if odd:
         shown = ", ".join(sorted(set(odd))[:5]) + (" ..." if len(set(odd)) > 5 else "")

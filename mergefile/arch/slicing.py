@@ -95,14 +95,18 @@ def _array_keys(config: Mapping, layout: LayerLayout, old_layers: int) -> list[s
     ]
 
 
-def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tuple], head_in_output: bool) -> tuple[dict, list[str]]:
+def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tuple], head_in_output: bool | None,
+                   original: Mapping | None = None) -> tuple[dict, list[str]]:  # fmt: skip
     """The output ``config.json``: the donor's, fitted to the output's layers and head.
 
     Args:
-        config: the donor's config.
+        config: the donor's config (or, for the second module of a multi-module model, the
+            config the first module's rewrite returned).
         layout: the donor's layout (layer key, per-layer keys, tie default).
         layer_map: per output layer ``(_, source layer, source model)``; models have ``.config``.
-        head_in_output: whether the output has an output-head tensor (else it is tied).
+        head_in_output: whether the output has an output-head tensor (else it is tied); None
+            leaves ``tie_word_embeddings`` alone (a module without a head).
+        original: the donor's own config when ``config`` is a rewritten copy of it.
 
     Returns:
         The new config and warnings.
@@ -110,7 +114,8 @@ def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tup
     out = copy.deepcopy(dict(config))
     warnings: list[str] = []
     n, old = len(layer_map), layout.num_layers
-    changed = n != old or any(src != k or model.config is not config for k, (_, src, model) in enumerate(layer_map))
+    donor = config if original is None else original
+    changed = n != old or any(src != k or model.config is not donor for k, (_, src, model) in enumerate(layer_map))
     if changed and n:
         if layout.layer_key:
             config_set(out, layout.layer_key, n)
@@ -128,6 +133,8 @@ def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tup
         for key in layout.layer_index_lists:
             if isinstance(config_get(out, key), list):
                 config_set(out, key, [k for k, (_, src, model) in enumerate(layer_map) if src in (config_get(model.config, key) or [])])
+    if head_in_output is None:
+        return out, warnings
     if layout.family is not None or "tie_word_embeddings" in out:
         want = not head_in_output
         if bool(out.get("tie_word_embeddings", layout.tie_default)) != want:

@@ -128,15 +128,16 @@ def mergekit_config(t: Target, model_name: Callable[[Any], str], dtype: str | No
     settings = {p.name: _value(p.value, model_name) for p in t.params if p.name in _SETTINGS and p.filter is None}
     if "base" in settings:
         cfg["base_model"] = settings["base"]
-    if t.slices:
-        cfg["slices"] = []
-        for sl in t.slices:
-            row: dict[str, Any] = {"sources": [_source(s, model_name) for s in sl.sources]}
-            if sl.params:
-                row["parameters"] = _params(sl.params, model_name, frozenset({"base"}))
-            cfg["slices"].append(row)
+    modules = getattr(t, "modules", ())
+    if modules:  # a multi-module model: each module has its own models or slices
+        cfg["modules"] = {}
+        for m in modules:
+            block = _inputs(m, model_name)
+            if m.params:
+                block["parameters"] = _params(m.params, model_name, frozenset())
+            cfg["modules"][m.name] = block
     else:
-        cfg["models"] = [_source(s, model_name) for s in t.sources]
+        cfg.update(_inputs(t, model_name))
     params = _params(t.params, model_name, frozenset(_SETTINGS))
     if params:
         cfg["parameters"] = params
@@ -150,6 +151,19 @@ def mergekit_config(t: Target, model_name: Callable[[Any], str], dtype: str | No
     if settings.get("chat_template"):
         cfg["chat_template"] = settings["chat_template"]
     return cfg
+
+
+def _inputs(owner: Any, model_name: Callable[[Any], str]) -> dict[str, Any]:
+    """``slices:`` or ``models:`` of a target or of one module."""
+    if owner.slices:
+        rows = []
+        for sl in owner.slices:
+            row: dict[str, Any] = {"sources": [_source(s, model_name) for s in sl.sources]}
+            if sl.params:
+                row["parameters"] = _params(sl.params, model_name, frozenset({"base"}))
+            rows.append(row)
+        return {"slices": rows}
+    return {"models": [_source(s, model_name) for s in owner.sources]}
 
 
 def render_mergekit_yaml(t: Target, model_name: Callable[[Any], str], dtype: str | None = None, *, source_yaml: str | None = None) -> str:

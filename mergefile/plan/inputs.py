@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergefile.errors import ConfigError, Loc, UserError, unknown
+from mergefile.errors import ConfigError, Loc, UserError, did_you_mean, unknown
 from mergefile.syntax.ast import AutoRef, HfRef, PathRef, Ref, Sym
 
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -52,13 +52,25 @@ class InputModel:
     # input_keys(names, stat, upstream) -> {name: key} and load(name, key, blobs, reader) ->
     # (tensor, bytes read); see mergefile.targets.lora_input.
     source: Any = field(default=None, repr=False)
+    arch: str | None = None  # override_architecture: the class it is read as (config says so too)
+    modules: Any = field(default=None, repr=False)
 
     def get_layout(self):
         if self.layout is None:
             from mergefile.arch import layer_layout
 
-            self.layout = layer_layout(self.tensors.keys(), self.config)
+            self.layout = layer_layout(self.tensors.keys(), self.config, self.arch)
         return self.layout
+
+    def get_modules(self):
+        """``arch.ModelModules`` when its architecture has several modules (a VLM, T5), else None."""
+        if self.modules is None:
+            from mergefile.arch.families import modular_for
+            from mergefile.arch.modular import model_modules
+
+            mod = modular_for(self.config, self.arch)
+            self.modules = model_modules(self.tensors.keys(), self.config, mod) if mod is not None else False
+        return self.modules or None
 
 
 @dataclass
@@ -128,8 +140,15 @@ class ModelResolver:
         self.target_names = target_names
         self.options = options or ResolveOptions()
         self._dirs: dict[str, InputModel] = {}
+        self.folders: list[str] = []  # every folder opened (models, adapters): a no-op stamp watches them
+        self.unpinned_hub = False  # a hub reference that may move (a branch, not offline, not locked)
 
     def resolve(self, ref: Ref, loc: Loc | None = None, label: str | None = None) -> InputModel:
+        arch = getattr(ref, "architecture", None)
+        if arch is not None:  # mergekit's override_architecture
+            from dataclasses import replace
+
+            return self._with_arch(self.resolve(replace(ref, architecture=None), loc, label), arch, ref.loc or loc)
         lora = getattr(ref, "lora", None)  # model = BASE + LORA (mergekit "model+lora")
         if lora is not None:
             return self._with_lora(ref, lora, loc, label)
@@ -141,6 +160,7 @@ class ModelResolver:
         if isinstance(ref, HfRef):
             revision = self.options.pins.get(hub_key(ref.repo, ref.revision), ref.revision)  # Mergefile.lock
             path = download_hub(ref.repo, revision, ref.loc or loc, self.options.offline)
+            self._note_hub(revision, path)
             m = self._open_dir(Path(path), label or ref.repo, ref.loc or loc)
             m.hub = (ref.repo, ref.revision)
             return m
@@ -156,6 +176,22 @@ class ModelResolver:
             return self.resolve(HfRef(name, rev, ref.loc), loc, label or ref.text)
         raise ConfigError(f"not a model reference: {ref!r}", loc)
 
+    def _with_arch(self, model: InputModel, arch: str, loc: Loc | None) -> InputModel:
+        """``model`` read as class ``arch``: its family follows the class, and its config (the
+        output's, when it is the donor) names it, as mergekit's ``override_architecture`` does."""
+        from mergefile.arch import known_architectures
+
+        known = known_architectures()
+        if arch not in known:
+            hint = did_you_mean(arch, known) or "known: " + ", ".join(known)
+            raise ConfigError(f"unknown architecture class '{arch}' (override_architecture)", loc, hint)
+        key = f"{id(model)}:{arch}"
+        if key not in self._dirs:
+            config = dict(model.config, architectures=[arch])
+            self._dirs[key] = InputModel(label=model.label, path=model.path, config=config, tensors=model.tensors,
+                                         target=model.target, hub=model.hub, source=model.source, arch=arch)
+        return self._dirs[key]
+
     def _with_lora(self, ref: Ref, lora: Ref, loc: Loc | None, label: str | None) -> InputModel:
         """``BASE + ADAPTER``: the base with a PEFT LoRA applied on load (mergefile.targets.lora_input)."""
         from dataclasses import replace
@@ -170,6 +206,7 @@ class ModelResolver:
             folder = Path(lora.loc.file).parent / lora.path if lora.loc and lora.loc.file not in ("<string>", "") else self.base_dir / lora.path
         elif isinstance(lora, HfRef):
             folder = Path(download_hub(lora.repo, lora.revision, here, self.options.offline))
+            self._note_hub(lora.revision, str(folder))
         elif isinstance(lora, AutoRef):
             name, rev = parse_model_string(lora.text, here)
             folder = Path(lora.base_dir) / name
@@ -177,14 +214,26 @@ class ModelResolver:
                 if not _HUB_ID.match(name):
                     raise ConfigError(f"LoRA '{lora.text}' is neither a local folder ({folder}) nor a hub id", here)
                 folder = Path(download_hub(name, rev, here, self.options.offline))
+                self._note_hub(rev, str(folder))
         else:
             raise ConfigError(f"not a LoRA adapter reference: {lora!r}", here)
         if not folder.is_dir():
             raise UserError(f"LoRA adapter folder '{folder}' does not exist", here)
+        self.folders.append(os.path.realpath(folder))
         key = f"{os.path.realpath(base.path)}+{os.path.realpath(folder)}"
         if key not in self._dirs:
             self._dirs[key] = apply_lora(base, str(folder), label or f"{base.label}+{folder.name}", here)
         return self._dirs[key]
+
+    def _note_hub(self, revision: str | None, snapshot: str) -> None:
+        """A hub download: its ``refs/`` folder says where a branch points, so watch it too."""
+        refs = Path(snapshot).parent.parent / "refs"
+        self.folders.append(str(refs))
+        offline = self.options.offline
+        if offline is None:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        if not offline and not (revision and re.fullmatch(r"[0-9a-f]{40}", revision)):
+            self.unpinned_hub = True
 
     def _resolve_name(self, ref: Sym, loc: Loc | None) -> InputModel:
         name = ref.name
@@ -203,6 +252,7 @@ class ModelResolver:
         real = os.path.realpath(path)
         if real in self._dirs:
             return self._dirs[real]
+        self.folders.append(real)
         if not os.path.isdir(real):
             raise UserError(f"model folder '{path}' does not exist", loc)
         try:

@@ -30,7 +30,7 @@ class TensorJob:
     """One output tensor: how it is made. Its content key is computed from this + input keys."""
 
     name: str
-    group: tuple  # ("pre",) | ("layer", i) | ("post",): decides the shard
+    group: tuple  # ("pre",) | ("layer", i) | ("post",), + (module,) in a multi-module model: the shard
     method: str
     inputs: tuple[InputRef, ...]
     base_index: int | None
@@ -97,4 +97,8 @@ class TargetPlan:
 
 
 def _group_order(g: tuple) -> tuple:
-    return {"pre": (0, 0), "layer": (1, g[1] if len(g) > 1 else 0), "post": (2, 0)}[g[0]]
+    """Module by module ("" for a single-module model), then pre, layers in order, post."""
+    kind = g[0]
+    index = g[1] if kind == "layer" and len(g) > 1 else 0
+    rest = g[2:] if kind == "layer" else g[1:]
+    return (rest, {"pre": 0, "layer": 1, "post": 2}[kind], index)

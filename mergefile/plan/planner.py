@@ -8,11 +8,11 @@ method default).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergefile.arch.generic import is_embedding
+from mergefile.arch.generic import LayerLayout, is_embedding
 from mergefile.arch.slicing import check_architectures, loose_inputs, rewrite_config
 from mergefile.errors import ConfigError, Loc, UserError, unknown
 from mergefile.methods.base import BaseRule, EmbedPolicy, Method
@@ -24,11 +24,17 @@ from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
 from mergefile.plan.params import Level, layer_t, resolve, substitute
 from mergefile.plan.tokenizer_recipe import TOKENIZER_SETTINGS
 from mergefile.plan.vocab import fit_config, plan_vocab
-from mergefile.syntax.ast import AutoRef, HfRef, Mergefile, Param, PathRef, Phony, Slice, Source, Sym, Target
+from mergefile.syntax.ast import AutoRef, HfRef, Mergefile, Module, Param, PathRef, Phony, Slice, Source, Sym, Target
 
 SETTINGS = ("base", "dtype", "out_dtype", "seed", *TOKENIZER_SETTINGS)
 SLICE_SETTINGS = ("base",)
 _REF_TYPES = (Sym, HfRef, PathRef, AutoRef)
+LayoutOf = Callable[[InputModel], LayerLayout]  # a model's layout (of the whole model, or of one module)
+Holder = Target | Module  # what holds sources or slices
+
+
+def whole_layout(m: InputModel) -> LayerLayout:
+    return m.get_layout()
 
 
 @dataclass
@@ -46,6 +52,7 @@ class _Slice:
     base_index: int | None
     template: int  # which source names the output tensors
     loc: Loc | None
+    outer: tuple[Param, ...] = ()  # module-level parameters (between slice and target)
 
     @property
     def length(self) -> int:
@@ -93,11 +100,16 @@ class Planner:
         for p in t.params:
             if p.name not in allowed:
                 raise _unknown_param(p, method, allowed)
-        for sl in t.slices:
+        method_names = {q.name for q in method.params}
+        slices = list(t.slices) + [sl for m in t.modules for sl in m.slices]
+        for sl in slices:
             for p in sl.params:
-                if p.name not in set(SLICE_SETTINGS) | {q.name for q in method.params}:
-                    raise _unknown_param(p, method, set(SLICE_SETTINGS) | {q.name for q in method.params})
-        for src in list(t.sources) + [s for sl in t.slices for s in sl.sources]:
+                if p.name not in set(SLICE_SETTINGS) | method_names:
+                    raise _unknown_param(p, method, set(SLICE_SETTINGS) | method_names)
+        for p in (p for m in t.modules for p in m.params):
+            if p.name not in method_names:
+                raise _unknown_param(p, method, method_names)
+        for src in list(t.sources) + [s for m in t.modules for s in m.sources] + [s for sl in slices for s in sl.sources]:
             for p in src.params:
                 spec = method.param(p.name)
                 if spec is None:
@@ -143,49 +155,50 @@ class Planner:
         return self.resolver.resolve(value, p.loc)
 
     # -- slices -------------------------------------------------------------------------
-    def _sources(self, t: Target, method: Method, base: InputModel | None) -> list[_Slice]:
-        if t.sources and t.slices:
-            raise ConfigError(f"target '{t.name}' mixes model lines and 'slice' lines; use one or the other", t.loc)
-        if not t.sources and not t.slices:
+    def sources(self, h: Holder, method: Method, base: InputModel | None, what: str,
+                layout_of: LayoutOf = whole_layout) -> list[_Slice]:  # fmt: skip
+        """The slices of a target or a module (``what`` names it in errors)."""
+        if h.sources and h.slices:
+            raise ConfigError(f"{what} mixes model lines and 'slice' lines; use one or the other", h.loc)
+        if not h.sources and not h.slices:
             if base is None:
-                raise ConfigError(f"target '{t.name}' has no input models", t.loc)
-        if not t.slices:
-            return [self._whole_models(t, method, base)]
-        slices = []
-        for sl in t.slices:
-            slices.append(self._slice(t, sl, method, base))
-        return slices
+                raise ConfigError(f"{what} has no input models", h.loc)
+        if not h.slices:
+            return [self._whole_models(h, method, base, what, layout_of)]
+        return [self._slice(sl, method, base, layout_of, isinstance(h, Module)) for sl in h.slices]
 
-    def _whole_models(self, t: Target, method: Method, base: InputModel | None) -> _Slice:
+    def _whole_models(self, h: Holder, method: Method, base: InputModel | None, what: str, layout_of: LayoutOf) -> _Slice:
         srcs: list[_Src] = []
-        for s in t.sources:
+        for s in h.sources:
             if s.layers is not None:
                 raise ConfigError("a layer range belongs in a 'slice' line, not on a model line", s.loc)
             m = self.resolver.resolve(s.ref, s.loc)
             if any(x.model is m for x in srcs):
-                raise ConfigError(f"model '{m.label}' is listed twice in target '{t.name}'", s.loc)
-            srcs.append(_Src(m, s, 0, m.get_layout().num_layers))
+                raise ConfigError(f"model '{m.label}' is listed twice in {what}", s.loc)
+            srcs.append(_Src(m, s, 0, layout_of(m).num_layers))
         base_index = next((i for i, x in enumerate(srcs) if base is not None and x.model is base), None)
         if base is not None and base_index is None and method.base is not BaseRule.IGNORED:
-            srcs.append(_Src(base, Source(Sym(base.label)), 0, base.get_layout().num_layers))
+            srcs.append(_Src(base, Source(Sym(base.label)), 0, layout_of(base).num_layers))
             base_index = len(srcs) - 1
         if method.base is BaseRule.IGNORED:
             base_index = None
         counts = {x.model.label: x.end for x in srcs}
         if len(set(counts.values())) > 1:
             detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
-            raise ConfigError(f"models of target '{t.name}' have different layer counts ({detail}); use slices", t.loc)
+            raise ConfigError(f"models of {what} have different layer counts ({detail}); use slices", h.loc)
         template = base_index if base_index is not None else 0
-        return _Slice(srcs, (), base_index, template, t.loc)
+        return _Slice(srcs, (), base_index, template, h.loc)
 
-    def _slice(self, t: Target, sl: Slice, method: Method, base: InputModel | None) -> _Slice:
+    def _slice(self, sl: Slice, method: Method, base: InputModel | None, layout_of: LayoutOf, module: bool = False) -> _Slice:
         srcs: list[_Src] = []
         for s in sl.sources:
             m = self.resolver.resolve(s.ref, s.loc)
             if s.layers is None:
                 raise ConfigError("a slice source needs a layer range, e.g. model[0:8]", s.loc)
             start, end = s.layers
-            n = m.get_layout().num_layers
+            n = layout_of(m).num_layers
+            if n == 0 and module:
+                raise ConfigError("this module has no layer stack to slice: list its models instead", s.loc)
             if n == 0:
                 raise ConfigError(
                     f"cannot slice model '{m.label}': its layer count cannot be inferred (no tensor names like "
@@ -214,25 +227,34 @@ class Planner:
 
     # -- the plan -----------------------------------------------------------------------
     def _plan(self, t: Target) -> TargetPlan:
+        from mergefile.plan.modules import modular_arch, plan_modules
         from mergefile.targets import TARGET_KINDS
 
         if t.method in TARGET_KINDS:  # lora(...), moe(...): not merges; the kind plans jobs and layout
             return TARGET_KINDS[t.method].plan(self, t)
-        if getattr(t, "modules", ()):  # mergekit "modules:" (VLMs, encoder-decoders)
-            raise ConfigError(f"target '{t.name}': multi-module merges ('module' blocks, mergekit 'modules:') are not supported yet", t.modules[0].loc or t.loc)
+
         method = get_method(t.method, t.method_loc or t.loc)
         self._check_names(t, method)
         base = self._model_setting(self._setting(t, "base"))
+        arch = modular_arch(self, t, base)
+        if arch is not None:  # mergekit "modules:" (VLMs, encoder-decoders): one stack per module
+            return plan_modules(self, t, method, base, arch)
         if method.base is BaseRule.REQUIRED and base is None and not t.slices:
             raise ConfigError(f"{method.name} needs a base model: add base=MODEL", t.method_loc or t.loc)
-        slices = self._sources(t, method, base)
-        dtype, out_dtype = self._dtype(t, "dtype"), self._dtype(t, "out_dtype")
-        seed_p = self._setting(t, "seed")
-        seed = int(substitute(seed_p.value, self.variables)) if seed_p else 0
+        named = [self.resolver.resolve(s.ref, s.loc) for s in [*t.sources, *(s for sl in t.slices for s in sl.sources)]]
+        if base is not None and method.base is not BaseRule.IGNORED:
+            named.append(base)
+        warnings = check_architectures([(m.label, m.config) for m in named], self.resolver.options.allow_crimes,
+                                       t.name, t.loc)  # before layer counts: a different class explains those
+        slices = self.sources(t, method, base, f"target '{t.name}'")
         models = [s.model for sl in slices for s in sl.sources]
-        warnings = check_architectures([(m.label, m.config) for m in models], self.resolver.options.allow_crimes, t.name, t.loc)
         warnings += list(dict.fromkeys(f"{m.label}: {n}" for m in models for n in m.get_layout().notes))
-        jobs, layer_map, inputs = self._jobs(t, method, slices, dtype, out_dtype, seed, warnings)
+        pool = Inputs()
+        for m in models:
+            pool.index_of(m)
+        jobs, layer_map = self.stack_jobs(self.job_factory(t, method, warnings, pool), slices, whole_layout, None)
+        check_unique(jobs, t)
+        inputs = pool.models
         donor = next((s.model for s in slices[0].sources if base is not None and s.model is base), slices[0].sources[slices[0].template].model)
         layout = donor.get_layout()
         config, notes = rewrite_config(donor.config, layout, layer_map, any(layout.is_head(j.name) for j in jobs))
@@ -258,43 +280,66 @@ class Planner:
         plan.assign_shards()
         return plan
 
-    def _jobs(self, t, method, slices, dtype, out_dtype, seed, warnings):
-        inputs: list[InputModel] = []
+    def job_factory(self, t: Target, method: Method, warnings: list[str], inputs: Inputs) -> _JobFactory:
+        dtype, out_dtype = self._dtype(t, "dtype"), self._dtype(t, "out_dtype")
+        seed_p = self._setting(t, "seed")
+        seed = int(substitute(seed_p.value, self.variables)) if seed_p else 0
+        return _JobFactory(self, t, method, dtype, out_dtype, seed, warnings, inputs.index_of)
 
-        def index_of(m: InputModel) -> int:
-            for i, x in enumerate(inputs):
-                if x is m:
-                    return i
-            inputs.append(m)
-            return len(inputs) - 1
-
-        for sl in slices:
-            for s in sl.sources:
-                index_of(s.model)
-        ctx = _JobFactory(self, t, method, dtype, out_dtype, seed, warnings, index_of)
+    def stack_jobs(self, ctx: _JobFactory, slices: list[_Slice], layout_of: LayoutOf,
+                   module: str | None) -> tuple[list[TensorJob], list[tuple]]:  # fmt: skip
+        """Jobs of one layer stack: pre-layer tensors from the first slice, renumbered layers,
+        post-layer tensors from the last slice. ``module`` tags the shard groups (None: a
+        single-module model) and makes token-indexed tensors, not name look-alikes, embeddings."""
+        tag = (module,) if module is not None else ()
         jobs: list[TensorJob] = []
         first, last = slices[0], slices[-1]
-        for name, names in loose_inputs([s.model.get_layout() for s in first.sources], first.template, "pre"):
-            jobs.append(ctx.job(name, ("pre",), first, names, 0.0))
-        layer_map: list[tuple[int, int]] = []  # output layer -> (template model index, source layer)
+
+        def embed(name: str, sl: _Slice) -> bool | None:
+            if module is None:
+                return None
+            lay = layout_of(sl.sources[sl.template].model)
+            return name in lay.vocab or name in lay.head_names or name == lay.embedding
+
+        for name, names in loose_inputs([layout_of(s.model) for s in first.sources], first.template, "pre"):
+            jobs.append(ctx.job(name, ("pre", *tag), first, names, 0.0, embed(name, first)))
+        layer_map: list[tuple] = []  # output layer -> (template model id, source layer, template model)
         out_layer = 0
         for sl in slices:
             tsrc = sl.sources[sl.template]
-            lay = tsrc.model.get_layout()
+            lay = layout_of(tsrc.model)
             for j in range(sl.length):
                 for ln in lay.templates(tsrc.start + j):
                     names = [ln.at(s.start + j) for s in sl.sources]
-                    jobs.append(ctx.job(ln.at(out_layer), ("layer", out_layer), sl, names, layer_t(j, sl.length)))
+                    jobs.append(ctx.job(ln.at(out_layer), ("layer", out_layer, *tag), sl, names, layer_t(j, sl.length),
+                                        False if module is not None else None))
                 layer_map.append((id(tsrc.model), tsrc.start + j, tsrc.model))
                 out_layer += 1
-        for name, names in loose_inputs([s.model.get_layout() for s in last.sources], last.template, "post"):
-            jobs.append(ctx.job(name, ("post",), last, names, 0.0))
-        seen: dict[str, TensorJob] = {}
-        for j in jobs:
-            if j.name in seen:
-                raise ConfigError(f"two recipes write tensor '{j.name}'", t.loc)
-            seen[j.name] = j
-        return jobs, layer_map, inputs
+        for name, names in loose_inputs([layout_of(s.model) for s in last.sources], last.template, "post"):
+            jobs.append(ctx.job(name, ("post", *tag), last, names, 0.0, embed(name, last)))
+        return jobs, layer_map
+
+
+class Inputs:
+    """A plan's input models in first-use order (job ``InputRef.model`` indexes them)."""
+
+    def __init__(self) -> None:
+        self.models: list[InputModel] = []
+
+    def index_of(self, m: InputModel) -> int:
+        for i, x in enumerate(self.models):
+            if x is m:
+                return i
+        self.models.append(m)
+        return len(self.models) - 1
+
+
+def check_unique(jobs: list[TensorJob], t: Target) -> None:
+    seen: set[str] = set()
+    for j in jobs:
+        if j.name in seen:
+            raise ConfigError(f"two recipes write tensor '{j.name}'", t.loc)
+        seen.add(j.name)
 
 
 class _JobFactory:
@@ -307,7 +352,9 @@ class _JobFactory:
         self.target_params = tuple(q for q in t.params if q.name not in SETTINGS)
         self.file_params = tuple(q for q in planner.file_params if method.param(q.name) is not None)
 
-    def job(self, out_name: str, group: tuple, sl: _Slice, names: Sequence[str], tpos: float) -> TensorJob:
+    def job(self, out_name: str, group: tuple, sl: _Slice, names: Sequence[str], tpos: float,
+            embed: bool | None = None) -> TensorJob:  # fmt: skip
+        """One output tensor; ``embed`` None: an embedding when its name looks like one."""
         method = self.method
         srcs = list(sl.sources)
         names = list(names)
@@ -316,7 +363,7 @@ class _JobFactory:
             if n not in s.model.tensors:
                 raise ConfigError(f"tensor '{n}' is missing from model '{s.model.label}' (needed for '{out_name}')", s.ast.loc or self.t.loc)
         shapes = [tuple(s.model.tensors[n].shape) for s, n in zip(srcs, names)]
-        embed = is_embedding(out_name)
+        embed = is_embedding(out_name) if embed is None else embed
         keep = list(range(len(srcs)))
         if len(set(shapes)) > 1:
             keep = self._check_shapes(out_name, srcs, shapes, embed, base_index)
@@ -334,7 +381,8 @@ class _JobFactory:
             )
             got = ", ".join(s.model.label for s in srcs)
             raise ConfigError(f"{method.name} needs {want} input models (base included), got {n_models}: {got}", sl.loc or self.t.loc)
-        levels_global = [Level("slice", sl.params), Level("target", self.target_params), Level("file", self.file_params)]
+        levels_global = [Level("slice", sl.params), Level("module", sl.outer), Level("target", self.target_params),
+                         Level("file", self.file_params)]
         here = sl.loc or self.t.loc
         params = {
             spec.name: resolve(spec, levels_global, out_name, tpos, self.p.variables, where=f"of target '{self.t.name}'", loc=here)

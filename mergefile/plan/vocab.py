@@ -285,7 +285,7 @@ def _job_remap(job: Any, c: _Ctx) -> JobRemap | None:
 
 
 def _is_vocab_job(job: Any, inputs: Sequence[Any]) -> bool:
-    return job.group in (("pre",), ("post",)) and all(r.tensor in inputs[r.model].get_layout().vocab for r in job.inputs)
+    return job.group[0] in ("pre", "post") and all(r.tensor in inputs[r.model].get_layout().vocab for r in job.inputs)
 
 
 def _vocab_of(planner: Any, model: Any, base_vocab: ModelVocab | None, warnings: list[str]) -> ModelVocab:

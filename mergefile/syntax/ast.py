@@ -31,6 +31,7 @@ class HfRef:
     revision: str | None = None
     loc: Loc | None = field(default=None, compare=False)
     lora: Ref | None = None  # a LoRA applied on load: ``model m = hf("org/x") + "./lora"``
+    architecture: str | None = None  # ``(architecture="X")``: mergekit's override_architecture
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class PathRef:
     path: str
     loc: Loc | None = field(default=None, compare=False)
     lora: Ref | None = None  # a LoRA applied on load: ``model m = "./x" + "./lora"``
+    architecture: str | None = None  # ``(architecture="X")``: mergekit's override_architecture
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class AutoRef:
     base_dir: str = "."
     loc: Loc | None = field(default=None, compare=False)
     lora: AutoRef | None = None
+    architecture: str | None = None  # override_architecture: the class the model is read as
 
 
 Ref = Union[Sym, HfRef, PathRef, AutoRef]
@@ -175,6 +178,7 @@ class Mergefile:
 
     path: str
     statements: tuple[Statement, ...]
+    files: tuple[str, ...] = ()  # every file read (the Mergefile, its includes): what a no-op stamp watches
 
     def targets(self) -> dict[str, Target | Phony]:
         return {s.name: s for s in self.statements if isinstance(s, (Target, Phony))}

@@ -43,10 +43,10 @@ def concrete_ref(ref: AutoRef, out_dir: str) -> PathRef | HfRef:
     lora = concrete_ref(ref.lora, out_dir) if ref.lora is not None else None
     local = os.path.join(ref.base_dir, name)
     if not rev and (os.path.isdir(local) or not HUB_ID.match(name)):
-        return PathRef(relative_path(name, ref.base_dir, out_dir), ref.loc, lora)
+        return PathRef(relative_path(name, ref.base_dir, out_dir), ref.loc, lora, ref.architecture)
     if not HUB_ID.match(name):
         raise ConfigError(f"model '{ref.text}' is neither a local folder nor a hub id", ref.loc)
-    return HfRef(name, rev or None, ref.loc, lora)
+    return HfRef(name, rev or None, ref.loc, lora, ref.architecture)
 
 
 def model_name(ref: PathRef | HfRef) -> str:

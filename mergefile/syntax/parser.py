@@ -42,6 +42,7 @@ _Children = list[Any]  # a rule's children, already transformed (tokens or AST v
 _INT = re.compile(r"[+-]?\d+\Z")
 _ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
 _HF_KWARGS = ("revision",)
+_MODEL_OPTIONS = ("architecture",)
 YAML_SUFFIXES = (".yml", ".yaml")
 
 
@@ -293,10 +294,28 @@ class _ToAst(Transformer):
         )  # fmt: skip
 
     def model_decl(self, meta: Meta, children: _Children) -> ModelDecl:
-        ref = children[1]
-        if len(children) > 2:  # model m = BASE + LORA
-            ref = replace(ref, lora=children[2])
+        options = children[-1] if isinstance(children[-1], _Call) else None
+        refs = children[1:-1] if options is not None else children[1:]
+        ref = refs[0]
+        if len(refs) > 1:  # model m = BASE + LORA
+            ref = replace(ref, lora=refs[1])
+        if options is not None:  # model m = "./x" (architecture="LlamaForCausalLM")
+            ref = replace(ref, architecture=self._model_options(options, meta))
         return ModelDecl(str(children[0]), ref, self._loc(children[0]))
+
+    def _model_options(self, call: _Call, meta: Meta) -> str:
+        """The options of a model declaration: ``architecture="Class"`` (override_architecture)."""
+        if call.args or not call.kwargs:
+            raise ConfigError("a model declaration takes only architecture=\"Class\" in parentheses",
+                              Loc(self.path, meta.line, meta.column))  # fmt: skip
+        check_params(call.kwargs, "the model's options")
+        for kw in call.kwargs:
+            if kw.name not in _MODEL_OPTIONS:
+                hint = did_you_mean(kw.name, _MODEL_OPTIONS) or "a model takes only architecture=..."
+                raise ConfigError(f"unknown model option '{kw.name}'", kw.loc, hint)
+            if not isinstance(kw.value, str) or not kw.value:
+                raise ConfigError("architecture must be a quoted class name, e.g. \"LlamaForCausalLM\"", kw.loc)
+        return call.kwargs[0].value
 
     def assign(self, meta: Meta, children: _Children) -> Assign:
         return Assign(str(children[0]), children[1], self._loc(children[0]))
@@ -390,18 +409,22 @@ def parse_mergefile(path: str | os.PathLike[str], **yaml_options: Any) -> Mergef
         >>> mf = parse_mergefile("Mergefile")  # doctest: +SKIP
     """
     path = str(path)
-    statements = _load(path, (), None, yaml_options)
+    files: list[str] = []
+    statements = _load(path, (), None, yaml_options, files)
     check_definitions(statements)
-    return Mergefile(path, tuple(statements))
+    return Mergefile(path, tuple(statements), tuple(dict.fromkeys(files)))
 
 
-def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_options: dict) -> list[Statement]:
-    """Statements of ``path`` with includes spliced; ``chain`` = (shown, real) paths above it."""
+def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_options: dict,
+          files: list[str]) -> list[Statement]:
+    """Statements of ``path`` with includes spliced; ``chain`` = (shown, real) paths above it;
+    every file read is appended to ``files``."""
     real = os.path.realpath(path)
     if any(r == real for _, r in chain):
         shown = " -> ".join([s for s, _ in chain] + [path])
         raise ConfigError(f"include cycle: {shown}", at)
     what = "include file" if at is not None else "Mergefile"
+    files.append(real)  # before reading: a missing include appearing must be noticed
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as e:
@@ -411,13 +434,14 @@ def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_op
     out: list[Statement] = []
     for st in parse_text(text, path).statements:
         if isinstance(st, Include):
-            out.extend(_include(st, path, chain + ((path, real),), yaml_options))
+            out.extend(_include(st, path, chain + ((path, real),), yaml_options, files))
         else:
             out.append(st)
     return out
 
 
-def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_options: dict) -> list[Statement]:
+def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_options: dict,
+             files: list[str]) -> list[Statement]:
     target = os.path.normpath(os.path.join(os.path.dirname(path), st.path))
     is_yaml = st.path.lower().endswith(YAML_SUFFIXES)
     if st.as_target is None and is_yaml:
@@ -427,11 +451,12 @@ def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_op
             st.loc,
         )
     if st.as_target is None:
-        return _load(target, chain, st.loc, yaml_options)
+        return _load(target, chain, st.loc, yaml_options, files)
     if not is_yaml:
         raise ConfigError(
             "'include ... as out/name' imports a mergekit YAML config (.yml or .yaml)", st.loc
         )
+    files.append(os.path.realpath(target))
     if not os.path.isfile(target):
         raise ConfigError(f"cannot read include file '{target}': No such file", st.loc)
     # A multi-document file brings its stages too (targets next to ``as``'s folder).

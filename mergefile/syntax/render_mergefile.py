@@ -93,7 +93,19 @@ def ref_text(ref: HfRef | PathRef | Sym | AutoRef) -> str:
         return ref.name
     else:
         raise ValueError(f"cannot write {ref!r} in a Mergefile")
+    if ref.architecture is not None:
+        raise ValueError("a model read as another architecture must be declared: model m = ... (architecture=...)")
     return text + (" + " + ref_text(ref.lora) if ref.lora is not None else "")
+
+
+def decl_text(ref: HfRef | PathRef | Sym | AutoRef) -> str:
+    """The right side of ``model m = ...``: the reference, then its options in parentheses."""
+    arch = getattr(ref, "architecture", None)
+    if arch is None:
+        return ref_text(ref)
+    from dataclasses import replace
+
+    return f"{ref_text(replace(ref, architecture=None))} (architecture={quote(arch)})"
 
 
 def param_text(p: Param, sep: str = "=") -> str:
@@ -180,7 +192,7 @@ def _statement(w: _Writer, st: Statement, blank: bool) -> None:
     if isinstance(st, Target):
         _target(w, st, blank)
     elif isinstance(st, ModelDecl):
-        w.line(st, 0, f"model {st.name} = {ref_text(st.ref)}", blank)
+        w.line(st, 0, f"model {st.name} = {decl_text(st.ref)}", blank)
     elif isinstance(st, Assign):
         w.line(st, 0, f"{st.name} = {value_text(st.value)}", blank)
     elif isinstance(st, Phony):

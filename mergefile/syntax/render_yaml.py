@@ -82,9 +82,21 @@ class _Exporter:
         rel = os.path.relpath(os.path.join(base, path), self.out_dir).replace(os.sep, "/")
         return rel if rel.startswith("../") or rel == ".." else "./" + rel
 
-    def ref(self, v: Value, loc: Any = None) -> str:
-        """A model in mergekit's string form ``path_or_id[@rev][+lora[@rev]]``."""
+    def ref(self, v: Value, loc: Any = None) -> str | dict[str, str]:
+        """A model in mergekit's string form ``path_or_id[@rev][+lora[@rev]]``, or its dict form
+        ``{model, lora, override_architecture}`` when the model is read as another class."""
         v = self.value(v)
+        if isinstance(v, Sym) and v.name in self.models:
+            v = self.models[v.name].ref
+        arch = getattr(v, "architecture", None)
+        if arch is not None:
+            from dataclasses import replace
+
+            lora = getattr(v, "lora", None)
+            out = {"model": self.ref(replace(v, architecture=None, lora=None), loc)}
+            if lora is not None:
+                out["lora"] = self.ref(lora, loc)
+            return {**out, "override_architecture": arch}
         if isinstance(v, str):
             v = PathRef(v, loc)
         if isinstance(v, Sym):

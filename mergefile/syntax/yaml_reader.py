@@ -172,29 +172,32 @@ class YamlReader:
         return self.make_ref(path, rev, lora, lora_rev, node)
 
     def make_ref(self, path: str, rev: str | None, lora: str | None, lora_rev: str | None,
-                 node: Node) -> ModelRef:  # fmt: skip
+                 node: Node, arch: str | None = None) -> ModelRef:  # fmt: skip
         loc = self.loc(node)
         if path in self.stages:
             if rev or lora:
                 raise ConfigError(f"'{path}' names an earlier stage of this file; it takes no"
                                   " '@revision' or '+lora'", loc)  # fmt: skip
+            if arch:
+                raise ConfigError(f"'{path}' names an earlier stage of this file; it takes no"
+                                  " override_architecture (its output has the class of its inputs)", loc)  # fmt: skip
             return Sym(self.stages[path], loc)
         lora_ref = None
         if lora is not None:
             lora_ref = AutoRef(_join(lora, lora_rev), self.base_dir, loc)
-        return AutoRef(_join(path, rev), self.base_dir, loc, lora_ref)
+        return AutoRef(_join(path, rev), self.base_dir, loc, lora_ref, arch)
 
     def dict_ref(self, node: MappingNode, what: str) -> ModelRef:
         """``{model: {path, revision} | str, lora: ..., override_architecture: ...}``."""
         keys = self.mapping(node, REF_KEYS, f"the {what} reference")
         if "model" not in keys:
             raise ConfigError(f"the {what} reference needs 'model'", self.loc(node))
-        if "override_architecture" in keys:
-            raise ConfigError("'override_architecture' is not supported yet",
-                              self.loc(keys["override_architecture"][0]))  # fmt: skip
+        arch = None
+        if "override_architecture" in keys:  # the class the model is read as (checked when planning)
+            arch = self.string(keys["override_architecture"][1], "override_architecture")
         path, rev = self.path_part(keys["model"][1], what)
         lora, lora_rev = self.path_part(keys["lora"][1], "lora") if "lora" in keys else (None, None)
-        return self.make_ref(path, rev, lora, lora_rev, node)
+        return self.make_ref(path, rev, lora, lora_rev, node, arch)
 
     def path_part(self, node: Node, what: str) -> tuple[str, str | None]:
         if isinstance(node, MappingNode):

@@ -82,3 +82,32 @@ def test_card_change_rewrites_aux_files_only(tiny_models, tmp_path, capsys):
     assert "- alpha\n" in (tmp_path / "out/x/README.md").read_text()
     assert "model: alpha" in (tmp_path / "out/x/mergebuild_config.yml").read_text()
     assert cli_json(tmp_path, cache=cache, capsys=capsys)["targets"][0]["up_to_date"]
+
+
+def test_mergekit_yaml_of_a_multi_module_target():
+    """Module blocks render as mergekit ``modules:``, each with its models/slices and parameters."""
+    from pathlib import Path
+    import tempfile
+
+    d = Path(tempfile.mkdtemp())
+    (d / "Mergefile").write_text('''model a = "models/a"
+model b = "models/b"
+out/vlm: linear {
+    module text_decoder { a weight=1 ; b weight=3 }
+    module vision_tower {
+        slice { a[0:2] weight=0.5 ; b[0:2] weight=0.5 }
+    }
+    module multi_modal_projector { a ; b ; weight = 0.25 }
+}
+''')
+    t = parse_mergefile(d / "Mergefile").targets()["out/vlm"]
+    cfg = mergekit_config(t, ref_namer({}))
+    assert "models" not in cfg and "slices" not in cfg
+    mods = cfg["modules"]
+    assert list(mods) == ["text_decoder", "vision_tower", "multi_modal_projector"]
+    assert mods["text_decoder"]["models"] == [{"model": "a", "parameters": {"weight": 1}},
+                                             {"model": "b", "parameters": {"weight": 3}}]
+    assert [s["model"] for s in mods["vision_tower"]["slices"][0]["sources"]] == ["a", "b"]
+    assert mods["vision_tower"]["slices"][0]["sources"][0]["layer_range"] == [0, 2]
+    assert mods["multi_modal_projector"]["parameters"] == {"weight": 0.25}
+    assert yaml.safe_load(render_mergekit_yaml(t, ref_namer({})))["modules"] == mods

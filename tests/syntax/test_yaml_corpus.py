@@ -60,14 +60,31 @@ def write_lora(folder: Path, base: Path, rank: int = 2) -> Path:
     return folder
 
 
+def multi_module_models(models: Path) -> None:
+    """models/vlm-{base,a,b} (tiny Llavas), models/vlm-custom (vlm-b under an unknown class name:
+    needs override_architecture) and models/t5-{base,a,b}."""
+    from tests.modular_models import make_family, make_llava, make_t5
+
+    for prefix, make in (("vlm", make_llava), ("t5", make_t5)):
+        for name, path in make_family(models.parent / f"_{prefix}", make).items():
+            (models / f"{prefix}-{name}").symlink_to(path, target_is_directory=True)
+    custom = models / "vlm-custom"
+    shutil.copytree(models / "vlm-b", custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(architectures=["CustomLlavaForConditionalGeneration"], model_type="custom_llava")
+    (custom / "config.json").write_text(json.dumps(config, indent=2))
+
+
 @pytest.fixture(scope="module")
 def corpus_root(tiny_models, tmp_path_factory) -> Path:
-    """models/{base,a,b,c} (links to the session's tiny models) and models/lora-a, an adapter."""
+    """models/{base,a,b,c} (links to the session's tiny models), models/lora-a, an adapter, and
+    the multi-module models of :func:`multi_module_models`."""
     root = tmp_path_factory.mktemp("corpus")
     for name, path in tiny_models.items():
         (root / "models" / name).parent.mkdir(exist_ok=True)
         (root / "models" / name).symlink_to(path, target_is_directory=True)
     write_lora(root / "models" / "lora-a", Path(tiny_models["a"]))
+    multi_module_models(root / "models")
     return root
 
 

@@ -85,8 +85,8 @@ ERRORS = [
     ("lora with two revisions", "merge_method: linear\nmodels:\n  - model: org/x+org/l@a@b\n", 3, 12,
      "more than one '@revision' in the LoRA part"),
     ("number as a model", "merge_method: linear\nmodels:\n  - model: 3\n", 3, 12, "model must be a non-empty string, got 3"),
-    ("override_architecture", "merge_method: linear\nmodels:\n  - model: {model: m1, override_architecture: X}\n", 3, 24,
-     "'override_architecture' is not supported yet"),
+    ("override_architecture not a string", "merge_method: linear\nmodels:\n  - model: {model: m1, override_architecture: 3}\n",
+     3, 47, "override_architecture must be a non-empty string, got 3"),
     # multi-document files
     ("unnamed middle document", "merge_method: linear\nmodels: [{model: m1}]\n---\n" + LIN, 1, 1,
      "every document but the last needs a 'name:'"),
