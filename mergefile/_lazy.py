@@ -9,6 +9,8 @@ lookup away. Annotations stay plain (``from __future__ import annotations`` keep
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +37,31 @@ class LazyModule:
     def __repr__(self) -> str:
         state = "loaded" if self._lazy_module is not None else "not loaded"
         return f"<lazy module {self._lazy_name!r} ({state})>"
+
+
+_preloading: dict[str, threading.Thread] = {}
+
+
+def preload(name: str) -> None:
+    """Start importing ``name`` in a background thread, once.
+
+    A cold build hashes gigabytes of inputs first; xxh3 and the page faults behind it release
+    the GIL, so torch's ~2 s import can run meanwhile instead of after. Not a daemon thread:
+    the interpreter joins it at exit, so a process never tears down under a half-done import.
+    An import error here is dropped; the real import at first use raises it.
+    """
+    if name in sys.modules or name in _preloading:
+        return
+
+    def load() -> None:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - re-raised by the import at first use
+            pass
+
+    thread = threading.Thread(target=load, name=f"preload-{name}", daemon=False)
+    _preloading[name] = thread
+    thread.start()
 
 
 torch: Any = LazyModule("torch")

@@ -145,11 +145,68 @@ def run(argv: Sequence[str] | None = None) -> int:
         return run_verb(first, argv[1:])
     args = make_parser().parse_args(argv)
     enter_directory(args)
+    request = stamp_request(args)
+    if not (args.dry_run or args.explain or args.json or args.always_make):
+        done = stamped_noop(args, request, argv)
+        if done is not None:
+            return done
     mf = load_recipe(args)
-    return build_command(args, mf, argv)
+    return build_command(args, mf, argv, request)
 
 
-def build_command(args, mf, argv: Sequence[str]) -> int:
+def stamp_request(args) -> dict:
+    """What identifies a build request for its up-to-date stamp (flags that change the answer)."""
+    from mergefile.store.location import resolve_cache_dir
+
+    return {
+        "cwd": os.getcwd(),
+        "recipe": os.path.realpath(args.config or args.file or "Mergefile"),
+        "config": bool(args.config),
+        "targets": list(args.targets),
+        "target_prefix": args.target_prefix,
+        "lenient": args.lenient,
+        "allow_pickle": args.allow_pickle,
+        "allow_crimes": args.allow_crimes,
+        "cache": os.path.realpath(resolve_cache_dir(args.cache_dir, Path.cwd())),
+    }
+
+
+def stamped_noop(args, request: dict, argv: Sequence[str]) -> int | None:
+    """A no-op answered from the stamp of the last up-to-date run (``store/stamp.py``): no
+    parsing, planning or tensor library. None: the stamp cannot vouch, do the full check."""
+    from mergefile.cli.render import up_to_date_line
+    from mergefile.store import stamp
+    from mergefile.store.log import BuildLog
+
+    found = stamp.check(request["cache"], request)
+    if found is None:
+        return None
+    targets, messages = found
+    for m in messages:
+        print(m, file=sys.stderr)
+    run = BuildLog(Path(request["cache"]) / "logs").start_run(list(argv))
+    for name in targets:
+        run.record(target=name, status="up-to-date", stamp=True)
+    run.close(targets=targets, computed=0, hits=0, stage_hits=0, stage_misses=0, bytes_read=0,
+              bytes_written=0, stamp=True)
+    if not args.question:
+        for name in targets:
+            print(up_to_date_line(name))
+    return 0
+
+
+def record_stamp(args, mf, request: dict, report, dry: bool) -> None:
+    """After a run that leaves everything up to date, vouch for it (see ``stamped_noop``)."""
+    if not report.watched.stampable or (dry and not report.up_to_date):
+        return
+    from mergefile.store import stamp
+
+    recipe = [os.path.realpath(args.config)] if args.config else list(mf.files or (mf.path,))
+    stamp.record(request["cache"], request, [r.name for r in report.targets],
+                 recipe + report.watched.paths, report.watched.messages)
+
+
+def build_command(args, mf, argv: Sequence[str], request: dict | None = None) -> int:
     from mergefile.cli.progress import make_progress
     from mergefile.cli.render import build_line, dry_run_lines, explain_lines, report_json
     from mergefile.run.build import BuildOptions, build, default_memory_budget
@@ -178,6 +235,8 @@ def build_command(args, mf, argv: Sequence[str]) -> int:
 
         executor = ray_executor if args.executor == "ray" else None
         report = build(mf, requested_targets(args, mf), store, options, progress, argv, executor)
+    if request is not None:
+        record_stamp(args, mf, request, report, dry)
     if args.json:
         print(report_json(report, dry))
     elif args.question:

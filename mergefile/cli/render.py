@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mergefile.run.build import BuildReport, TargetReport
+if TYPE_CHECKING:  # pragma: no cover - the stamped no-op renders without importing the build
+    from mergefile.run.build import BuildReport, TargetReport
 
 
 def human_bytes(n: float) -> str:
@@ -52,9 +53,13 @@ def dry_run_lines(r: TargetReport) -> list[str]:
     ]
 
 
+def up_to_date_line(name: str) -> str:
+    return f"{name} is up to date"
+
+
 def build_line(r: TargetReport) -> str:
     if not r.built:
-        return f"{r.name} is up to date"
+        return up_to_date_line(r.name)
     st = r.status
     return (
         f"{r.name}: built — {r.computed} computed, {r.cache_hits} from cache, "

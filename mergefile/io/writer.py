@@ -120,6 +120,7 @@ def write_safetensors(
     path: str | Path,
     entries: Sequence[Entry],
     metadata: dict[str, str] | None = None,
+    durable: bool = True,
 ) -> int:
     """Write a safetensors file, holding one tensor in memory at a time.
 
@@ -129,6 +130,9 @@ def write_safetensors(
             once, in order, right before its bytes are written, and must return exactly
             ``prod(shape) * itemsize`` bytes (e.g. ``lambda: tensor_bytes(t)``).
         metadata: ``__metadata__`` strings (written with sorted keys), or None for none.
+        durable: write through a temp file, fsync and rename (readers never see half a file).
+            False writes ``path`` directly and leaves syncing to the caller: for files inside a
+            private folder that is itself published atomically (``run/publish.py``).
 
     Returns:
         Bytes written (the file's size).
@@ -142,7 +146,7 @@ def write_safetensors(
     path = os.fspath(path)
     header, sizes = _header_bytes(entries, metadata)
     written = 0
-    with _atomic_file(path) as f:
+    with (_atomic_file(path) if durable else open(path, "wb")) as f:
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
         written = 8 + len(header)

@@ -16,21 +16,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergefile._lazy import torch
+from mergefile._lazy import preload, torch
 
 from mergefile.errors import UserError
 from mergefile.plan.graph import build_graph, build_order
 from mergefile.plan.inputs import ResolveOptions
 from mergefile.plan.jobs import TargetPlan, TensorJob
-from mergefile.plan.lockfile import check_plans, lock_for
+from mergefile.plan.lockfile import check_plans, lock_for, lock_path
 from mergefile.plan.planner import Planner
 from mergefile.run.compute import InputLoader, compute_job, job_input_bytes
 from mergefile.run.executor import Executor, LocalExecutor, WorkItem
 from mergefile.run.keys import KeyedPlan, key_plan
-from mergefile.run.publish import aux_files, write_output
+from mergefile.run.publish import OutputWriter, aux_files
 from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
 from mergefile.run.tasks import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_task
+from mergefile.store.location import resolve_cache_dir  # noqa: F401 - re-exported for the CLI verbs
 from mergefile.store.lock import output_lock
 from mergefile.store.store import Store
 from mergefile.syntax.ast import Mergefile
@@ -71,8 +72,18 @@ class TargetReport:
 
 
 @dataclass
+class Watched:
+    """What a plan depended on besides the recipe, for the no-op stamp (``store/stamp.py``)."""
+
+    paths: list[str] = field(default_factory=list)  # model/adapter/output folders, the lockfile
+    messages: list[str] = field(default_factory=list)  # warnings a no-op prints again
+    stampable: bool = True  # False: a moving hub reference or an evolve target
+
+
+@dataclass
 class BuildReport:
     targets: list[TargetReport]
+    watched: Watched = field(default_factory=Watched)
 
     @property
     def up_to_date(self) -> bool:
@@ -98,14 +109,18 @@ def _check_device(device: str, executor: str = "local") -> None:
 
 
 def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: BuildOptions,
-               progress: Progress | None = None) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
+               progress: Progress | None = None,
+               watched: Watched | None = None) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
     """Plan, key and compare every needed target. Reads headers and the stat-cache only.
 
     An ``evolve`` target (a target generator) first becomes its best candidate: a build runs its
     search to the end; a dry run takes the best so far (``targets/evolve/target.py``).
     """
+    watched = watched if watched is not None else Watched()
     if any(getattr(s, "method", None) == "evolve" for s in mf.statements):
         from mergefile.targets.evolve.target import expand_evolve_targets
+
+        watched.stampable = False
 
         mf = expand_evolve_targets(mf, requested, store, options, progress)
     g = build_graph(mf)
@@ -122,8 +137,12 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
         keyed[plan.name] = kp
         aux = aux_files(plan)
         out.append((plan, kp, compare(kp, aux.key, force=options.force), aux))
+        watched.paths.append(plan.out_dir)
+        watched.messages += [f"warning: {plan.name}: {w}" for w in plan.warnings]
     if lock is not None and out:
         check_plans(lock, [row[0] for row in out], store.stat.digests, planner.base_dir)
+    watched.paths += [str(lock_path(mf.path)), *planner.resolver.folders]
+    watched.stampable = watched.stampable and not planner.resolver.unpinned_hub
     return out
 
 
@@ -164,7 +183,14 @@ def build(
     """
     progress = progress or Progress()
     _check_device(options.device, options.executor)
-    planned = plan_build(mf, requested, store, options, progress)
+    hook = store.stat.before_hash
+    if not options.dry_run:  # inputs to hash: this build will compute; import torch meanwhile
+        store.stat.before_hash = lambda: preload("torch")
+    try:
+        watched = Watched()
+        planned = plan_build(mf, requested, store, options, progress, watched)
+    finally:
+        store.stat.before_hash = hook
     reports: list[TargetReport] = []
     todo: dict[str, tuple] = {}
     run = None if options.dry_run else store.log.start_run(list(argv))
@@ -201,7 +227,7 @@ def build(
                 bytes_read=sum(r.bytes_read for r in reports),
                 bytes_written=sum(r.bytes_written for r in reports),
             )
-    return BuildReport(reports)
+    return BuildReport(reports, watched)
 
 
 def make_executor(options: BuildOptions) -> Executor:
@@ -247,6 +273,24 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
         need = _needs_compute(st, store)
         progress.start_target(plan.name, len(need))
         items = _work_items(plan, kp, need, loader, store, options, executor)
+        jobs_by_name = {j.name: j for j in plan.jobs}
+        computed = {j.name for j in need}
+
+        def fetch(name: str) -> torch.Tensor:
+            key = kp.keys[name]
+            t = store.blobs.get(key, verify=True)
+            if t is None:  # evicted or corrupt since: recompute
+                t, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, device)
+                report.computed += 1
+                run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
+            elif name not in computed:
+                report.cache_hits += 1
+                run.record(target=plan.name, tensor=name, key=key, status="hit",
+                           bytes_saved=job_input_bytes(jobs_by_name[name], plan))
+            return t
+
+        writer = OutputWriter(plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch, computed,
+                              keep_bytes=options.memory_budget // 2)
         try:
             for item, out in executor.run(items):
                 if stop is not None and stop.is_set():
@@ -261,24 +305,14 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
                            bytes_read=res.bytes_read, bytes_written=res.bytes_written, stage_hits=res.stage_hits,
                            stage_misses=res.stage_misses)
                 progress.advance(plan.name, 1, res.bytes_read)
-            jobs_by_name = {j.name: j for j in plan.jobs}
-            computed = set(report.to_compute)
-
-            def fetch(name: str) -> torch.Tensor:
-                key = kp.keys[name]
-                t = store.blobs.get(key, verify=True)
-                if t is None:  # evicted or corrupt since: recompute
-                    t, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, device)
-                    report.computed += 1
-                    run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
-                elif name not in computed:
-                    report.cache_hits += 1
-                    run.record(target=plan.name, tensor=name, key=key, status="hit",
-                               bytes_saved=job_input_bytes(jobs_by_name[name], plan))
-                return t
-
-            report.bytes_written += write_output(plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch)
+                tensor, res.tensor = res.tensor, None
+                writer.add(res.name, tensor)  # its shard is written as soon as it is complete
+                del tensor
+            report.bytes_written += writer.finish()
             report.built = True
+        except BaseException:
+            writer.abort()
+            raise
         finally:
             reader.close()
             progress.end_target(plan.name)
@@ -300,11 +334,28 @@ def _work_items(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, 
     device = _driver_device(options)
 
     def work(job: TensorJob):
-        return lambda: compute_job(job, kp, loader, store.blobs, device)[1]
+        def run():
+            t, res = compute_job(job, kp, loader, store.blobs, device)
+            res.tensor = t  # handed to the output writer, which writes its shard from memory
+            return res
+
+        return run
+
+    def derive(ref, key: str):
+        """A LoRA-applied or gate input for a remote task: made here and cached for the workers
+        (or, for a tensor read straight from a file, that file's byte range)."""
+        source = plan.inputs[ref.model].source
+        plain = getattr(source, "file_tensor", None)
+        info = plain(ref.tensor) if plain is not None else None
+        if info is None and key not in store.blobs:
+            t, _ = loader.load(ref, key)
+            if key not in store.blobs:  # a source that reads rather than makes this tensor
+                store.blobs.put(key, t.detach().to("cpu").contiguous())
+        return info
 
     def task(job: TensorJob):
         return make_task(job, kp, str(store.blobs.directory), store.blobs.size_limit, options.device,
-                         options.read_to_device, options.allow_pickle, hub)
+                         options.read_to_device, options.allow_pickle, hub, derive)
 
     return [WorkItem(j.name, work(j), job_peak_bytes(j, plan, options.device), task(j) if remote else None)
             for j in need]
@@ -317,9 +368,3 @@ def default_memory_budget() -> int:
     except (ValueError, OSError, AttributeError):
         total = 8 * 2**30
     return max(2**30, total // 4)
-
-
-def resolve_cache_dir(cache_dir: str | None, start: Path) -> Path:
-    from mergefile.store.store import default_cache_dir
-
-    return Path(cache_dir) if cache_dir else default_cache_dir(start)

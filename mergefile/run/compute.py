@@ -7,7 +7,7 @@ an interrupted build resumes from whatever finished, and a repeated key is never
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mergefile._lazy import torch
@@ -29,6 +29,7 @@ class JobResult:
     bytes_written: int
     stage_hits: int = 0
     stage_misses: int = 0
+    tensor: Any = field(default=None, repr=False, compare=False)  # the result, for the output writer
 
 
 class InputLoader:
@@ -51,6 +52,8 @@ class InputLoader:
         t = self.blobs.get(key)
         if t is not None:
             return t, t.numel() * t.element_size()
+        if model.target == "derived":  # a remote task's derived input: the driver cached it
+            raise RuntimeError(f"derived input {ref.tensor} ({key}) is not in the shared cache {self.blobs!r}")
         if ref.model not in self._outputs:
             from mergefile.io.model_dir import ModelDir
 

@@ -1,7 +1,8 @@
 """Assemble an output folder in a temp directory and swap it in atomically.
 
-Unchanged shards are hard-linked from the previous version (no bytes copied); changed shards
-are streamed from the blob store, each blob's digest verified on the way. The folder appears
+Unchanged shards are hard-linked from the previous version (no bytes copied); a changed shard
+is written from memory as soon as its last tensor is computed (overlapping the rest of the
+build), or streamed from the blob store, each blob's digest verified on the way. The folder appears
 old or new, never half: on Linux the two directories are exchanged with renameat2, elsewhere
 by two renames.
 """
@@ -141,76 +142,147 @@ def swap_in(tmp: Path, out_dir: Path) -> None:
     _fsync_dir(out_dir.parent)
 
 
-def write_output(
-    plan: TargetPlan,
-    keys: dict[str, str],
-    recipes: dict[str, dict],
-    reuse: set[str],
-    aux: AuxFiles,
-    fetch: Callable[[str], torch.Tensor],
-) -> int:
-    """Write the whole new version of ``plan.out_dir``; returns bytes written to shards.
+class OutputWriter:
+    """One new version of ``plan.out_dir``, assembled in a private temp folder.
 
-    ``fetch(tensor_name)`` returns the tensor for a shard being rewritten (from the blob store,
-    verified, or recomputed). Reused shards are hard-linked from the current folder.
+    A shard is written as soon as its last freshly computed tensor arrives (:meth:`add`), from
+    memory, by a background thread that also fsyncs it, so writing overlaps computing instead of
+    following it; :meth:`finish` writes the rest (shards of cache hits, streamed from verified
+    blobs), links unchanged shards from the current folder, adds config, tokenizer and manifest,
+    and swaps the folder in. The files are byte-for-byte what a one-pass write would give.
+
+    Args:
+        fetch: ``fetch(tensor_name)`` for a tensor not handed to :meth:`add` (the blob store,
+            verified, or recomputed); called on the caller's thread only.
+        fresh: names of the tensors that will arrive through :meth:`add`.
+        keep_bytes: most bytes of arrived tensors held for shards still incomplete; beyond it a
+            tensor is dropped and fetched again from its blob when its shard is written.
     """
-    from mergefile.io.hf_folder import write_config
-    from mergefile.io.writer import tensor_bytes, write_index, write_safetensors
 
-    out_dir = plan.out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}{TMP_TAG}{os.getpid()}"
-    tmp.mkdir()
-    written = 0
-    try:
-        by_shard: dict[str, list] = {}
+    QUEUE = 2  # shards handed to the writer thread and not yet on disk
+
+    def __init__(self, plan: TargetPlan, keys: dict[str, str], recipes: dict[str, dict], reuse: set[str],
+                 aux: AuxFiles, fetch: Callable[[str], torch.Tensor], fresh: set[str] = frozenset(),
+                 keep_bytes: int = 0):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.plan, self.keys, self.recipes, self.reuse, self.aux, self.fetch = plan, keys, recipes, reuse, aux, fetch
+        self.out_dir = plan.out_dir
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(self.out_dir)
+        self.tmp = self.out_dir.parent / f".{self.out_dir.name}{TMP_TAG}{os.getpid()}"
+        self.tmp.mkdir()
+        self.by_shard: dict[str, list] = {}
         for job in plan.jobs:
-            by_shard.setdefault(plan.shard_of(job), []).append(job)
-        man = Manifest(target=plan.name, aux_key=aux.key)
-        weight_map: dict[str, str] = {}
-        total = 0
-        for shard, jobs in sorted(by_shard.items()):
-            jobs = sorted(jobs, key=lambda j: j.name)
-            if shard in reuse:
-                _link_or_copy(out_dir / shard, tmp / shard)
+            self.by_shard.setdefault(plan.shard_of(job), []).append(job)
+        for jobs in self.by_shard.values():
+            jobs.sort(key=lambda j: j.name)
+        self.shard_of = {j.name: plan.shard_of(j) for j in plan.jobs}
+        self.waiting = {sh: {j.name for j in jobs if j.name in fresh}
+                        for sh, jobs in self.by_shard.items() if sh not in reuse}
+        self.held: dict[str, torch.Tensor] = {}
+        self.held_bytes, self.keep_bytes = 0, keep_bytes
+        self.written = 0
+        self.done: set[str] = set()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mergebuild-publish")
+        self._queued: list = []
+
+    def add(self, name: str, tensor: torch.Tensor | None) -> None:
+        """A freshly computed tensor (None: not kept; its blob is read when the shard is written)."""
+        shard = self.shard_of[name]
+        left = self.waiting.get(shard)
+        if left is None:
+            return
+        if tensor is not None and self.held_bytes + tensor.nbytes <= self.keep_bytes:
+            self.held[name] = tensor
+            self.held_bytes += tensor.nbytes
+        left.discard(name)
+        if not left:
+            self._write(shard)
+
+    def _write(self, shard: str) -> None:
+        from mergefile.io.writer import tensor_bytes
+
+        entries = []
+        for job in self.by_shard[shard]:
+            t = self.held.pop(job.name, None)
+            if t is None:
+                t = self.fetch(job.name)
             else:
-                entries = []
+                self.held_bytes -= t.nbytes
+            shape = tuple(t.shape) if getattr(self.plan.layout, "dynamic_shapes", False) else tuple(job.result_shape)
+            entries.append((job.name, job.result_dtype, shape, lambda t=t: tensor_bytes(t)))
+        while len(self._queued) >= self.QUEUE:  # back-pressure: bounded memory in flight
+            self.written += self._queued.pop(0).result()
+        self._queued.append(self._pool.submit(_write_shard, self.tmp / shard, entries))
+        self.done.add(shard)
+
+    def finish(self) -> int:
+        """Write what is left, publish the folder; returns bytes written to shards."""
+        from mergefile.io.hf_folder import write_config
+        from mergefile.io.writer import write_index
+
+        plan, aux, tmp = self.plan, self.aux, self.tmp
+        try:
+            for shard in sorted(self.by_shard):
+                if shard in self.reuse:
+                    _link_or_copy(self.out_dir / shard, tmp / shard)
+                elif shard not in self.done:
+                    self._write(shard)
+            while self._queued:
+                self.written += self._queued.pop(0).result()
+            man = Manifest(target=plan.name, aux_key=aux.key)
+            weight_map: dict[str, str] = {}
+            total = 0
+            for shard, jobs in sorted(self.by_shard.items()):
                 for job in jobs:
-                    def get(name=job.name) -> memoryview:
-                        return tensor_bytes(fetch(name))
+                    weight_map[job.name] = shard
+                    total += job.nbytes
+                    man.tensors[job.name] = {"key": self.keys[job.name], "shard": shard, "recipe": self.recipes[job.name]}
+                man.shards[shard] = shard_stat(tmp / shard)
+            if len(self.by_shard) > 1:
+                write_index(tmp, weight_map, total, metadata={"mergebuild": "1"})
+            if plan.layout is None:
+                write_config(aux.config, tmp)
+            else:  # a target kind's own files (adapter_config.json, ...)
+                plan.layout.write_files(tmp, aux.config)
+            for name, src in aux.copies.items():
+                shutil.copyfile(src, tmp / name)
+            if aux.tokenizer is not None:
+                from mergefile.run.tokenizer_out import write_tokenizer
 
-                    if getattr(plan.layout, "dynamic_shapes", False):  # e.g. LoRA ranks cut by sv_epsilon
-                        t = fetch(job.name)
-                        entries.append((job.name, job.result_dtype, tuple(t.shape), lambda t=t: tensor_bytes(t)))
-                        continue
-                    entries.append((job.name, job.result_dtype, tuple(job.result_shape), get))
-                written += write_safetensors(tmp / shard, entries, metadata={"format": "pt"})
-            for job in jobs:
-                weight_map[job.name] = shard
-                total += job.nbytes
-                man.tensors[job.name] = {"key": keys[job.name], "shard": shard, "recipe": recipes[job.name]}
-            man.shards[shard] = shard_stat(tmp / shard)
-        if len(by_shard) > 1:
-            write_index(tmp, weight_map, total, metadata={"mergebuild": "1"})
-        if plan.layout is None:
-            write_config(aux.config, tmp)
-        else:  # a target kind's own files (adapter_config.json, ...)
-            plan.layout.write_files(tmp, aux.config)
-        for name, src in aux.copies.items():
-            shutil.copyfile(src, tmp / name)
-        if aux.tokenizer is not None:
-            from mergefile.run.tokenizer_out import write_tokenizer
+                write_tokenizer(aux.tokenizer, tmp)
+            for name, text in aux.texts.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+            (tmp / MANIFEST).write_text(man.to_json())
+            swap_in(tmp, self.out_dir)
+        except BaseException:
+            self.abort()
+            raise
+        self._pool.shutdown()
+        return self.written
 
-            write_tokenizer(aux.tokenizer, tmp)
-        for name, text in aux.texts.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        (tmp / MANIFEST).write_text(man.to_json())
-        swap_in(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return written
+    def abort(self) -> None:
+        """Drop the temp folder (after the writer thread stops touching it)."""
+        for f in self._queued:
+            f.cancel()
+        self._pool.shutdown(wait=True)
+        self._queued.clear()
+        self.held.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _write_shard(path: Path, entries: list) -> int:
+    """Write one shard into the private temp folder and fsync it (on the writer thread)."""
+    from mergefile.io.writer import write_safetensors
+
+    n = write_safetensors(path, entries, metadata={"format": "pt"}, durable=False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return n
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

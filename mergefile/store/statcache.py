@@ -61,6 +61,9 @@ class StatCache:
         self.files_hashed = 0
         self.bytes_hashed = 0
         self.hits = 0
+        # called (no arguments) before a file is hashed: a build uses it to start importing
+        # torch while the inputs stream through the hash
+        self.before_hash: Callable[[], None] | None = None
 
     def digests(self, path: str, infos: Sequence[TensorInfo]) -> dict[str, str]:
         """Per-tensor digests of one file, hashing only what the cache cannot vouch for.
@@ -82,6 +85,8 @@ class StatCache:
             with self._lock:
                 self.hits += 1
             return hit
+        if self.before_hash is not None:
+            self.before_hash()
         fresh = self._hasher(real, todo)
         with self._lock:
             self.files_hashed += 1

@@ -3,30 +3,23 @@
 Layout of a cache root (see ``cache/README.md``)::
 
     blobs/  tensors by key (size-limited, LRU)      meta/  stat-cache, bookkeeping (never evicted)
-    logs/   one JSONL build log per run
+    logs/   one JSONL build log per run             stamps/ up-to-date stamps (``stamp.py``)
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import diskcache
 
 from mergefile.store.blobs import BlobStore
+from mergefile.store.location import CACHE_DIR_ENV, default_cache_dir
 from mergefile.store.log import BuildLog
 from mergefile.store.statcache import StatCache
 
+__all__ = ["CACHE_DIR_ENV", "DEFAULT_SIZE_LIMIT", "Store", "default_cache_dir"]
+
 DEFAULT_SIZE_LIMIT = 100 * 2**30
-CACHE_DIR_ENV = "MERGEBUILD_CACHE_DIR"
-
-
-def default_cache_dir(start: str | Path = ".") -> Path:
-    """``$MERGEBUILD_CACHE_DIR`` if set, else ``<start>/cache``."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path(start) / "cache"
 
 
 class Store:

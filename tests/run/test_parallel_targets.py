@@ -51,7 +51,7 @@ def test_parallel_targets_match_sequential_within_the_budget(tiny_models, tmp_pa
     lock = threading.Lock()
     computing: dict[str, list[tuple[float, float]]] = {}
     published: dict[str, float] = {}
-    real_compute, real_write = build_mod.compute_job, build_mod.write_output
+    real_compute, real_finish = build_mod.compute_job, build_mod.OutputWriter.finish
 
     def compute(job, kp, *a, **k):
         t0 = time.perf_counter()
@@ -61,14 +61,14 @@ def test_parallel_targets_match_sequential_within_the_budget(tiny_models, tmp_pa
             computing.setdefault(kp.plan.name.removeprefix("out/"), []).append((t0, time.perf_counter()))
         return out
 
-    def write(plan, *a, **k):
-        n = real_write(plan, *a, **k)
+    def finish(writer):
+        n = real_finish(writer)
         with lock:
-            published[plan.name.removeprefix("out/")] = time.perf_counter()
+            published[writer.plan.name.removeprefix("out/")] = time.perf_counter()
         return n
 
     monkeypatch.setattr(build_mod, "compute_job", compute)
-    monkeypatch.setattr(build_mod, "write_output", write)
+    monkeypatch.setattr(build_mod.OutputWriter, "finish", finish)
     executor = LocalExecutor(4, limit)
     with Store(par / "cache") as store:
         report = build(mf, ["all"], store, BuildOptions(jobs=4, memory_budget=limit), executor=executor)

@@ -1,0 +1,188 @@
+"""Up-to-date stamps: answer a no-op rebuild from ``stat`` data alone, as make and ninja do.
+
+Planning a build parses the recipe, opens every input's headers and keys every tensor: cheap,
+but it needs the parser, the planner and networkx imported, which is most of a no-op's time.
+After a run that leaves its targets up to date, the build records a stamp: the request (recipe
+path, targets, flags) and the ``stat`` identity of every file and folder the plan depended on
+(recipe and includes, lockfile, every input model folder, every output folder, mergebuild's
+own code) plus the environment variables that steer model resolution. The next identical
+request whose files all still match is up to date without planning anything. Any difference,
+any missing stamp or unreadable file falls back to the full check, which writes a new stamp.
+
+A file modified within one timestamp tick of its ``stat`` keeps the same identity (git calls
+this *racy clean*), so a stamp only vouches for files whose mtime is clearly older than the
+moment the stamp was taken: :func:`record` waits out that window when it is short (fine-grained
+file systems: ``RACY_FINE_NS``), and :func:`check` refuses a stamp if any file is within it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+__all__ = ["check", "code_fingerprint", "record", "request_id"]
+
+STAMP_VERSION = 1
+STAMP_DIR = "stamps"
+# Timestamps with a sub-second part come from a clock with jiffy granularity (<= 10 ms, and
+# the coarse clock can trail the fine one by as much again); whole-second timestamps may come
+# from a file system that keeps 1 s or 2 s.
+RACY_FINE_NS = 50_000_000
+RACY_COARSE_NS = 2_000_000_000
+MAX_ENTRIES = 20_000  # a folder tree bigger than this is not worth stamping
+ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "MERGEBUILD_", "TRANSFORMERS_")
+_SKIP_DIRS = {"__pycache__", ".git"}
+
+
+def request_id(request: Mapping[str, Any]) -> str:
+    """The stamp file name for one request (recipe, targets, flags that change the answer)."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"))
+    return xxhash.xxh3_128_hexdigest(text.encode())
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_mode]
+
+
+def _racy_window(st_mtime_ns: int) -> int:
+    return RACY_FINE_NS if st_mtime_ns % 1_000_000_000 else RACY_COARSE_NS
+
+
+def _walk(root: str, out: dict[str, list[int] | None]) -> None:
+    """Identity of ``root`` and, if it is a folder, of everything under it (symlinks followed)."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        out[root] = None  # absence is a fact too: the file appearing must invalidate
+        return
+    out[root] = _identity(st)
+    if not os.path.isdir(root):
+        return
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            out[folder] = None
+            continue
+        for e in entries:
+            if e.name in _SKIP_DIRS:
+                continue
+            try:
+                est = e.stat()
+            except OSError:
+                out[e.path] = None
+                continue
+            out[e.path] = _identity(est)
+            if e.is_dir():
+                stack.append(e.path)
+        if len(out) > MAX_ENTRIES:
+            raise _TooBig
+
+
+class _TooBig(Exception):
+    pass
+
+
+def code_fingerprint() -> str:
+    """mergebuild's own code: a changed method or planner must not be vouched for by old stamps."""
+    import mergefile
+
+    files: dict[str, list[int] | None] = {}
+    _walk(str(Path(mergefile.__file__).resolve().parent), files)
+    text = json.dumps([getattr(mergefile, "__version__", ""), sorted(files.items())])
+    return xxhash.xxh3_128_hexdigest(text.encode())
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def _path(cache_dir: str | Path, rid: str) -> Path:
+    return Path(cache_dir) / STAMP_DIR / f"{rid}.json"
+
+
+def record(cache_dir: str | Path, request: Mapping[str, Any], targets: Iterable[str],
+           depends: Iterable[str], messages: Iterable[str] = ()) -> bool:
+    """Write the stamp for ``request``: its targets are up to date given ``depends`` as they are.
+
+    Args:
+        depends: files and folders (walked) the answer depended on; a missing one is recorded
+            as missing.
+        messages: what the full check printed (warnings), for :func:`check`'s caller to repeat.
+
+    Returns:
+        Whether a stamp was written (a huge folder tree is not stamped).
+    """
+    files: dict[str, list[int] | None] = {}
+    try:
+        for p in dict.fromkeys(os.path.abspath(d) for d in depends):
+            _walk(p, files)
+    except _TooBig:
+        return False
+    newest = max((f[1] for f in files.values() if f), default=0)
+    window = _racy_window(newest)
+    wait = newest + window - time.time_ns()
+    if 0 < wait <= RACY_FINE_NS:  # just written (our own outputs): wait it out, then re-stat
+        time.sleep(wait / 1e9)
+        files = {}
+        for p in dict.fromkeys(os.path.abspath(d) for d in depends):
+            _walk(p, files)
+    stamp = {
+        "version": STAMP_VERSION,
+        "code": code_fingerprint(),
+        "env": _environment(),
+        "request": dict(request),
+        "targets": list(targets),
+        "messages": list(messages),
+        "files": files,
+        "written_ns": time.time_ns(),
+    }
+    path = _path(cache_dir, request_id(request))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stamp, separators=(",", ":")))
+    os.replace(tmp, path)
+    return True
+
+
+def check(cache_dir: str | Path, request: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
+    """``(targets, messages)`` a stamp vouches are up to date for ``request``, or None (do the
+    full check)."""
+    path = _path(cache_dir, request_id(request))
+    try:
+        stamp = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION
+            or stamp.get("request") != json.loads(json.dumps(dict(request)))
+            or stamp.get("env") != _environment()):
+        return None
+    written = int(stamp.get("written_ns", 0))
+    for p, ident in stamp.get("files", {}).items():
+        try:
+            now = _identity(os.stat(p))
+        except OSError:
+            now = None
+        if now != ident:
+            return None
+        if now is not None and now[1] >= written - _racy_window(now[1]):
+            return None  # modified too close to the stamp to trust its identity
+    if stamp.get("code") != code_fingerprint():
+        return None
+    return list(stamp.get("targets", [])), list(stamp.get("messages", []))
+
+
+def forget(cache_dir: str | Path, request: Mapping[str, Any]) -> None:
+    """Drop the stamp of ``request`` (a build that failed or found work to do)."""
+    try:
+        _path(cache_dir, request_id(request)).unlink()
+    except OSError:
+        pass
