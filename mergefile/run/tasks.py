@@ -12,7 +12,10 @@ Where inputs are read from (shared storage is assumed):
 * model files: the byte range of the driver's path (``TensorInfo``); a file missing on a worker
   that came from the Hugging Face Hub is fetched into the worker's own hub cache at the same
   commit (same bytes, same offsets);
-* upstream targets: the blob under its key in the cache folder, else the published output folder.
+* upstream targets: the blob under its key in the cache folder, else the published output folder;
+* derived inputs (a LoRA applied on load, MoE gate vectors): made once on the driver when the
+  task is created (they need the whole base model or the adapter at hand) and cached under their
+  keys; the worker reads the blob.
 
 Results travel back: the worker writes nothing to the cache. Every blob ``compute_job`` would
 store (the tensor and its cached stages) is captured and returned as raw bytes (numpy arrays,
@@ -28,6 +31,7 @@ import dataclasses
 import os
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +80,7 @@ class TaskInput:
     key: str
     info: TensorInfo | None = None  # a model file's byte range
     output_dir: str | None = None  # an upstream target's output folder
+    derived: bool = False  # made by the driver: only in the cache, under ``key``
     hub: tuple[str, str, str] | None = None  # (repo, commit or revision, file name) of a hub file
 
 
@@ -116,8 +121,9 @@ class TensorTask:
         """The inputs as :class:`InputLoader` expects them, pruned to this task's tensors."""
         models: dict[int, InputModel] = {}
         for i in self.inputs:
+            upstream = "derived" if i.derived else "upstream" if i.output_dir else None
             m = models.setdefault(i.model, InputModel(label=str(i.model), path=i.output_dir or "", config={},
-                                                      tensors={}, target="upstream" if i.output_dir else None))
+                                                      tensors={}, target=upstream))
             if i.info is not None:
                 m.tensors[i.tensor] = _local_file(i)  # type: ignore[index]
         return models
@@ -145,23 +151,30 @@ def _local_file(i: TaskInput) -> TensorInfo:
 
 def make_task(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int, device: str = "cpu",
               read_to_device: bool = False, allow_pickle: bool = False,
-              hub_names: dict[int, dict[str, str]] | None = None) -> TensorTask:
-    """The task computing ``job`` of a keyed plan (driver side; reads no tensor data).
+              hub_names: dict[int, dict[str, str]] | None = None,
+              derive: Callable[[Any, str], TensorInfo | None] | None = None) -> TensorTask:
+    """The task computing ``job`` of a keyed plan (driver side; reads no tensor data, except
+    to make derived inputs).
 
     Args:
         hub_names: per hub model index, real file path -> file name in its snapshot (from
             :func:`hub_file_names`); without it, hub files are assumed on shared storage.
+        derive: ``derive(input_ref, key)`` makes a derived input and caches it under ``key``
+            (the driver's loader), or returns the file byte range of one that is in fact read
+            straight from a file (a tensor the LoRA does not touch); required when the job
+            reads a derived input.
     """
     plan = kp.plan
     inputs = []
     for r in job.inputs:
         model = plan.inputs[r.model]
         key = kp.input_keys[(r.model, r.tensor)]
-        if getattr(model, "source", None) is not None:  # derived tensors are made in the driver only
-            from mergefile.errors import UserError
-
-            raise UserError(f"input '{model.label}' (a LoRA applied on load, or MoE gate vectors) cannot be computed by"
-                            " a remote executor yet; build this target with --executor local")
+        if getattr(model, "source", None) is not None:  # derived tensors: made here, read from the cache
+            if derive is None:
+                raise ValueError(f"input '{model.label}' is derived (a LoRA applied, MoE gates): make_task needs derive")
+            info = derive(r, key)
+            inputs.append(TaskInput(r.model, r.tensor, key, info=info, derived=info is None))
+            continue
         if model.target is not None:
             inputs.append(TaskInput(r.model, r.tensor, key, output_dir=str(model.path)))
             continue
@@ -245,7 +258,10 @@ def absorb(out: Any, blobs) -> Any:
         return out
     res = out.result
     for key, code, shape, data in out.blobs:
-        res.bytes_written += blobs.put(key, _unpack(code, shape, data))
+        t = _unpack(code, shape, data)
+        res.bytes_written += blobs.put(key, t)
+        if key == res.key:
+            res.tensor = t
     return res
 
 

@@ -128,6 +128,13 @@ class LoraApplied:
                 out[n] = k
         return out
 
+    def file_tensor(self, name: str):
+        """The file byte range of a tensor the adapter leaves alone (a remote task reads it
+        directly), or None when it is made here."""
+        if name in self.touched or self.base.source is not None or self.base.target is not None:
+            return None
+        return self.base.tensors[name]
+
     def load(self, name: str, key: str, blobs, reader) -> tuple[torch.Tensor, int]:
         if name not in self.touched:
             return _plain(self.base, name, key, blobs, reader)
