@@ -1,8 +1,10 @@
 """``mergebuild evolve GENOME.yml --storage-path DIR``: evolutionary merge search (mergekit-evolve).
 
-The mergekit-evolve configuration file is accepted unchanged, and so are its options. Ray is
-started here (a local Ray with ``--num-cpus``, or ``--ray-address`` to join a cluster) and only
-when some candidate is not already in the score cache.
+The mergekit-evolve configuration file is accepted unchanged, and so are its options (every one
+of ``mergekit-evolve --help``; the differences are in ``docs/evolve.md``). Ray is started here
+(a local Ray with ``--num-cpus``, or ``--ray-address`` to join a cluster) and only when some
+candidate is not already in the score cache. What the options need from the machine (CUDA,
+bitsandbytes, wandb) is checked before anything else runs (``targets/evolve/preflight.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-population-size", type=int, default=None, metavar="N", help="CMA-ES population size")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this long (resumable)")
     p.add_argument("--vllm", action=argparse.BooleanOptionalAction, default=False, help="score with vLLM (default: hf)")
-    p.add_argument("--strategy", choices=("pool", "buffered", "serial"), default="pool", help="Ray scheduling (default pool)")
+    p.add_argument("-s", "--strategy", choices=("pool", "buffered", "serial"), default="pool",
+                   help="Ray scheduling (default pool)")
     p.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=False,
                    help="keep one model resident and overwrite its weights per candidate (pool only)")
     p.add_argument("--num-gpus", type=int, default=0, help="GPUs to use (0: CPU only; ignored without CUDA)")
@@ -49,10 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of custom lm-eval task YAMLs (repeatable)")
     p.add_argument("--save-final-model", action=argparse.BooleanOptionalAction, default=True,
                    help="build the best candidate into STORAGE/final_model at the end (default on)")
-    p.add_argument("--allow-crimes", action="store_true", help="merge models of different architectures")
-    p.add_argument("--trust-remote-code", action="store_true", help="let transformers run model code from the hub")
+    p.add_argument("--allow-crimes", action=argparse.BooleanOptionalAction, default=False,
+                   help="merge models of different architectures")
+    p.add_argument("--trust-remote-code", action=argparse.BooleanOptionalAction, default=False,
+                   help="let transformers run model code from the hub")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights-only loading)")
-    p.add_argument("--device", default="cpu", help="where candidates are merged and evaluated: cpu or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="where candidates are evaluated (and merged): cpu or cuda[:N]")
+    p.add_argument("--merge-cuda", action=argparse.BooleanOptionalAction, default=None,
+                   help="merge candidates on the GPU (--no-merge-cuda: on the CPU); default: on --device")
+    p.add_argument("--reshard", action=argparse.BooleanOptionalAction, default=True,
+                   help="copy the input models once into STORAGE/input_models, one safetensors file each, "
+                        "and merge from those (default on)")
+    quant = p.add_mutually_exclusive_group()
+    quant.add_argument("--load-in-8bit", dest="quantization", action="store_const", const="8bit", default=None,
+                       help="evaluate each candidate quantized to 8 bits (bitsandbytes; CUDA)")
+    quant.add_argument("--load-in-4bit", dest="quantization", action="store_const", const="4bit",
+                       help="evaluate each candidate quantized to 4 bits, NF4 (bitsandbytes; CUDA)")
+    p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=False,
+                   help="log every evaluation to Weights & Biases")
+    p.add_argument("--wandb-project", default=None, help="W&B project (default mergekit-evolve)")
+    p.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     p.add_argument("--cache-dir", default=None, help="tensor and score cache (default: $MERGEBUILD_CACHE_DIR or STORAGE/cache)")
     p.add_argument("--cache-size", type=parse_size, default=None, help="cache size limit (e.g. 100G)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -98,7 +117,8 @@ class _PlainSearchProgress:
 def run(args) -> int:
     from mergefile.store.store import CACHE_DIR_ENV, DEFAULT_SIZE_LIMIT, Store
     from mergefile.targets.evolve.config import check_benchmarks, load_genome_yaml
-    from mergefile.targets.evolve.search import EvolveOptions, run_search
+    from mergefile.targets.evolve.preflight import preflight
+    from mergefile.targets.evolve.search import run_search
 
     config = load_genome_yaml(args.genome)
     for w in check_benchmarks(config, args.allow_benchmarks):
@@ -106,24 +126,15 @@ def run(args) -> int:
     for p in args.task_search_path:
         if not Path(p).is_dir():
             raise UserError(f"--task-search-path '{p}' is not a folder")
-    if args.device != "cpu":
-        from mergefile._lazy import torch
-
-        if not args.device.startswith("cuda"):
-            raise UserError(f"unknown device '{args.device}' (use cpu or cuda)")
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {args.device} requested but no CUDA device is available")
+    if not args.wandb and (args.wandb_project or args.wandb_entity):
+        print("mergebuild: warning: --wandb-project/--wandb-entity without --wandb: nothing is logged to W&B",
+              file=sys.stderr)  # fmt: skip
+    options = evolve_options(args)
+    preflight(options)  # CUDA, bitsandbytes, wandb: before any model is read
     storage = Path(args.storage_path)
     import os
 
     cache = Path(args.cache_dir or os.environ.get(CACHE_DIR_ENV) or storage / "cache")
-    options = EvolveOptions(
-        storage_path=str(storage), max_fevals=args.max_fevals, sigma0=args.sigma0, popsize=args.force_population_size,
-        timeout=args.timeout, random_seed=args.random_seed, strategy=args.strategy, in_memory=args.in_memory,
-        vllm=args.vllm, workers=args.workers, num_gpus=args.num_gpus, batch_size=args.batch_size,
-        task_search_path=tuple(args.task_search_path), device=args.device, save_final_model=args.save_final_model,
-        allow_crimes=args.allow_crimes, allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-    )  # fmt: skip
     quiet = args.quiet or not sys.stderr.isatty()
     progress = _PlainSearchProgress() if quiet else _RichSearchProgress()
     with Store(cache, args.cache_size or DEFAULT_SIZE_LIMIT) as store, contextlib.ExitStack() as stack:
@@ -133,6 +144,22 @@ def run(args) -> int:
     if best is not None:
         print(f"best score {best['score']:.6g} at evaluation {best['n']}: {storage / 'best.mf'}")
     return 0
+
+
+def evolve_options(args):
+    """The parsed command line as :class:`~mergefile.targets.evolve.search.EvolveOptions`."""
+    from mergefile.targets.evolve.search import EvolveOptions
+
+    return EvolveOptions(
+        storage_path=str(Path(args.storage_path)), max_fevals=args.max_fevals, sigma0=args.sigma0,
+        popsize=args.force_population_size, timeout=args.timeout, random_seed=args.random_seed,
+        strategy=args.strategy, in_memory=args.in_memory, vllm=args.vllm, workers=args.workers,
+        num_gpus=args.num_gpus, batch_size=args.batch_size, task_search_path=tuple(args.task_search_path),
+        device=args.device, save_final_model=args.save_final_model, allow_crimes=args.allow_crimes,
+        allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code, merge_cuda=args.merge_cuda,
+        reshard=args.reshard, quantization=args.quantization, wandb=args.wandb, wandb_project=args.wandb_project,
+        wandb_entity=args.wandb_entity,
+    )  # fmt: skip
 
 
 def lazy_ray(stack: contextlib.ExitStack, address: str | None, num_cpus: int | None):

@@ -9,7 +9,10 @@ file, unchanged) and an ``evolve(...)`` target in a Mergefile (see ``docs/evolve
 Modules: ``config`` (the two front ends), ``genome`` (genotype -> Target), ``candidates``
 (plan/key/build), ``scoring`` (lm-eval), ``worker`` and ``strategies`` (Ray), ``search`` (the
 CMA-ES loop, checkpoint, history, score cache), ``outputs`` (best.mf, YAML, plot), ``target``
-(the Mergefile ``evolve`` target). Nothing here imports torch, lm_eval, ray or cma at import.
+(the Mergefile ``evolve`` target), ``preflight`` (what the options need from the machine),
+``reshard`` (input copies in the storage path), ``quantize`` (bitsandbytes evaluation),
+``tracking`` (Weights & Biases). Nothing here imports torch, lm_eval, ray, cma, bitsandbytes or
+wandb at import.
 
 Example:
     >>> from mergefile.targets.evolve import EvolveOptions, load_genome_yaml, run_search

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mergefile.syntax.ast import AutoRef, HfRef, ModelDecl, Param, PathRef, Slice, Source, Sym, Target
+from mergefile.syntax.ast import AutoRef, HfRef, ModelDecl, Param, PathRef, Source, Sym, Target
 from mergefile.targets.evolve.config import EvolveConfig
 
 __all__ = ["FINAL", "append_history", "read_history", "render_mergefile", "render_mergekit", "write_plot", "write_text"]

@@ -49,6 +49,7 @@ class ScoreSpec:
     device: str = "cpu"
     vllm: bool = False
     trust_remote_code: bool = False
+    quantization: str | None = None  # "8bit" | "4bit": the evaluated model loaded with bitsandbytes
 
     @property
     def task_names(self) -> list[str]:
@@ -69,7 +70,7 @@ class ScoreSpec:
             harness = version("lm_eval")
         except PackageNotFoundError:  # pragma: no cover - the evolve extra is missing
             harness = None
-        return {
+        payload = {
             "tasks": self.task_names,
             "task_files": task_files_digest(self.task_paths),
             "limit": self.limit,
@@ -81,6 +82,9 @@ class ScoreSpec:
             "batch_size": self.hf_batch_size,
             "lm_eval": harness,
         }
+        if self.quantization is not None:  # only when set: unquantized score keys stay as they were
+            payload["quantization"] = self.quantization
+        return payload
 
 
 def task_files_digest(paths) -> str:
@@ -237,9 +241,12 @@ class Scorer:
             return self.score_lm(lm)
         finally:
             del lm
+            _free_device_memory(self.spec.device)
 
     def folder_lm(self, folder: str | Path):
         spec = self.spec
+        if spec.quantization is not None:
+            return self._quantized_lm(folder)
         if spec.vllm:
             try:
                 from lm_eval.models.vllm_causallms import VLLM
@@ -251,6 +258,39 @@ class Scorer:
 
         return HFLM(pretrained=str(folder), device=spec.device, batch_size=spec.hf_batch_size,
                     dtype="auto", trust_remote_code=spec.trust_remote_code)  # fmt: skip
+
+    def _quantized_lm(self, folder: str | Path):
+        """The folder's model loaded with bitsandbytes, wrapped in ``HFLM`` (which cannot take a
+        quantization config itself: it reads one only from the model's config.json)."""
+        from lm_eval.models.huggingface import HFLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        spec = self.spec
+        model = load_quantized(AutoModelForCausalLM, folder, "auto", spec)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=spec.trust_remote_code)
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.hf_batch_size)
+
+
+def load_quantized(auto_class, folder: str | Path, dtype, spec: ScoreSpec):
+    """``from_pretrained`` with the spec's ``BitsAndBytesConfig``, placed whole on its GPU."""
+    from mergefile.targets.evolve.quantize import bnb_config
+
+    index = spec.device.partition(":")[2] or "0"
+    model = auto_class.from_pretrained(str(folder), dtype=dtype, quantization_config=bnb_config(spec.quantization),
+                                       device_map={"": f"cuda:{index}"}, trust_remote_code=spec.trust_remote_code)
+    return model.eval().requires_grad_(False)
+
+
+def _free_device_memory(device: str) -> None:
+    """Give a scored model's GPU memory back before the next candidate loads."""
+    if not device.startswith("cuda"):
+        return
+    import gc
+
+    from mergefile._lazy import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def _task_spec(tm, name: str, paths: list[str]) -> str | dict:
@@ -306,6 +346,8 @@ class Resident:
 
     Built once from a template folder (the candidate's tokenizer donor: same architecture),
     then wrapped once in lm-eval's ``HFLM``: no model reload, no output folder per candidate.
+    With a quantization the model is loaded quantized, and the weights of its bitsandbytes
+    layers are quantized from each candidate's tensors as loading would quantize them.
     """
 
     def __init__(self, scorer: Scorer, template: str | Path, dtype, device: str):
@@ -316,13 +358,23 @@ class Resident:
         if spec.vllm:
             raise UserError("--in-memory scoring uses the hf backend; it does not go with --vllm")
         self.scorer = scorer
-        model = AutoModelForCausalLM.from_pretrained(str(template), dtype=dtype, trust_remote_code=spec.trust_remote_code)
-        self.model = model.to(device).eval().requires_grad_(False)
+        self._quantized: dict[str, Any] = {}  # weight name -> bitsandbytes layer
+        if spec.quantization is not None:
+            from mergefile.targets.evolve.quantize import quantized_linears
+
+            self.model = load_quantized(AutoModelForCausalLM, template, dtype, spec)
+            self._quantized = quantized_linears(self.model)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(template), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+            self.model = model.to(device).eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(str(template), trust_remote_code=spec.trust_remote_code)
         self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=spec.hf_batch_size)
         self._params = dict(self.model.named_parameters(remove_duplicate=False))
         self._params.update(dict(self.model.named_buffers(remove_duplicate=False)))
-        self._required = {name for name, _ in self.model.named_parameters()}
+        # tied parameters appear under several names: each name -> the first name of its tensor
+        first: dict[int, str] = {}
+        self._canonical = {n: first.setdefault(id(p), n) for n, p in self._params.items()}
+        self._required = {self._canonical[name] for name, _ in self.model.named_parameters()}
 
     def load(self, tensors) -> int:
         """Copy ``(name, tensor)`` pairs into the model; every parameter must be covered."""
@@ -331,19 +383,31 @@ class Resident:
         seen: set[str] = set()
         with torch.no_grad():
             for name, t in tensors:
-                p = self._params.get(name)
-                if p is None:
-                    raise UserError(f"--in-memory: the merged tensor '{name}' has no parameter in the resident model")
-                if tuple(p.shape) != tuple(t.shape):
-                    raise UserError(f"--in-memory: '{name}' has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
-                p.copy_(t)
-                seen.add(name)
-        # a tied parameter appears under one name in _required: covered if any alias was seen
-        ids = {id(self._params[n]) for n in seen}
-        missing = [n for n in self._required if id(self._params[n]) not in ids]
+                layer = self._quantized.get(name)
+                if layer is not None:
+                    self._requantize(name, layer, t)
+                else:
+                    p = self._params.get(name)
+                    if p is None:
+                        raise UserError(f"--in-memory: the merged tensor '{name}' has no parameter in the resident model")
+                    _check_shape(name, tuple(t.shape), tuple(p.shape))
+                    p.copy_(t)
+                seen.add(self._canonical.get(name, name))
+        missing = sorted(self._required - seen)
         if missing:
             raise UserError(f"--in-memory: the candidate has no tensor for parameter '{missing[0]}'")
         return len(seen)
 
+    def _requantize(self, name: str, layer, t) -> None:
+        from mergefile.targets.evolve.quantize import requantize, weight_shape
+
+        _check_shape(name, tuple(t.shape), weight_shape(layer))
+        requantize(layer, t)
+
     def score(self) -> dict[str, dict[str, float]]:
         return self.scorer.score_lm(self.lm)
+
+
+def _check_shape(name: str, got: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if got != expected:
+        raise UserError(f"--in-memory: '{name}' has shape {got}, the model expects {expected}")

@@ -9,6 +9,8 @@ The driver owns all state, in the storage path:
 ``best.mf``         the best candidate as a Mergefile target (``final_model``)
 ``best_config.yaml`` the same as a mergekit YAML config
 ``plot.png``        score over evaluations
+``input_models/``   the inputs' single-shard copies candidates are merged from (``--reshard``)
+``wandb.json``      the W&B run of the search (``--wandb``), resumed with it
 
 Evaluations are counted against ``max_fevals`` whether scored or found in the score cache, so
 the search is the same run whatever was cached; a generation cut by the budget is finished by
@@ -23,7 +25,6 @@ import os
 import pickle
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from mergefile.syntax.ast import Sym, Target
 from mergefile.targets.evolve.candidates import build_options, plan_candidate
 from mergefile.targets.evolve.config import EvolveConfig
 from mergefile.targets.evolve.genome import Genome
+from mergefile.targets.evolve.options import EvolveOptions, SearchProgress, SearchResult, SeededNormal
 from mergefile.targets.evolve.outputs import (
     FINAL,
     append_history,
@@ -51,63 +53,6 @@ __all__ = ["EvolveOptions", "SearchProgress", "SearchResult", "SeededNormal", "r
 CHECKPOINT_VERSION = 1
 FAILED = 1e9  # objective of a candidate that cannot be built or scored (CMA-ES ranks it last)
 SCORE_PREFIX = "evolve-score:"
-
-
-@dataclass(frozen=True)
-class EvolveOptions:
-    """How a search runs (its definition is the :class:`EvolveConfig`)."""
-
-    storage_path: str
-    max_fevals: int = 100
-    sigma0: float = 1 / 6
-    popsize: int | None = None
-    timeout: float | None = None
-    random_seed: int = 0
-    strategy: str = "pool"
-    in_memory: bool = False
-    vllm: bool = False
-    workers: int | None = None
-    num_gpus: int = 0
-    batch_size: int | str | None = None
-    task_search_path: tuple[str, ...] = ()
-    device: str = "cpu"
-    save_final_model: bool = True
-    allow_crimes: bool = False
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-
-
-class SearchProgress:
-    """What a search tells its caller (the CLI renders it with rich)."""
-
-    def start(self, total: int, done: int, best: float | None) -> None: ...
-    def result(self, line: dict[str, Any], best: float | None) -> None: ...
-    def message(self, text: str) -> None: ...
-    def end(self) -> None: ...
-
-
-@dataclass
-class SearchResult:
-    best: dict[str, Any] | None  # the best history line
-    target: Target | None  # its candidate recipe (named final_model)
-    evaluations: int
-    scored: int  # evaluations that ran lm-eval in this run (the rest were cache hits)
-    stop: str
-    storage: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class SeededNormal:
-    """CMA-ES's ``randn`` from a seeded NumPy generator: pickled with the optimizer, so a resumed
-    search draws exactly what an uninterrupted one would have drawn."""
-
-    def __init__(self, seed: int):
-        import numpy as np
-
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, *shape):
-        return self.rng.standard_normal(shape)
 
 
 # ---- state ---------------------------------------------------------------------------------
@@ -145,12 +90,16 @@ def num_layers(config: EvolveConfig, options) -> int:
 class _Search:
     """One run over a storage path: resume, loop, finish."""
 
-    def __init__(self, config: EvolveConfig, options: EvolveOptions, store, progress: SearchProgress, start_ray=None):
+    def __init__(self, config: EvolveConfig, options: EvolveOptions, store, progress: SearchProgress, start_ray=None,
+                 merge_device: str | None = None):
         self.config, self.options, self.store, self.progress = config, options, store, progress
+        self.eval_config = config  # what candidates are planned from: the inputs' copies with --reshard
         self.start_ray = start_ray
         self.storage = Path(options.storage_path).resolve()
         self.storage.mkdir(parents=True, exist_ok=True)
-        self.build_options = build_options(options.device, options.allow_pickle, options.allow_crimes)
+        self.merge_device = merge_device or options.device
+        self.build_options = build_options(self.merge_device, options.allow_pickle, options.allow_crimes,
+                                           in_memory=options.in_memory)  # fmt: skip
         self.genome = Genome(config.genome, num_layers(config, options))
         self.key = search_key(config, self.genome, options)
         self.score_spec = ScoreSpec(
@@ -159,7 +108,7 @@ class _Search:
             fewshot_as_multiturn=config.fewshot_as_multiturn,
             task_paths=tuple(str(Path(p).resolve()) for p in options.task_search_path),
             batch_size=options.batch_size, device=options.device, vllm=options.vllm,
-            trust_remote_code=options.trust_remote_code,
+            trust_remote_code=options.trust_remote_code, quantization=options.quantization,
         )  # fmt: skip
         self.score_payload = self.score_spec.key_payload()
         self.history_path = self.storage / "history.jsonl"
@@ -167,6 +116,31 @@ class _Search:
         self.strategy = None
         self.scored = 0
         self.t0 = time.monotonic()
+        self.tracker = self._tracker()
+
+    def _tracker(self):
+        from mergefile.targets.evolve.tracking import Tracker
+
+        if not self.options.wandb:
+            return Tracker()
+        from mergefile.targets.evolve.tracking import WandbTracker
+
+        o = self.options
+        run_config = {**self.config.search_payload(), "num_layers": self.genome.num_layers, "max_fevals": o.max_fevals,
+                      "sigma0": o.sigma0, "popsize": o.popsize, "random_seed": o.random_seed, "strategy": o.strategy,
+                      "in_memory": o.in_memory, "vllm": o.vllm, "batch_size": self.score_spec.hf_batch_size,
+                      "device": o.device, "merge_device": self.merge_device, "quantization": o.quantization,
+                      "reshard": o.reshard, "storage_path": str(self.storage), "search_key": self.key}  # fmt: skip
+        return WandbTracker(self.storage, run_config, o.wandb_project, o.wandb_entity)
+
+    def _reshard(self) -> None:
+        """``--reshard``: plan every candidate from copies of the inputs in the storage path."""
+        from mergefile.targets.evolve.reshard import reshard_config
+
+        self.eval_config = reshard_config(
+            self.config, self.storage, allow_pickle=self.options.allow_pickle, allow_crimes=self.options.allow_crimes,
+            convert_dir=str(Path(self.store.root) / "converted"), message=self.progress.message,
+        )  # fmt: skip
 
     # -- checkpoint ---------------------------------------------------------------------------
     def _new_state(self) -> dict[str, Any]:
@@ -237,17 +211,24 @@ class _Search:
 
     def run(self) -> SearchResult:
         state = self.load()
-        best = self.best()
-        self.progress.start(self.options.max_fevals, len(self.history), best["score"] if best else None)
+        if self.options.reshard:
+            self._reshard()
+        self.tracker.start()
+        stop = None
         try:
-            stop = self._loop(state)
+            best = self.best()
+            self.progress.start(self.options.max_fevals, len(self.history), best["score"] if best else None)
+            try:
+                stop = self._loop(state)
+            finally:
+                if self.strategy is not None:
+                    self.strategy.close()
+                self.progress.end()
+            state["stop"] = stop
+            self.save(state)
+            return self.finish(stop)
         finally:
-            if self.strategy is not None:
-                self.strategy.close()
-            self.progress.end()
-        state["stop"] = stop
-        self.save(state)
-        return self.finish(stop)
+            self.tracker.finish(stop, self.best(), len(self.history))
 
     def _loop(self, state: dict[str, Any]) -> str:
         es = state["es"]
@@ -272,9 +253,11 @@ class _Search:
                 import numpy as np
 
                 es.tell([np.asarray(x) for x in state["pending"]], state["pending_f"])
-                state.update(pending=None, pending_f=None, generation=state["generation"] + 1)
+                done = state["generation"]
+                state.update(pending=None, pending_f=None, generation=done + 1)
                 self.save(state)
                 self._write_plot()
+                self.tracker.generation(done, [h for h in self.history if h.get("generation") == done], float(es.sigma))
 
     def _evaluate(self, state: dict[str, Any], members: list[int]) -> None:
         """Score ``members`` of the pending population: cache hits first, the rest on Ray."""
@@ -284,7 +267,7 @@ class _Search:
             t0 = time.perf_counter()
             target = self.genome.target(x, str(self.storage / "candidates" / "plan"))
             try:
-                key = plan_candidate(self.config, target, self.store, self.build_options).key
+                key = plan_candidate(self.eval_config, target, self.store, self.build_options).key
             except UserError as e:
                 self._record(state, i, x, None, {"error": e.render()}, cached=False, seconds=time.perf_counter() - t0)
                 continue
@@ -333,8 +316,10 @@ class _Search:
         state["pending_f"][member] = _objective(line)
         self.save(state)
         best = self.best()
+        self.tracker.evaluation(line, best)
         if best is not None and (previous is None or best["n"] != previous["n"]):
             self._write_best(best)
+            self.tracker.new_best(best, self.storage / "best_config.yaml")
         self.progress.result(line, best["score"] if best else None)
         if bad_config is not None:
             raise bad_config
@@ -347,9 +332,10 @@ class _Search:
                 self.start_ray()
             gpus = self._gpus()
             spec = WorkerSpec(
-                config=self.config, score=self.score_spec, cache_dir=str(self.store.root),
+                config=self.eval_config, score=self.score_spec, cache_dir=str(self.store.root),
                 cache_size=self.store.blobs.size_limit, storage=str(self.storage), in_memory=self.options.in_memory,
                 allow_pickle=self.options.allow_pickle, allow_crimes=self.options.allow_crimes, token=uuid.uuid4().hex,
+                merge_device=self.merge_device,
             )  # fmt: skip
             workers = self.options.workers or default_workers(gpus)
             self.strategy = make_strategy(self.options.strategy, spec, workers, gpus)
@@ -425,6 +411,9 @@ def run_search(config: EvolveConfig, options: EvolveOptions, store, progress: Se
         >>> with ray_session(num_cpus=2), Store("cache") as store:  # doctest: +SKIP
         ...     result = run_search(load_genome_yaml("genome.yml"), EvolveOptions("evo"), store)
     """
+    from mergefile.targets.evolve.preflight import preflight
+
     if options.max_fevals < 0:
         raise UserError("--max-fevals must be >= 0")
-    return _Search(config, options, store, progress or SearchProgress(), start_ray).run()
+    merge_device = preflight(options)
+    return _Search(config, options, store, progress or SearchProgress(), start_ray, merge_device).run()

@@ -42,7 +42,8 @@ GENOME_PARAMS = ("method", "base", "models", "tokenizer_source", "layer_granular
                  "allow_negative_weights", "smooth", "filters", "dtype")  # fmt: skip
 EVAL_PARAMS = ("limit", "num_fewshot", "shuffle", "random_init", "apply_chat_template", "fewshot_as_multiturn", "task_path")
 RUN_PARAMS = ("budget", "sigma0", "popsize", "seed", "timeout", "strategy", "in_memory", "vllm", "workers",
-              "num_gpus", "batch_size", "storage", "ray_address", "allow_benchmarks")  # fmt: skip
+              "num_gpus", "batch_size", "storage", "ray_address", "allow_benchmarks", "reshard", "load_in_8bit",
+              "load_in_4bit", "wandb", "wandb_project", "wandb_entity")  # fmt: skip
 ALL_PARAMS = GENOME_PARAMS + EVAL_PARAMS + RUN_PARAMS
 TASK_PARAMS = ("weight", "metric")
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -169,8 +170,21 @@ def config_from_target(t: Target, mf: Mergefile) -> tuple[EvolveConfig, dict[str
         "storage": str(here / p["storage"].value) if "storage" in p else None,
         "ray_address": _word(p.get("ray_address")),
         "allow_benchmarks": _typed(p.get("allow_benchmarks"), bool, False, "true or false"),
+        # a build reads its inputs in place: copying them is asked for (unlike mergekit-evolve's CLI)
+        "reshard": _typed(p.get("reshard"), bool, False, "true or false"),
+        "quantization": _quantization(p),
+        "wandb": _typed(p.get("wandb"), bool, False, "true or false"),
+        "wandb_project": _typed(p.get("wandb_project"), str, None, "a string"),
+        "wandb_entity": _typed(p.get("wandb_entity"), str, None, "a string"),
     }
     return config, run
+
+
+def _quantization(p: dict[str, Param]) -> str | None:
+    bits = [b for b in ("8bit", "4bit") if _typed(p.get(f"load_in_{b}"), bool, False, "true or false")]
+    if len(bits) > 1:
+        raise ConfigError("load_in_8bit and load_in_4bit exclude each other", p["load_in_4bit"].loc)
+    return bits[0] if bits else None
 
 
 def _task(s) -> TaskSpec:
@@ -197,8 +211,10 @@ def _storage(t: Target, config: EvolveConfig, run: dict[str, Any], store) -> Pat
         return Path(run["storage"])
     from mergefile.store.keys import key_of
 
-    ident = key_of("evolve-target", {**config.search_payload(), "sigma0": run["sigma0"], "popsize": run["popsize"],
-                                     "seed": run["random_seed"]})  # fmt: skip
+    payload = {**config.search_payload(), "sigma0": run["sigma0"], "popsize": run["popsize"], "seed": run["random_seed"]}
+    if run.get("quantization"):  # quantized scores steer another search (absent when off: old ids stay)
+        payload["quantization"] = run["quantization"]
+    ident = key_of("evolve-target", payload)
     return Path(store.root) / "evolve" / f"{_SAFE.sub('_', t.name).strip('_')}-{ident[:12]}"
 
 
@@ -270,6 +286,8 @@ def _best(t: Target, config: EvolveConfig, run: dict[str, Any], store, options, 
         vllm=run["vllm"], workers=run["workers"], num_gpus=run["num_gpus"], batch_size=run["batch_size"],
         task_search_path=run["task_search_path"], device=options.device, save_final_model=False,
         allow_crimes=getattr(options, "allow_crimes", False), allow_pickle=options.allow_pickle,
+        reshard=run["reshard"], quantization=run["quantization"], wandb=run["wandb"],
+        wandb_project=run["wandb_project"], wandb_entity=run["wandb_entity"],
     )  # fmt: skip
     state = read_state(storage)
     stop = (state or {}).get("stop") or ""

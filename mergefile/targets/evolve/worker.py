@@ -37,6 +37,11 @@ class WorkerSpec:
     allow_pickle: bool = False
     allow_crimes: bool = False
     token: str = ""  # identifies the search, for the per-process worker memo of Ray tasks
+    merge_device: str | None = None  # where candidates are merged (--merge-cuda); None: score.device
+
+    @property
+    def merge_on(self) -> str:
+        return self.merge_device or self.score.device
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class Worker:
     def _options(self):
         from mergefile.targets.evolve.candidates import build_options
 
-        return build_options(self.spec.score.device, self.spec.allow_pickle, self.spec.allow_crimes)
+        return build_options(self.spec.merge_on, self.spec.allow_pickle, self.spec.allow_crimes,
+                             in_memory=self.spec.in_memory)  # fmt: skip
 
     def folder(self, name: str) -> Path:
         return Path(self.spec.storage) / "candidates" / name
