@@ -67,7 +67,7 @@ def enter_directory(args) -> None:
 
 def open_store(args):
     """The cache named by --cache-dir / $MERGEBUILD_CACHE_DIR / ./cache (a context manager)."""
-    from mergefile.run.build import resolve_cache_dir
+    from mergefile.store.location import resolve_cache_dir
     from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store
 
     return Store(resolve_cache_dir(args.cache_dir, Path.cwd()), args.cache_size or DEFAULT_SIZE_LIMIT)

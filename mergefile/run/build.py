@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mergefile._lazy import preload, torch
 
@@ -31,7 +30,6 @@ from mergefile.run.publish import OutputWriter, aux_files
 from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
 from mergefile.run.tasks import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_task
-from mergefile.store.location import resolve_cache_dir  # noqa: F401 - re-exported for the CLI verbs
 from mergefile.store.lock import output_lock
 from mergefile.store.store import Store
 from mergefile.syntax.ast import Mergefile
