@@ -124,7 +124,8 @@ def digest_tensors(path: str, infos: Sequence[TensorInfo]) -> dict[str, str]:
     """xxh3-128 hex digest of each tensor's bytes, in one sequential pass over the file.
 
     Slices of the mapping are hashed directly (no per-tensor copies), in offset order so the
-    disk reads sequentially.
+    disk reads sequentially. No ``MADV_SEQUENTIAL``: it marks pages for early reclaim, and the
+    build reads the same pages again right after (measured: 1.7x slower hashing on 12.6 GB).
 
     Args:
         path: the safetensors file holding every tensor in ``infos``.
@@ -143,8 +144,6 @@ def digest_tensors(path: str, infos: Sequence[TensorInfo]) -> dict[str, str]:
     out: dict[str, str] = {}
     with open(real, "rb") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if hasattr(mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
-                mm.madvise(mmap.MADV_SEQUENTIAL)
             with memoryview(mm) as whole:
                 for info in sorted(infos, key=lambda i: i.begin):
                     if info.end > len(mm):

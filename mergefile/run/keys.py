@@ -147,8 +147,11 @@ def _prehash(models: list[tuple[Any, set[str]]], stat) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
+    # Last files first: the build then reads the first files (first layers) first, and finds them
+    # the most recently read, still in the page cache, when the inputs do not all fit in it.
+    # (In file order, LRU would have evicted exactly the pages needed next, all the way through.)
     with ThreadPoolExecutor(min(HASH_THREADS, len(work)), thread_name_prefix="mergebuild-hash") as pool:
-        for _ in pool.map(lambda f: stat.digests(f, work[f]), sorted(work)):
+        for _ in pool.map(lambda f: stat.digests(f, work[f]), sorted(work, reverse=True)):
             pass
 
 
