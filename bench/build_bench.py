@@ -8,6 +8,10 @@ cold build, so both start from disk. The no-op is timed twice: as a user meets i
 the up-to-date stamp the cold build left) and with the stamps deleted (the full check).
 
     .venv/bin/python bench/build_bench.py [--layers 16] [--hidden 1024] [--models 4] [--quick]
+                                          [--device cpu] [--also-device cuda]
+
+``--also-device cuda`` (on a GPU machine) adds, in the same run, one more cold build of the big
+case on that device (fresh output and cache) and reports its time as a ratio to the first.
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def startup_costs() -> dict:
     return out
 
 
-def run_case(layers: int, hidden: int, n_models: int, jobs: int) -> dict:
+def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu") -> dict:
     inter = int(hidden * 2.75)
     vocab = 32000
     mdir = WORK / f"models-L{layers}-H{hidden}"
@@ -166,16 +170,17 @@ def run_case(layers: int, hidden: int, n_models: int, jobs: int) -> dict:
     out_bytes = in_bytes // n_models
     floor = disk_floor(inputs, out_bytes, case / "scratch")
     drop_cache(inputs)
-    cold, cold_rss, _ = mergebuild(case, "-j", str(jobs))
-    noop, noop_rss, out = mergebuild(case, "-j", str(jobs))  # answered by the stamp the cold build left
+    flags = ("-j", str(jobs), "--device", device)
+    cold, cold_rss, _ = mergebuild(case, *flags)
+    noop, noop_rss, out = mergebuild(case, *flags)  # answered by the stamp the cold build left
     assert "up to date" in out, out
     shutil.rmtree(case / "cache" / "stamps")
-    noop_full, _, out = mergebuild(case, "-j", str(jobs))  # no stamp: parse, plan, key, compare
+    noop_full, _, out = mergebuild(case, *flags)  # no stamp: parse, plan, key, compare
     assert "up to date" in out, out
     mf.write_text(mf.read_text().replace("    m0 weight=1.0", '    m0 weight=1.0 weight["layers.7."]=0.5'))
-    edit, edit_rss, _ = mergebuild(case, "-j", str(jobs))
+    edit, edit_rss, _ = mergebuild(case, *flags)
     return {
-        "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs,
+        "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "device": device,
         "input_bytes": in_bytes, "floor_s": floor, "cold_s": cold, "noop_s": noop, "noop_full_s": noop_full,
         "edit_s": edit, "noop_full_over_cold": noop_full / cold,
         "cold_rss_kb": cold_rss, "noop_rss_kb": noop_rss, "edit_rss_kb": edit_rss,
@@ -190,13 +195,24 @@ def main() -> int:
     ap.add_argument("--models", type=int, default=4)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small models, to check the script")
+    ap.add_argument("--device", default="cpu", help="--device of every build (cpu or cuda)")
+    ap.add_argument("--also-device", default=None, metavar="DEV",
+                    help="one more cold build of the big case on DEV, as a ratio to --device's")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.layers = 256, 4
-    big = run_case(args.layers, args.hidden, args.models, args.jobs)
-    half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs)
+    big = run_case(args.layers, args.hidden, args.models, args.jobs, args.device)
+    half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs, args.device)
     fixed = startup_costs()
     result = {"big": big, "half": half, "startup": fixed, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
+    if args.also_device:
+        case = WORK / f"case-L{args.layers}-H{args.hidden}"
+        shutil.rmtree(case / "out", ignore_errors=True)
+        shutil.rmtree(case / "cache", ignore_errors=True)
+        drop_cache([WORK / f"models-L{args.layers}-H{args.hidden}" / f"m{i}" for i in range(args.models)])
+        other, other_rss, _ = mergebuild(case, "-j", str(args.jobs), "--device", args.also_device)
+        result["also_device"] = {"device": args.also_device, "cold_s": other, "cold_rss_kb": other_rss,
+                                 "cold_over_first_device_cold": other / big["cold_s"]}
     # what the build itself costs beyond the interpreter and torch start-up (an edit needs torch)
     result["edit_minus_startup_over_cold"] = (big["edit_s"] - fixed["import_torch_s"]) / big["cold_s"]
     result["noop_full_minus_startup_over_cold"] = (big["noop_full_s"] - fixed["import_mergebuild_s"]) / big["cold_s"]
