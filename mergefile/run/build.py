@@ -136,12 +136,17 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
         aux = aux_files(plan)
         out.append((plan, kp, compare(kp, aux.key, force=options.force), aux))
         watched.paths.append(plan.out_dir)
-        watched.messages += [f"warning: {plan.name}: {w}" for w in plan.warnings]
+        watched.messages += _warning_lines(plan)
     if lock is not None and out:
         check_plans(lock, [row[0] for row in out], store.stat.digests, planner.base_dir)
     watched.paths += [str(lock_path(mf.path)), *planner.resolver.folders]
     watched.stampable = watched.stampable and not planner.resolver.unpinned_hub
     return out
+
+
+def _warning_lines(plan: TargetPlan) -> list[str]:
+    """What a plan warns, as printed (a stamped no-op prints the same lines)."""
+    return [f"warning: {plan.name}: {w}" for w in plan.warnings]
 
 
 def _needs_compute(st: TargetStatus, store: Store) -> list[TensorJob]:
@@ -196,8 +201,8 @@ def build(
         for plan, kp, st, aux in planned:
             report = TargetReport(plan.name, st)
             reports.append(report)
-            for w in plan.warnings:
-                progress.message(f"warning: {plan.name}: {w}")
+            for line in _warning_lines(plan):
+                progress.message(line)
             _estimate(report, st, store, options)
             if options.dry_run or st.up_to_date:
                 if run is not None:

@@ -39,14 +39,20 @@ def _reference(tiny_models, tmp_path: Path) -> dict[str, bytes]:
     return shard_bytes(ref / "out/m")
 
 
-def test_shards_stream_out_from_memory(planned, tiny_models, tmp_path) -> None:
-    plan, kp, aux, loader, store = planned
+def _recording_fetch(kp, store):
+    """A writer's ``fetch`` from the blob store, and the list of names it was asked for."""
     fetched: list[str] = []
 
     def fetch(name: str):
         fetched.append(name)
         return store.blobs.get(kp.keys[name], verify=True)
 
+    return fetch, fetched
+
+
+def test_shards_stream_out_from_memory(planned, tiny_models, tmp_path) -> None:
+    plan, kp, aux, loader, store = planned
+    fetch, fetched = _recording_fetch(kp, store)
     jobs = {j.name: j for j in plan.jobs}
     w = OutputWriter(plan, kp.keys, kp.recipes, set(), aux, fetch, set(jobs), keep_bytes=1 << 30)
     by_shard: dict[str, list[str]] = {}
@@ -69,12 +75,7 @@ def test_shards_stream_out_from_memory(planned, tiny_models, tmp_path) -> None:
 
 def test_over_the_cap_tensors_come_back_from_the_cache(planned, tiny_models, tmp_path) -> None:
     plan, kp, aux, loader, store = planned
-    fetched: list[str] = []
-
-    def fetch(name: str):
-        fetched.append(name)
-        return store.blobs.get(kp.keys[name], verify=True)
-
+    fetch, fetched = _recording_fetch(kp, store)
     w = OutputWriter(plan, kp.keys, kp.recipes, set(), aux, fetch, {j.name for j in plan.jobs}, keep_bytes=0)
     for j in plan.jobs:
         w.add(j.name, compute_job(j, kp, loader, store.blobs)[0])  # stored in the blob store as it goes

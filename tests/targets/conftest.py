@@ -63,3 +63,24 @@ def qwen2_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def qwen3_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Qwen3 dense (q/k norms): base and fine-tunes a, b."""
     return _family(tmp_path_factory.mktemp("qwen3_models"), "qwen3", ("a", "b"))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray with 2 CPUs per test module (evolve searches); workers inherit the offline switches."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("cma")
+    ray = pytest.importorskip("ray")
+    saved = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TQDM_DISABLE")}
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    from mergefile.run.ray_executor import ray_session
+
+    try:
+        with ray_session(None, 2):
+            yield ray
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

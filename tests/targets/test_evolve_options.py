@@ -451,26 +451,6 @@ def test_no_reshard_needs_no_pickle_conversion_in_storage(inputs, tmp_path):
 # ---- one search end to end: --reshard --wandb, then --no-reshard over the same cache --------------
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    pytest.importorskip("lm_eval")
-    pytest.importorskip("cma")
-    ray = pytest.importorskip("ray")
-    saved = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TQDM_DISABLE")}
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    from mergefile.run.ray_executor import ray_session
-
-    try:
-        with ray_session(None, 2):
-            yield ray
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def evolve(inputs, storage: Path, cache: Path, *extra: str) -> int:
     return main(["evolve", str(inputs.genome), "--storage-path", str(storage), "--cache-dir", str(cache),
                  "--max-fevals", "3", "--force-population-size", "3", "--task-search-path", str(TASK_DIR),

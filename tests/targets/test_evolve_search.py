@@ -7,7 +7,6 @@ strategies, a Mergefile target) must see the same candidates and scores.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,27 +21,6 @@ pytestmark = pytest.mark.slow
 
 BUDGET = 6
 POP = 4
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray with 2 CPUs for the module; workers inherit the offline switches."""
-    pytest.importorskip("lm_eval")
-    pytest.importorskip("cma")
-    ray = pytest.importorskip("ray")
-    saved = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TQDM_DISABLE")}
-    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    from mergefile.run.ray_executor import ray_session
-
-    try:
-        with ray_session(None, 2):
-            yield ray
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
