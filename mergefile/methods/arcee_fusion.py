@@ -5,6 +5,11 @@ the last dim, one KL per row, +1e-8 inside); threshold ``median(I) + 1.5 * IQR(I
 quantiles of a sorted sample; ``out = base + [I >= threshold] * (other - base)``. Tensors with
 more than 1e6 entries estimate the quantiles from 1e6 entries drawn with the node's generator
 (mergekit uses the global RNG, so its output varies between runs without a seed).
+
+The scores and the threshold are computed in float64 whatever the compute dtype: the mask is a
+hard cut, and in float32 the last-bit differences between CPU and CUDA reductions (softmax, KL)
+flipped entries that lie at the threshold, so the two devices disagreed by whole deltas. In
+float64 such flips need a score within ~1e-16 of the cut.
 """
 
 from __future__ import annotations
@@ -54,14 +59,14 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
         raise method_error("arcee_fusion", ctx,
                            f"takes the base and exactly one other model, got {len(tensors)} inputs")
     b, o = up(base), up(tensors[idx[0]])
-    scores = importance(o, b)
+    scores = importance(o.double(), b.double())
     mask = scores >= threshold(scores, ctx.generator)
     return finish(b + mask * (o - b), base.dtype)
 
 
 METHOD = Method(
     name="arcee_fusion",
-    version=1,
+    version=2,  # 2: scores in float64 (borderline entries may select differently from 1)
     reference="https://arcee.ai",
     params=(),
     merge=merge,

@@ -82,10 +82,14 @@ def test_unknown_method_suggests_a_name():
         get_method("dare-ties")
 
 
+# a method's version goes up when its results change, so cached results of the old one go stale
+VERSIONS = {"arcee_fusion": 2}  # float64 scores: CPU and CUDA select the same entries
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_declaration(name: str):
     m = METHODS[name]
-    assert m.name == name and m.version == 1
+    assert m.name == name and m.version == VERSIONS.get(name, 1)
     assert m.reference.startswith("https://") and m.summary
     assert len({p.name for p in m.params}) == len(m.params)
     assert name in EMBED[m.embed]

@@ -108,6 +108,19 @@ def test_arcee_fusion_mask_formula():
     assert 0 < (out != base).sum() < base.numel()  # a real selection, not all or nothing
 
 
+def test_arcee_fusion_scores_in_float64_for_float32_inputs():
+    """A float32 case where float32 scores put one entry on the wrong side of the cut (found by
+    search, seed 42): float64 scores agree with the formula in Python floats, so last-bit
+    differences between devices' reductions no longer decide the mask (issue 9, seen on an H100)."""
+    g = torch.Generator().manual_seed(42)
+    base = torch.randn(24, 16, generator=g)
+    other = base + 0.3 * torch.randn(24, 16, generator=g)
+    out = run("arcee_fusion", [base, other], base_index=0)
+    expected = torch.tensor(_fusion_by_formula(base.double().tolist(), other.double().tolist()))
+    assert out.dtype == torch.float32
+    assert torch.equal(out != base, expected.float() != base)
+
+
 def test_arcee_fusion_large_tensor_sample_is_seeded():
     g = torch.Generator().manual_seed(1)
     base = torch.randn(1001, 1000, generator=g)  # just above the 1e6 sampling limit
