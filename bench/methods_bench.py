@@ -10,6 +10,10 @@ ratio is to that time, so load that drifts during the run (a shared machine) can
 Writes the table to bench/RESULTS.md under "## Methods (issue 3)" (only that section).
 
     .venv/bin/python bench/methods_bench.py [--layers 8] [--hidden 512] [--vocab 4096] [-j 2] [--quick]
+                                            [--compare-device cuda]
+
+``--compare-device cuda`` (on a GPU machine) instead builds every method once on the CPU and once
+on the GPU, and reports the GPU's time as a ratio to the CPU's (JSON; RESULTS.md untouched).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def write_recipe(case: Path, mdir: Path, layers: int) -> Path:
     return path
 
 
-def time_target(case: Path, mf, name: str, jobs: int) -> float:
+def time_target(case: Path, mf, name: str, jobs: int, device: str = "cpu") -> float:
     """Wall seconds of one cold build of ``out/<name>`` (fresh output folder and cache)."""
     from mergefile.run.build import BuildOptions, build
     from mergefile.store.store import Store
@@ -103,7 +107,9 @@ def time_target(case: Path, mf, name: str, jobs: int) -> float:
     shutil.rmtree(cache, ignore_errors=True)
     with Store(cache) as store:
         t0 = time.perf_counter()
-        report = build(mf, [f"out/{name}"], store, BuildOptions(jobs=jobs))
+        report = build(mf, [f"out/{name}"], store, BuildOptions(jobs=jobs, device=device))
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
     assert report.targets[0].built, name
     shutil.rmtree(out)
@@ -111,14 +117,14 @@ def time_target(case: Path, mf, name: str, jobs: int) -> float:
     return dt
 
 
-def best_time(case: Path, mf, name: str, jobs: int, budget_s: float = 10.0, max_runs: int = 3) -> float:
+def best_time(case: Path, mf, name: str, jobs: int, budget_s: float = 10.0, max_runs: int = 3, device: str = "cpu") -> float:
     """Fastest of up to ``max_runs`` cold builds, repeated while under ``budget_s`` in total.
 
     Short builds are the noisy ones, so they are repeated; long ones run once (run time stays low).
     """
-    runs = [time_target(case, mf, name, jobs)]
+    runs = [time_target(case, mf, name, jobs, device)]
     while len(runs) < max_runs and sum(runs) < budget_s:
-        runs.append(time_target(case, mf, name, jobs))
+        runs.append(time_target(case, mf, name, jobs, device))
     return min(runs)
 
 
@@ -149,6 +155,37 @@ def run(layers: int, hidden: int, vocab: int, jobs: int) -> dict:
         "layers": layers, "hidden": hidden, "vocab": vocab, "jobs": jobs, "model_bytes": in_bytes,
         "seconds": times, "linear_s": refs, "ratio": {m: t / refs[m] for m, t in times.items()},
         "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(),
+    }
+
+
+def compare_devices(layers: int, hidden: int, vocab: int, jobs: int, device: str) -> dict:
+    """Each method built on the CPU and on ``device`` in turn: the device's time as a ratio to the CPU's.
+
+    Cold builds as above (fresh output and cache, inputs in the page cache), one of each per
+    method, CPU first; a warm-up build on each device first takes the CUDA context start-up out.
+    """
+    from mergefile.syntax import parse_mergefile
+
+    print(f"generating 3 models ({layers} layers, hidden {hidden}, vocab {vocab}) ...", flush=True)
+    mdir = make_family(layers, hidden, vocab)
+    case = WORK / f"methods-devices-L{layers}-H{hidden}"
+    shutil.rmtree(case, ignore_errors=True)
+    case.mkdir(parents=True)
+    mf = parse_mergefile(write_recipe(case, mdir, layers))
+    for dev in ("cpu", device):
+        time_target(case, mf, "linear", jobs, dev)
+    rows: dict[str, dict] = {}
+    for name in RECIPES:
+        cpu = best_time(case, mf, name, jobs, budget_s=0, max_runs=1)
+        other = best_time(case, mf, name, jobs, budget_s=0, max_runs=1, device=device)
+        rows[name] = {"cpu_s": cpu, f"{device}_s": other, "ratio": other / cpu}
+        print(f"  {name:<18} cpu {cpu:7.2f} s  {device} {other:7.2f} s  x{other / cpu:.2f}", flush=True)
+    in_bytes = sum(f.stat().st_size for f in (mdir / "m0").glob("*.safetensors"))
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else device
+    return {
+        "layers": layers, "hidden": hidden, "vocab": vocab, "jobs": jobs, "model_bytes": in_bytes,
+        "device": device, "device_name": gpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "methods": rows,
     }
 
 
@@ -194,9 +231,16 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny models, to check the script (RESULTS.md untouched)")
+    ap.add_argument("--compare-device", metavar="DEV", default=None,
+                    help="time every method on the CPU and on DEV (e.g. cuda); JSON only, RESULTS.md untouched")
     args = ap.parse_args()
     if args.quick:
         args.layers, args.hidden, args.vocab = 2, 128, 1024
+    if args.compare_device:
+        result = compare_devices(args.layers, args.hidden, args.vocab, args.jobs, args.compare_device)
+        print(json.dumps(result, indent=2))
+        (WORK / "methods_devices_last_run.json").write_text(json.dumps(result, indent=2))
+        return 0
     result = run(args.layers, args.hidden, args.vocab, args.jobs)
     text = table(result)
     print(text)
