@@ -23,7 +23,8 @@ from mergefile.plan.inputs import ResolveOptions
 from mergefile.plan.jobs import TargetPlan, TensorJob
 from mergefile.plan.lockfile import check_plans, lock_for, lock_path
 from mergefile.plan.planner import Planner
-from mergefile.run.compute import InputLoader, compute_job, job_input_bytes
+from mergefile.run.compute import InputLoader, JobResult, compute_job, job_input_bytes
+from mergefile.run.deferred import SharedDigests, defer_keys, plain_file_inputs, read_once_mode
 from mergefile.run.executor import Executor, LocalExecutor, WorkItem
 from mergefile.run.keys import KeyedPlan, key_plan
 from mergefile.run.publish import OutputWriter, aux_files
@@ -107,12 +108,16 @@ def _check_device(device: str, executor: str = "local") -> None:
 
 
 def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: BuildOptions,
-               progress: Progress | None = None,
-               watched: Watched | None = None) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
+               progress: Progress | None = None, watched: Watched | None = None,
+               defer: bool = False) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
     """Plan, key and compare every needed target. Reads headers and the stat-cache only.
 
     An ``evolve`` target (a target generator) first becomes its best candidate: a build runs its
     search to the end; a dry run takes the best so far (``targets/evolve/target.py``).
+
+    ``defer``: a target that will be computed whole (no output folder yet) and that no other
+    target here reads takes the input digests it lacks as the build reads the tensors
+    (``run/deferred.py``), so a cold build reads its inputs once.
     """
     watched = watched if watched is not None else Watched()
     if any(getattr(s, "method", None) == "evolve" for s in mf.statements):
@@ -129,19 +134,52 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
                                       allow_crimes=options.allow_crimes))
     keyed: dict[str, KeyedPlan] = {}
     out = []
-    for name in order:
-        plan = planner.plan(name)
-        kp = key_plan(plan, store.stat, keyed)
-        keyed[plan.name] = kp
-        aux = aux_files(plan)
-        out.append((plan, kp, compare(kp, aux.key, force=options.force), aux))
-        watched.paths.append(plan.out_dir)
-        watched.messages += _warning_lines(plan)
+    read_by_others = _read_by_others(g, order) if defer and lock is None else None
+    shared, started = SharedDigests(), []
+    try:
+        for name in order:
+            plan = planner.plan(name)
+            if read_by_others is not None and _deferrable(plan, name, read_by_others):
+                kp = defer_keys(plan, store.stat, shared, read_once_mode())
+                if kp.deferred is not None:  # start reading now: it overlaps planning and torch's import
+                    preload("torch")
+                    kp.deferred.readahead(plan.jobs, readahead_window(options.memory_budget))
+                    started.append(kp.deferred)
+            else:
+                kp = key_plan(plan, store.stat, keyed)
+            keyed[plan.name] = kp
+            aux = aux_files(plan)
+            status = compare(kp, aux.key, force=options.force)
+            if not status.up_to_date and not options.dry_run:  # it will compute: import torch meanwhile
+                preload("torch")
+            out.append((plan, kp, status, aux))
+            watched.paths.append(plan.out_dir)
+            watched.messages += _warning_lines(plan)
+    except BaseException:  # a later target failed to plan: stop the reading already started
+        for deferred in started:
+            deferred.close()
+        raise
     if lock is not None and out:
         check_plans(lock, [row[0] for row in out], store.stat.digests, planner.base_dir)
     watched.paths += [str(lock_path(mf.path)), *planner.resolver.folders]
     watched.stampable = watched.stampable and not planner.resolver.unpinned_hub
     return out
+
+
+def _read_by_others(g, order: Sequence[str]) -> set[str]:
+    """Targets of ``order`` that another target of ``order`` reads (their keys key the reader)."""
+    import networkx as nx
+
+    from mergefile.plan.graph import normalize_name
+
+    names = {normalize_name(n) for n in order}
+    return {n for n in order if nx.descendants(g, normalize_name(n)) & names}
+
+
+def _deferrable(plan: TargetPlan, name: str, read_by_others: set[str]) -> bool:
+    from mergefile.store.manifest import read_manifest
+
+    return name not in read_by_others and plain_file_inputs(plan) and read_manifest(plan.out_dir) is None
 
 
 def _warning_lines(plan: TargetPlan) -> list[str]:
@@ -151,10 +189,10 @@ def _warning_lines(plan: TargetPlan) -> list[str]:
 
 def _needs_compute(st: TargetStatus, store: Store) -> list[TensorJob]:
     """Jobs whose result is not in the cache but is needed by a shard being written."""
-    plan = st.kp.plan
+    plan, kp = st.kp.plan, st.kp
     need = []
-    for job in plan.jobs:
-        if plan.shard_of(job) in st.write_shards and st.kp.keys[job.name] not in store.blobs:
+    for job in plan.jobs:  # deferred keys: a cold target, each job looks in the store itself
+        if plan.shard_of(job) in st.write_shards and (kp.deferred is not None or kp.keys[job.name] not in store.blobs):
             need.append(job)
     return need
 
@@ -191,7 +229,8 @@ def build(
         store.stat.before_hash = lambda: preload("torch")
     try:
         watched = Watched()
-        planned = plan_build(mf, requested, store, options, progress, watched)
+        defer = not options.dry_run and options.executor == "local" and read_once_mode() != "never"
+        planned = plan_build(mf, requested, store, options, progress, watched, defer=defer)
     finally:
         store.stat.before_hash = hook
     reports: list[TargetReport] = []
@@ -220,6 +259,9 @@ def build(
 
             run_targets(list(todo), _prerequisites(mf, list(todo)), build_one, options.jobs)
     finally:
+        for _, kp, _, _ in planned:
+            if kp.deferred is not None:  # stop hashing ahead (a target not built: an earlier failed)
+                kp.deferred.close()
         if run is not None:
             run.close(
                 targets=[r.name for r in reports],
@@ -299,14 +341,20 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
                 if stop is not None and stop.is_set():
                     raise Cancelled(plan.name)
                 res = absorb(out, store.blobs)
-                report.computed += 1
+                if res.status == "hit":  # a deferred job's key found in the store (a resumed build)
+                    report.cache_hits += 1
+                    run.record(target=plan.name, tensor=res.name, key=res.key, status="hit",
+                               bytes_saved=job_input_bytes(jobs_by_name[res.name], plan))
+                else:
+                    report.computed += 1
+                    run.record(target=plan.name, tensor=res.name, key=res.key, status="computed",
+                               seconds=round(res.seconds, 6), bytes_read=res.bytes_read,
+                               bytes_written=res.bytes_written, stage_hits=res.stage_hits,
+                               stage_misses=res.stage_misses)
                 report.stage_hits += res.stage_hits
                 report.stage_misses += res.stage_misses
                 report.bytes_read += res.bytes_read
                 report.bytes_written += res.bytes_written
-                run.record(target=plan.name, tensor=res.name, key=res.key, status="computed", seconds=round(res.seconds, 6),
-                           bytes_read=res.bytes_read, bytes_written=res.bytes_written, stage_hits=res.stage_hits,
-                           stage_misses=res.stage_misses)
                 progress.advance(plan.name, 1, res.bytes_read)
                 tensor, res.tensor = res.tensor, None
                 writer.add(res.name, tensor)  # its shard is written as soon as it is complete
@@ -317,9 +365,17 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
             writer.abort()
             raise
         finally:
+            if kp.deferred is not None:
+                kp.deferred.close()
             reader.close()
             progress.end_target(plan.name)
     report.seconds = time.perf_counter() - t0
+
+
+def readahead_window(memory_budget: int) -> int:
+    """How far input hashing may run ahead of the merges: pages it reads must still be in the
+    page cache when the merge comes (they are not counted in RSS, but they compete for RAM)."""
+    return max(256 * 2**20, min(memory_budget, 2 * 2**30))
 
 
 def _driver_device(options: BuildOptions) -> str:
@@ -338,6 +394,11 @@ def _work_items(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, 
 
     def work(job: TensorJob):
         def run():
+            if kp.deferred is not None:
+                key = kp.deferred.key_job(job)  # hashes its inputs: the merge reads them cached
+                t = store.blobs.get(key, verify=True)
+                if t is not None:
+                    return JobResult(job.name, key, "hit", 0.0, 0, 0, tensor=t)
             t, res = compute_job(job, kp, loader, store.blobs, device)
             res.tensor = t  # handed to the output writer, which writes its shard from memory
             return res

@@ -26,6 +26,8 @@ class KeyedPlan:
     input_keys: dict[tuple[int, str], str]
     keys: dict[str, str] = field(default_factory=dict)  # output tensor -> key
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # set while keys are still to be taken as the build reads the inputs (run/deferred.py)
+    deferred: Any = field(default=None, repr=False)
 
 
 def _random(method: Method) -> bool:
@@ -184,7 +186,11 @@ def key_plan(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> Keyed
         in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
         payload = job_payload(job, method, in_keys)
         kp.keys[job.name] = key_of("tensor", payload)
-        payload["models"] = [plan.inputs[r.model].label for r in job.inputs]
-        payload["tensors"] = [r.tensor for r in job.inputs]
-        kp.recipes[job.name] = payload
+        kp.recipes[job.name] = recipe_of(plan, job, payload)
     return kp
+
+
+def recipe_of(plan: TargetPlan, job: TensorJob, payload: dict[str, Any]) -> dict[str, Any]:
+    """The recipe recorded in the manifest: the key preimage plus the names ``--explain`` shows."""
+    return {**payload, "models": [plan.inputs[r.model].label for r in job.inputs],
+            "tensors": [r.tensor for r in job.inputs]}

@@ -104,6 +104,8 @@ def compare(kp: KeyedPlan, aux_key: str, *, force: bool = False) -> TargetStatus
     """Decide what of one target is stale, and which shards to rewrite or reuse."""
     plan = kp.plan
     man = read_manifest(plan.out_dir)
+    if man is not None and kp.deferred is not None:  # built meanwhile (another process): key it now
+        kp.deferred.complete()
     st = TargetStatus(kp, man, aux_key=aux_key)
     modified: set[str] = set()
     if man is not None:
@@ -112,7 +114,7 @@ def compare(kp: KeyedPlan, aux_key: str, *, force: bool = False) -> TargetStatus
             if now is None or now["size"] != rec.get("size") or now["mtime_ns"] != rec.get("mtime_ns"):
                 modified.add(shard)
     for job in plan.jobs:
-        key = kp.keys[job.name]
+        key = kp.keys.get(job.name)  # None only while deferred, i.e. with no output folder
         if force:
             st.stale[job.name] = Stale(job.name, Reason.FORCED)
         elif man is None:
@@ -129,7 +131,7 @@ def compare(kp: KeyedPlan, aux_key: str, *, force: bool = False) -> TargetStatus
         st.removed = sorted(n for n in man.tensors if n not in planned)
     new_shards: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for job in plan.jobs:
-        new_shards[plan.shard_of(job)].append((job.name, kp.keys[job.name]))
+        new_shards[plan.shard_of(job)].append((job.name, kp.keys.get(job.name, "")))
     old_shards: dict[str, list[tuple[str, str]]] = defaultdict(list)
     if man is not None:
         for name, rec in man.tensors.items():

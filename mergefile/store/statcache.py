@@ -31,7 +31,8 @@ DEFAULT_RACY_SLACK_NS = 2_000_000_000
 _PREFIX = "statcache:v1:"
 
 
-def _identity(st: os.stat_result) -> list[int]:
+def identity(st: os.stat_result) -> list[int]:
+    """What must not change for an entry to stay valid: size, mtime, ctime, inode, device."""
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
@@ -72,14 +73,8 @@ class StatCache:
             ``{info.name: digest}`` for every info given.
         """
         real = os.path.realpath(path)
-        key = _PREFIX + real
         before = os.stat(real)
-        ident = _identity(before)
-        entry: dict[str, Any] | None = self._cache.get(key, retry=True)
-        cached: dict[str, list] = {}
-        if entry and entry.get("stat") == ident and not self._racy(before, entry):
-            cached = entry["tensors"]
-        hit = {i.name: cached[i.name][2] for i in infos if self._same_range(cached.get(i.name), i)}
+        hit = self.known(real, infos, before)
         todo = [i for i in infos if i.name not in hit]
         if not todo:
             with self._lock:
@@ -87,18 +82,51 @@ class StatCache:
             return hit
         if self.before_hash is not None:
             self.before_hash()
-        fresh = self._hasher(real, todo)
-        with self._lock:
-            self.files_hashed += 1
-            self.bytes_hashed += sum(int(i.nbytes) for i in todo)
-        after = os.stat(real)
-        if _identity(after) == ident:  # the file held still while we read it: safe to record
-            tensors = dict(cached)
-            tensors.update({i.name: [int(i.begin), int(i.end), fresh[i.name]] for i in todo})
-            record = {"stat": ident, "written_ns": time.time_ns(), "tensors": tensors}
-            self._cache.set(key, record, retry=True)
+        fresh = self.hash_tensors(real, todo)
+        self.record(real, identity(before), {i.name: (i.begin, i.end, fresh[i.name]) for i in todo})
         hit.update({i.name: fresh[i.name] for i in todo})
         return hit
+
+    def known(self, path: str, infos: Sequence[TensorInfo], st: os.stat_result | None = None) -> dict[str, str]:
+        """The digests the cache can vouch for without reading the file (a subset of ``infos``)."""
+        real = os.path.realpath(path)
+        st = st if st is not None else os.stat(real)
+        entry: dict[str, Any] | None = self._cache.get(_PREFIX + real, retry=True)
+        if not entry or entry.get("stat") != identity(st) or self._racy(st, entry):
+            return {}
+        cached = entry["tensors"]
+        return {i.name: cached[i.name][2] for i in infos if self._same_range(cached.get(i.name), i)}
+
+    def hash_tensors(self, path: str, infos: Sequence[TensorInfo]) -> dict[str, str]:
+        """Hash ``infos`` of one file now (counted in ``files_hashed``/``bytes_hashed``)."""
+        fresh = self._hasher(os.path.realpath(path), infos)
+        with self._lock:
+            self.files_hashed += 1
+            self.bytes_hashed += sum(int(i.nbytes) for i in infos)
+        return fresh
+
+    def record(self, path: str, ident: list[int], tensors: dict[str, tuple[int, int, str]]) -> bool:
+        """Remember digests hashed from a file whose identity was ``ident`` when reading began.
+
+        Nothing is recorded when the file has changed since (its bytes may not be what was
+        hashed). Entries of other tensors of the same identity are kept: the read-modify-write
+        is one transaction, so builds hashing different tensors of one file (threads here,
+        other processes) never drop each other's digests.
+        """
+        real = os.path.realpath(path)
+        now = os.stat(real)
+        if identity(now) != ident:
+            return False
+        key = _PREFIX + real
+        with self._lock, self._cache.transact(retry=True):
+            entry: dict[str, Any] | None = self._cache.get(key, retry=True)
+            # a racy entry's other digests may predate a same-tick write: never carry them over
+            valid = entry and entry.get("stat") == ident and not self._racy(now, entry)
+            old = entry["tensors"] if valid else {}
+            merged = dict(old)
+            merged.update({n: [int(b), int(e), d] for n, (b, e, d) in tensors.items()})
+            self._cache.set(key, {"stat": ident, "written_ns": time.time_ns(), "tensors": merged}, retry=True)
+        return True
 
     def forget(self, path: str) -> bool:
         """Drop the entry of one file (e.g. after the build rewrote it)."""

@@ -133,3 +133,48 @@ def test_file_changing_during_hash_is_not_recorded(tmp_path, infos_of):
         sc.digests(str(f), infos_of(f))
         sc.digests(str(f), infos_of(f))
         assert sc.files_hashed == 2
+
+
+# ---- record / known: digests taken while a build reads (run/deferred.py) -----------------------
+
+
+def _ident(path):
+    from mergefile.store.statcache import identity
+
+    return identity(os.stat(path))
+
+
+def test_records_of_different_tensors_merge(tmp_path, sc, infos_of, hasher):
+    f = make_file(tmp_path / "m.safetensors")
+    a, b = infos_of(f)
+    d = hasher(str(f), [a, b])
+    ident = _ident(f)
+    assert sc.known(str(f), [a, b]) == {}
+    assert sc.record(str(f), ident, {"a": (a.begin, a.end, d["a"])})
+    assert sc.record(str(f), ident, {"b": (b.begin, b.end, d["b"])})  # another job, later
+    assert sc.known(str(f), [a, b]) == d
+    assert sc.digests(str(f), [a, b]) == d and sc.files_hashed == 0
+
+
+def test_no_record_for_a_file_changed_since_reading_began(tmp_path, sc, infos_of, hasher):
+    f = make_file(tmp_path / "m.safetensors")
+    infos = infos_of(f)
+    ident = _ident(f)
+    d = hasher(str(f), infos)
+    make_file(f, value=2.0)  # rewritten after the hash
+    os.utime(f, (time.time() - OLD_S + 5, time.time() - OLD_S + 5))
+    assert not sc.record(str(f), ident, {i.name: (i.begin, i.end, d[i.name]) for i in infos})
+    assert sc.known(str(f), infos) == {}
+
+
+def test_a_racy_entrys_digests_are_not_carried_into_a_new_record(tmp_path, sc, infos_of, hasher):
+    from mergefile.store.statcache import _PREFIX
+
+    f = make_file(tmp_path / "m.safetensors")
+    a, b = infos_of(f)
+    age(f, 0)  # modified just now: an entry written now cannot vouch for it (same tick)
+    ident = _ident(f)
+    assert sc.record(str(f), ident, {"a": (a.begin, a.end, "maybe-stale")})
+    assert sc.record(str(f), ident, {"b": (b.begin, b.end, hasher(str(f), [b])["b"])})
+    entry = sc._cache.get(_PREFIX + os.path.realpath(f))
+    assert set(entry["tensors"]) == {"b"}
