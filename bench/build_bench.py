@@ -4,14 +4,19 @@ Generates Llama-shaped bf16 models (random, seeded; written directly with safete
 generation is quick) under bench/work/, then times `mergebuild` subprocesses. Every figure is
 reported as a ratio to another measured in the same run, because this machine is noisy.
 Page cache is dropped for the inputs (posix_fadvise DONTNEED) before the floor and before the
-cold build, so both start from disk. The no-op is timed twice: as a user meets it (answered by
+cold build, so both start from disk; the floor is taken right before and right after the cold
+build (after a sync), and the ratio uses their mean, since this VM's disk speed drifts. The no-op is timed twice: as a user meets it (answered by
 the up-to-date stamp the cold build left) and with the stamps deleted (the full check).
 
     .venv/bin/python bench/build_bench.py [--layers 16] [--hidden 1024] [--models 4] [--quick]
                                           [--device cpu] [--also-device cuda]
+                                          [--compare-read-once]
 
 ``--also-device cuda`` (on a GPU machine) adds, in the same run, one more cold build of the big
 case on that device (fresh output and cache) and reports its time as a ratio to the first.
+``--compare-read-once`` instead times two cold builds of the case: inputs hashed first, then
+merged (``MERGEBUILD_READ_ONCE=never``), against keyed as read (``always``); it matters when
+the inputs exceed the page cache, e.g. ``--layers 80 --hidden 2048`` (4 x 7.5 GB) on 24 GB.
 """
 
 from __future__ import annotations
@@ -85,7 +90,6 @@ def drop_cache(paths: list[Path]) -> None:
             if f.is_file():
                 fd = os.open(f, os.O_RDONLY)
                 try:
-                    os.fsync(fd) if False else None
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
@@ -93,6 +97,7 @@ def drop_cache(paths: list[Path]) -> None:
 
 def disk_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     """Plain read of every input byte + write (and fsync) of the output's bytes."""
+    os.sync()  # no write-back of earlier work (model generation, a previous build) in the timing
     drop_cache(inputs)
     t0 = time.perf_counter()
     buf = bytearray(16 * 2**20)
@@ -115,16 +120,30 @@ def disk_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     return dt
 
 
+def mergebuild_command() -> list[str]:
+    """The installed console script, or the module where none is (a machine with only PYTHONPATH)."""
+    exe = Path(sys.executable).parent / "mergebuild"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mergefile.cli.main"]
+
+
+# Runs one command and reports its wall time and peak RSS on stderr's last line. A small process
+# of its own, so the RSS is the command's alone: a child forked straight from this (big) process
+# would start its peak at this one's RSS. Like /usr/bin/time, which a bare machine may lack.
+TIMER = (
+    "import resource, subprocess, sys, time\n"
+    "t0 = time.perf_counter(); rc = subprocess.call(sys.argv[1:]); dt = time.perf_counter() - t0\n"
+    "sys.stderr.write(f'\\nMAXRSS {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss} {dt}\\n'); sys.exit(rc)"
+)
+
+
 def mergebuild(cwd: Path, *args: str) -> tuple[float, int, str]:
     """Wall seconds and peak RSS (KB) of one mergebuild process."""
-    exe = Path(sys.executable).parent / "mergebuild"
-    t0 = time.perf_counter()
-    r = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", str(exe), "--quiet", *args], cwd=cwd, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
+    r = subprocess.run([sys.executable, "-c", TIMER, *mergebuild_command(), "--quiet", *args], cwd=cwd,
+                       capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"mergebuild failed: {r.stderr}")
-    rss = int([line for line in r.stderr.splitlines() if line.startswith("MAXRSS")][-1].split()[1])
-    return dt, rss, r.stdout
+    _, rss, dt = [line for line in r.stderr.splitlines() if line.startswith("MAXRSS")][-1].split()
+    return float(dt), int(rss), r.stdout
 
 
 RECIPE = """
@@ -150,7 +169,8 @@ def startup_costs() -> dict:
     return out
 
 
-def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu") -> dict:
+def setup_case(layers: int, hidden: int, n_models: int, name: str = "case") -> tuple[Path, list[Path], Path]:
+    """Generate (once) the models and write a fresh case folder with the bench recipe."""
     inter = int(hidden * 2.75)
     vocab = 32000
     mdir = WORK / f"models-L{layers}-H{hidden}"
@@ -158,20 +178,28 @@ def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "
     print(f"generating {n_models} models ({layers} layers, hidden {hidden}) in {mdir} ...", flush=True)
     for i, n in enumerate(names):
         make_model(mdir / n, seed=i, layers=layers, hidden=hidden, inter=inter, vocab=vocab, base=None)
-    case = WORK / f"case-L{layers}-H{hidden}"
+    case = WORK / f"{name}-L{layers}-H{hidden}"
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir(parents=True)
     models = "\n".join(f'model {n} = "{mdir / n}"' for n in names)
     sources = "\n".join(f"    {n} weight={1.0 + i / 10}" for i, n in enumerate(names))
     mf = case / "Mergefile"
     mf.write_text(RECIPE.format(models=models, sources=sources))
-    inputs = [mdir / n for n in names]
+    return case, [mdir / n for n in names], mf
+
+
+def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu") -> dict:
+    case, inputs, mf = setup_case(layers, hidden, n_models)
     in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
     out_bytes = in_bytes // n_models
-    floor = disk_floor(inputs, out_bytes, case / "scratch")
+    floor1 = disk_floor(inputs, out_bytes, case / "scratch")
+    os.sync()
     drop_cache(inputs)
     flags = ("-j", str(jobs), "--device", device)
     cold, cold_rss, _ = mergebuild(case, *flags)
+    # the floor again, right after: this VM's disk speed drifts, so the ratio uses the mean
+    floor2 = disk_floor(inputs, out_bytes, case / "scratch")
+    floor = (floor1 + floor2) / 2
     noop, noop_rss, out = mergebuild(case, *flags)  # answered by the stamp the cold build left
     assert "up to date" in out, out
     shutil.rmtree(case / "cache" / "stamps")
@@ -181,11 +209,41 @@ def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "
     edit, edit_rss, _ = mergebuild(case, *flags)
     return {
         "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "device": device,
-        "input_bytes": in_bytes, "floor_s": floor, "cold_s": cold, "noop_s": noop, "noop_full_s": noop_full,
+        "input_bytes": in_bytes, "floor_s": floor, "floor_runs_s": [floor1, floor2], "cold_s": cold, "noop_s": noop, "noop_full_s": noop_full,
         "edit_s": edit, "noop_full_over_cold": noop_full / cold,
         "cold_rss_kb": cold_rss, "noop_rss_kb": noop_rss, "edit_rss_kb": edit_rss,
         "noop_over_cold": noop / cold, "edit_over_cold": edit / cold, "cold_over_floor": cold / floor,
     }
+
+
+def read_once_compare(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu") -> dict:
+    """Cold builds that hash every input first (``MERGEBUILD_READ_ONCE=never``) against ones that
+    key each tensor as they read it (``always``), alternating, page cache dropped before each.
+    The difference shows when the inputs exceed the page cache (``mem_available``)."""
+    from mergefile.run.deferred import page_cache_bytes
+
+    case, inputs, _ = setup_case(layers, hidden, n_models, "readonce")
+    in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
+    floor = disk_floor(inputs, in_bytes // n_models, case / "scratch")
+    out = {"layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "input_bytes": in_bytes,
+           "mem_available": page_cache_bytes(), "floor_s": floor, "runs": []}
+    for mode in ("never", "always"):
+        shutil.rmtree(case / "out", ignore_errors=True)
+        shutil.rmtree(case / "cache", ignore_errors=True)
+        os.sync()
+        drop_cache(inputs)
+        os.environ["MERGEBUILD_READ_ONCE"] = mode
+        try:
+            t, rss, _ = mergebuild(case, "-j", str(jobs), "--device", device)
+        finally:
+            os.environ.pop("MERGEBUILD_READ_ONCE", None)
+        out["runs"].append({"mode": mode, "cold_s": t, "rss_kb": rss, "cold_over_floor": t / floor})
+        print(f"  {mode:<6} cold {t:.1f} s  ({t / floor:.2f} x floor {floor:.1f} s)", flush=True)
+    never, always = out["runs"]
+    out["always_over_never"] = always["cold_s"] / never["cold_s"]
+    shutil.rmtree(case / "out", ignore_errors=True)  # the outputs of a big case are big
+    shutil.rmtree(case / "cache", ignore_errors=True)
+    return out
 
 
 def main() -> int:
@@ -198,9 +256,16 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="--device of every build (cpu or cuda)")
     ap.add_argument("--also-device", default=None, metavar="DEV",
                     help="one more cold build of the big case on DEV, as a ratio to --device's")
+    ap.add_argument("--compare-read-once", action="store_true",
+                    help="only: cold builds hashing first vs reading once (MERGEBUILD_READ_ONCE), on these models")
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.layers = 256, 4
+    if args.compare_read_once:
+        result = read_once_compare(args.layers, args.hidden, args.models, args.jobs, args.device)
+        print(json.dumps(result, indent=2))
+        (ROOT / "last_read_once_run.json").write_text(json.dumps(result, indent=2))
+        return 0
     big = run_case(args.layers, args.hidden, args.models, args.jobs, args.device)
     half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs, args.device)
     fixed = startup_costs()
@@ -209,6 +274,7 @@ def main() -> int:
         case = WORK / f"case-L{args.layers}-H{args.hidden}"
         shutil.rmtree(case / "out", ignore_errors=True)
         shutil.rmtree(case / "cache", ignore_errors=True)
+        os.sync()
         drop_cache([WORK / f"models-L{args.layers}-H{args.hidden}" / f"m{i}" for i in range(args.models)])
         other, other_rss, _ = mergebuild(case, "-j", str(args.jobs), "--device", args.also_device)
         result["also_device"] = {"device": args.also_device, "cold_s": other, "cold_rss_kb": other_rss,
