@@ -128,16 +128,21 @@ def best_time(case: Path, mf, name: str, jobs: int, budget_s: float = 10.0, max_
     return min(runs)
 
 
-def run(layers: int, hidden: int, vocab: int, jobs: int) -> dict:
+def setup(layers: int, hidden: int, vocab: int, name: str):
+    """The models (generated once), a fresh case folder and its parsed recipe."""
     from mergefile.syntax import parse_mergefile
 
-    assert set(RECIPES) == set(METHODS), "a registered method has no benchmark recipe"
     print(f"generating 3 models ({layers} layers, hidden {hidden}, vocab {vocab}) ...", flush=True)
     mdir = make_family(layers, hidden, vocab)
-    case = WORK / f"methods-case-L{layers}-H{hidden}"
+    case = WORK / f"{name}-L{layers}-H{hidden}"
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir(parents=True)
-    mf = parse_mergefile(write_recipe(case, mdir, layers))
+    return mdir, case, parse_mergefile(write_recipe(case, mdir, layers))
+
+
+def run(layers: int, hidden: int, vocab: int, jobs: int) -> dict:
+    assert set(RECIPES) == set(METHODS), "a registered method has no benchmark recipe"
+    mdir, case, mf = setup(layers, hidden, vocab, "methods-case")
     time_target(case, mf, "linear", jobs)  # warm-up: imports, page cache
     times: dict[str, float] = {}
     refs: dict[str, float] = {}
@@ -164,14 +169,7 @@ def compare_devices(layers: int, hidden: int, vocab: int, jobs: int, device: str
     Cold builds as above (fresh output and cache, inputs in the page cache), one of each per
     method, CPU first; a warm-up build on each device first takes the CUDA context start-up out.
     """
-    from mergefile.syntax import parse_mergefile
-
-    print(f"generating 3 models ({layers} layers, hidden {hidden}, vocab {vocab}) ...", flush=True)
-    mdir = make_family(layers, hidden, vocab)
-    case = WORK / f"methods-devices-L{layers}-H{hidden}"
-    shutil.rmtree(case, ignore_errors=True)
-    case.mkdir(parents=True)
-    mf = parse_mergefile(write_recipe(case, mdir, layers))
+    mdir, case, mf = setup(layers, hidden, vocab, "methods-devices")
     for dev in ("cpu", device):
         time_target(case, mf, "linear", jobs, dev)
     rows: dict[str, dict] = {}
