@@ -24,7 +24,8 @@ from mergefile.plan.jobs import TargetPlan, TensorJob
 from mergefile.plan.lockfile import check_plans, lock_for, lock_path
 from mergefile.plan.planner import Planner
 from mergefile.run.compute import InputLoader, JobResult, compute_job, job_input_bytes
-from mergefile.run.deferred import SharedDigests, defer_keys, plain_file_inputs, read_once_mode
+from mergefile.run.deferred import (SharedDigests, defer_keys, deferrable, read_by_others, read_once_mode,
+                                    readahead_window)
 from mergefile.run.executor import Executor, LocalExecutor, WorkItem
 from mergefile.run.keys import KeyedPlan, key_plan
 from mergefile.run.publish import OutputWriter, aux_files
@@ -134,12 +135,12 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
                                       allow_crimes=options.allow_crimes))
     keyed: dict[str, KeyedPlan] = {}
     out = []
-    read_by_others = _read_by_others(g, order) if defer and lock is None else None
+    others = read_by_others(g, order) if defer and lock is None else None
     shared, started = SharedDigests(), []
     try:
         for name in order:
             plan = planner.plan(name)
-            if read_by_others is not None and _deferrable(plan, name, read_by_others):
+            if others is not None and deferrable(plan, name, others):
                 kp = defer_keys(plan, store.stat, shared, read_once_mode())
                 if kp.deferred is not None:  # start reading now: it overlaps planning and torch's import
                     preload("torch")
@@ -164,22 +165,6 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
     watched.paths += [str(lock_path(mf.path)), *planner.resolver.folders]
     watched.stampable = watched.stampable and not planner.resolver.unpinned_hub
     return out
-
-
-def _read_by_others(g, order: Sequence[str]) -> set[str]:
-    """Targets of ``order`` that another target of ``order`` reads (their keys key the reader)."""
-    import networkx as nx
-
-    from mergefile.plan.graph import normalize_name
-
-    names = {normalize_name(n) for n in order}
-    return {n for n in order if nx.descendants(g, normalize_name(n)) & names}
-
-
-def _deferrable(plan: TargetPlan, name: str, read_by_others: set[str]) -> bool:
-    from mergefile.store.manifest import read_manifest
-
-    return name not in read_by_others and plain_file_inputs(plan) and read_manifest(plan.out_dir) is None
 
 
 def _warning_lines(plan: TargetPlan) -> list[str]:
@@ -370,12 +355,6 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
             reader.close()
             progress.end_target(plan.name)
     report.seconds = time.perf_counter() - t0
-
-
-def readahead_window(memory_budget: int) -> int:
-    """How far input hashing may run ahead of the merges: pages it reads must still be in the
-    page cache when the merge comes (they are not counted in RSS, but they compete for RAM)."""
-    return max(256 * 2**20, min(memory_budget, 2 * 2**30))
 
 
 def _driver_device(options: BuildOptions) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
@@ -83,6 +84,29 @@ class SharedDigests:
             if file not in self._idents:
                 self._idents[file] = identity(os.stat(os.path.realpath(file)))
             return self._idents[file]
+
+
+def read_by_others(g, order: Sequence[str]) -> set[str]:
+    """Targets of ``order`` that another target of ``order`` reads (their keys key the reader)."""
+    import networkx as nx
+
+    from mergefile.plan.graph import normalize_name
+
+    names = {normalize_name(n) for n in order}
+    return {n for n in order if nx.descendants(g, normalize_name(n)) & names}
+
+
+def deferrable(plan: TargetPlan, name: str, read_by_others: set[str]) -> bool:
+    """A cold target (no output folder) of plain file inputs that no other target reads."""
+    from mergefile.store.manifest import read_manifest
+
+    return name not in read_by_others and plain_file_inputs(plan) and read_manifest(plan.out_dir) is None
+
+
+def readahead_window(memory_budget: int) -> int:
+    """How far input hashing may run ahead of the merges: pages it reads must still be in the
+    page cache when the merge comes (they are not counted in RSS, but they compete for RAM)."""
+    return max(256 * 2**20, min(memory_budget, 2 * 2**30))
 
 
 def defer_keys(plan: TargetPlan, stat, shared: SharedDigests | None = None, mode: str = "auto") -> KeyedPlan:
