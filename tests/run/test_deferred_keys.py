@@ -187,3 +187,28 @@ def test_a_bad_read_once_value_is_a_user_error(tiny_models, tmp_path, monkeypatc
     monkeypatch.setenv("MERGEBUILD_READ_ONCE", "sometimes")
     assert cli(d, "out/y", cache=tmp_path / "cache") == 2
     assert "MERGEBUILD_READ_ONCE='sometimes': use one of auto, always, never" in capsys.readouterr().err
+
+
+def test_a_failing_hash_fails_a_read_once_build_cleanly(tiny_models, tmp_path, capsys, monkeypatch):
+    """A hash that fails on a readahead thread (the file was cut short after planning checked
+    it) reaches the user as in a keyed build: exit 2, the file named, no traceback, no output."""
+    from mergefile.errors import UserError
+    from mergefile.store import statcache
+
+    hasher = statcache._default_hasher
+
+    def failing(path, infos):
+        if any(i.name == "model.layers.2.mlp.up_proj.weight" for i in infos):
+            raise UserError(f"'{path}' is shorter than its header says")
+        return hasher(path, infos)
+
+    monkeypatch.setattr(statcache, "_default_hasher", failing)
+    d = tmp_path / "w"
+    d.mkdir()
+    mergefile_for(d, tiny_models, "out/x: linear { a weight=1 ; b weight=1 }")
+    capsys.readouterr()
+    assert cli(d, cache=tmp_path / "cache") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "model.safetensors' is shorter than its header says" in err
+    assert not (d / "out" / "x").exists()
+    assert cli(d, cache=tmp_path / "cache") == 2  # and again, from a stat-cache that recorded the rest
