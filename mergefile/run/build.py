@@ -142,7 +142,9 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
             plan = planner.plan(name)
             if others is not None and deferrable(plan, name, others):
                 kp = defer_keys(plan, store.stat, shared, read_once_mode())
-                if kp.deferred is not None:  # start reading now: it overlaps planning and torch's import
+                if kp.deferred is not None and not started:
+                    # the first one starts reading now, overlapping planning and torch's import;
+                    # the others when they build (one window of pages and hash threads at a time)
                     preload("torch")
                     kp.deferred.readahead(plan.jobs, readahead_window(options.memory_budget))
                     started.append(kp.deferred)
@@ -301,6 +303,8 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
         if options.read_to_device and device != "cpu":
             loader = DeviceLoader(loader, device)
         need = _needs_compute(st, store)
+        if kp.deferred is not None:  # (a no-op for the target that started reading while planning)
+            kp.deferred.readahead(need, readahead_window(options.memory_budget))
         progress.start_target(plan.name, len(need))
         items = _work_items(plan, kp, need, loader, store, options, executor)
         jobs_by_name = {j.name: j for j in plan.jobs}

@@ -212,3 +212,17 @@ def test_a_failing_hash_fails_a_read_once_build_cleanly(tiny_models, tmp_path, c
     assert "Traceback" not in err and "model.safetensors' is shorter than its header says" in err
     assert not (d / "out" / "x").exists()
     assert cli(d, cache=tmp_path / "cache") == 2  # and again, from a stat-cache that recorded the rest
+
+
+def test_one_target_reads_ahead_while_planning(tiny_models, tmp_path):
+    """Many cold targets must not each start a window of reads and hash threads at plan time:
+    the first does (overlapping planning and torch's import), the others when they build."""
+    d = tmp_path / "w"
+    d.mkdir()
+    mergefile_for(d, tiny_models, RECIPE)
+    with Store(tmp_path / "cache") as store:
+        planned = plan_build(parse_mergefile(d / "Mergefile"), ["all"], store, BuildOptions(), defer=True)
+        reading = [kp.deferred._pool is not None for _, kp, _, _ in planned]
+        for _, kp, _, _ in planned:
+            kp.deferred.close()
+    assert reading == [True, False]
