@@ -136,16 +136,17 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
     keyed: dict[str, KeyedPlan] = {}
     out = []
     others = read_by_others(g, order) if defer and lock is None else None
+    mode = read_once_mode() if others is not None else "never"
     shared, started = SharedDigests(), []
     try:
         for name in order:
             plan = planner.plan(name)
             if others is not None and deferrable(plan, name, others):
-                kp = defer_keys(plan, store.stat, shared, read_once_mode())
+                kp = defer_keys(plan, store.stat, shared, mode)
                 if kp.deferred is not None and not started:
-                    # the first one starts reading now, overlapping planning and torch's import;
-                    # the others when they build (one window of pages and hash threads at a time)
-                    preload("torch")
+                    # the first one starts reading now, overlapping planning and torch's import
+                    # (started below: the target is stale); the others when they build (one
+                    # window of pages and hash threads at a time)
                     kp.deferred.readahead(plan.jobs, readahead_window(options.memory_budget))
                     started.append(kp.deferred)
             else:
