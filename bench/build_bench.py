@@ -10,7 +10,11 @@ the up-to-date stamp the cold build left) and with the stamps deleted (the full 
 
     .venv/bin/python bench/build_bench.py [--layers 16] [--hidden 1024] [--models 4] [--quick]
                                           [--device cpu] [--also-device cuda]
-                                          [--compare-read-once]
+                                          [--compare-read-once] [--server]
+
+``--server`` adds, in the same run, the big case built through a resident build server
+(``mergebuild server start`` first, not timed; docs/server.md): torch and mergebuild are then
+imported once, not by every build. Its peak RSS is the forked build's, not reported.
 
 ``--also-device cuda`` (on a GPU machine) adds, in the same run, one more cold build of the big
 case on that device (fresh output and cache) and reports its time as a ratio to the first.
@@ -137,13 +141,26 @@ TIMER = (
 
 
 def mergebuild(cwd: Path, *args: str) -> tuple[float, int, str]:
-    """Wall seconds and peak RSS (KB) of one mergebuild process."""
+    """Wall seconds and peak RSS (KB) of one mergebuild process (through a server: the client's)."""
     r = subprocess.run([sys.executable, "-c", TIMER, *mergebuild_command(), "--quiet", *args], cwd=cwd,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=os.environ | SERVER_ENV)
     if r.returncode != 0:
         raise SystemExit(f"mergebuild failed: {r.stderr}")
     _, rss, dt = [line for line in r.stderr.splitlines() if line.startswith("MAXRSS")][-1].split()
     return float(dt), int(rss), r.stdout
+
+
+# The environment of every timed build: in-process unless a server case sets it (``--server``).
+SERVER_ENV: dict[str, str] = {"MERGEBUILD_SERVER": "off"}
+
+
+def server(action: str) -> None:
+    """``mergebuild server start|stop`` in its own folder under bench/work."""
+    exe = Path(sys.executable).parent / "mergebuild"
+    if not exe.exists():
+        raise SystemExit("--server needs the mergebuild console script (pip install -e .)")
+    env = os.environ | {"MERGEBUILD_SERVER_DIR": str(WORK / "server")}
+    subprocess.run([str(exe), "server", action], check=True, env=env)
 
 
 RECIPE = """
@@ -188,8 +205,8 @@ def setup_case(layers: int, hidden: int, n_models: int, name: str = "case") -> t
     return case, [mdir / n for n in names], mf
 
 
-def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu") -> dict:
-    case, inputs, mf = setup_case(layers, hidden, n_models)
+def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu", name: str = "case") -> dict:
+    case, inputs, mf = setup_case(layers, hidden, n_models, name)
     in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
     out_bytes = in_bytes // n_models
     floor1 = disk_floor(inputs, out_bytes, case / "scratch")
@@ -256,6 +273,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="--device of every build (cpu or cuda)")
     ap.add_argument("--also-device", default=None, metavar="DEV",
                     help="one more cold build of the big case on DEV, as a ratio to --device's")
+    ap.add_argument("--server", action="store_true",
+                    help="also build the big case through a resident build server (docs/server.md)")
     ap.add_argument("--compare-read-once", action="store_true",
                     help="only: cold builds hashing first vs reading once (MERGEBUILD_READ_ONCE), on these models")
     args = ap.parse_args()
@@ -270,6 +289,17 @@ def main() -> int:
     half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs, args.device)
     fixed = startup_costs()
     result = {"big": big, "half": half, "startup": fixed, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
+    if args.server:
+        server("start")
+        SERVER_ENV.update(MERGEBUILD_SERVER="auto", MERGEBUILD_SERVER_DIR=str(WORK / "server"))
+        try:
+            served = run_case(args.layers, args.hidden, args.models, args.jobs, args.device, "served")
+        finally:
+            SERVER_ENV.update(MERGEBUILD_SERVER="off")
+            server("stop")
+        for k in ("cold_rss_kb", "noop_rss_kb", "edit_rss_kb"):
+            served.pop(k)  # the client's, not the build's
+        result["big_served"] = served
     if args.also_device:
         case = WORK / f"case-L{args.layers}-H{args.hidden}"
         shutil.rmtree(case / "out", ignore_errors=True)

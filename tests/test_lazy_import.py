@@ -1,5 +1,6 @@
 """The planning path (a whole no-op rebuild) must not import torch: it costs seconds."""
 
+import os
 import subprocess
 import sys
 
@@ -38,3 +39,19 @@ def test_huge_pages_for_torch_are_asked_for_unless_the_user_said_otherwise():
         e = dict(env) if given is None else {**env, "THP_MEM_ALLOC_ENABLE": given}
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=e)
         assert r.returncode == 0 and r.stdout.strip() == expected, r.stderr
+
+
+def test_the_console_script_client_stays_small(tmp_path):
+    """Every build pays the client's imports before a server takes over (docs/server.md)."""
+    (tmp_path / "srv").mkdir(mode=0o700)
+    code = (
+        "import sys\n"
+        "from mergefile.server.client import run\n"
+        "import mergefile.cli.entry\n"
+        "assert run(['-n']) is None  # no server in the folder: the build would run here\n"
+        "heavy = {'torch', 'numpy', 'lark', 'networkx', 'mergefile.cli.main', 'subprocess', 'pathlib', 'typing'}\n"
+        "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"
+    )
+    env = {**os.environ, "MERGEBUILD_SERVER_DIR": str(tmp_path / "srv"), "MERGEBUILD_SERVER": "auto"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr

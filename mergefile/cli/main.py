@@ -41,6 +41,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "fmt": ("mergefile.cli.fmt_cmd", "rewrite a Mergefile canonically, comments kept (--check for CI)"),
     "evolve": ("mergefile.cli.evolve_cmd", "evolutionary merge search (CMA-ES, lm-eval, Ray) from a mergekit-evolve YAML"),
     "extract-lora": ("mergefile.cli.extract_lora_cmd", "extract a PEFT LoRA adapter from a fine-tune (like mergekit-extract-lora)"),
+    "server": ("mergefile.cli.server_cmd", "start|stop|status: a resident build server that keeps torch imported"),
 }
 
 

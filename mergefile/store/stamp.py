@@ -26,6 +26,11 @@ from typing import Any
 
 import xxhash
 
+from mergefile._tree import TooBig as _TooBig
+from mergefile._tree import code_fingerprint
+from mergefile._tree import identity as _identity
+from mergefile._tree import walk as _walk
+
 __all__ = ["check", "code_fingerprint", "record", "request_id"]
 
 STAMP_VERSION = 1
@@ -35,9 +40,7 @@ STAMP_DIR = "stamps"
 # from a file system that keeps 1 s or 2 s.
 RACY_FINE_NS = 50_000_000
 RACY_COARSE_NS = 2_000_000_000
-MAX_ENTRIES = 20_000  # a folder tree bigger than this is not worth stamping
 ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "MERGEBUILD_", "TRANSFORMERS_")
-_SKIP_DIRS = {"__pycache__", ".git"}
 
 
 def request_id(request: Mapping[str, Any]) -> str:
@@ -46,63 +49,13 @@ def request_id(request: Mapping[str, Any]) -> str:
     return xxhash.xxh3_128_hexdigest(text.encode())
 
 
-def _identity(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_mode]
-
-
 def _racy_window(st_mtime_ns: int) -> int:
     return RACY_FINE_NS if st_mtime_ns % 1_000_000_000 else RACY_COARSE_NS
 
 
-def _walk(root: str, out: dict[str, list[int] | None]) -> None:
-    """Identity of ``root`` and, if it is a folder, of everything under it (symlinks followed)."""
-    try:
-        st = os.stat(root)
-    except OSError:
-        out[root] = None  # absence is a fact too: the file appearing must invalidate
-        return
-    out[root] = _identity(st)
-    if not os.path.isdir(root):
-        return
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            out[folder] = None
-            continue
-        for e in entries:
-            if e.name in _SKIP_DIRS:
-                continue
-            try:
-                est = e.stat()
-            except OSError:
-                out[e.path] = None
-                continue
-            out[e.path] = _identity(est)
-            if e.is_dir():
-                stack.append(e.path)
-        if len(out) > MAX_ENTRIES:
-            raise _TooBig
-
-
-class _TooBig(Exception):
-    pass
-
-
-def code_fingerprint() -> str:
-    """mergebuild's own code: a changed method or planner must not be vouched for by old stamps."""
-    import mergefile
-
-    files: dict[str, list[int] | None] = {}
-    _walk(str(Path(mergefile.__file__).resolve().parent), files)
-    text = json.dumps([getattr(mergefile, "__version__", ""), sorted(files.items())])
-    return xxhash.xxh3_128_hexdigest(text.encode())
-
-
 def _environment() -> dict[str, str]:
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith(ENV_PREFIXES) and not k.startswith("MERGEBUILD_SERVER")}  # where it runs, not what
 
 
 def _path(cache_dir: str | Path, rid: str) -> Path:

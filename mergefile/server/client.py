@@ -1,0 +1,202 @@
+"""The console script's side: hand the build to a matching server, or say there is none.
+
+``MERGEBUILD_SERVER``:
+
+* ``auto`` (default): use a server that is running for this code and environment; start none.
+* ``on``: the same, and when none is running, start one in the background for the *next* build
+  (this build runs in its own process at once, never waiting for the server's imports).
+* ``off``: never.
+
+None from :func:`run` means "build in this process": no server, a server that refused (another
+code version, not single-threaded) or one that could not be reached before it forked anything.
+Once a build has been forked, its outcome is the answer, whatever happens to the connection.
+
+Every build pays this module's imports, so it keeps to a few small standard modules (no
+pathlib, typing or subprocess until a server must be started).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import sys
+
+from mergefile.server import location, protocol
+
+MODE_ENV = "MERGEBUILD_SERVER"
+ZYGOTE = "from mergefile.server.zygote import main; main()"
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+LIMITS = ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_RSS", "RLIMIT_NOFILE", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE",
+          "RLIMIT_NPROC", "RLIMIT_MEMLOCK", "RLIMIT_STACK")
+
+
+def mode() -> str:
+    value = os.environ.get(MODE_ENV, "auto").strip().lower()
+    if value in ("0", "off", "no", "false", "never"):
+        return "off"
+    if value in ("1", "on", "yes", "true", "always"):
+        return "on"
+    return "auto"
+
+
+def connect(sock_path: str, timeout: float | None = 5.0) -> socket.socket | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock_path)
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def ask(sock_path: str, message: dict, timeout: float = 5.0) -> dict | None:
+    """One request and its answer (ping, stop); None if no server answers there."""
+    s = connect(sock_path, timeout)
+    if s is None:
+        return None
+    try:
+        protocol.send(s, message)
+        return protocol.recv(s)[0]
+    except (OSError, EOFError, protocol.ProtocolError):
+        return None
+    finally:
+        s.close()
+
+
+def spawn(directory: str, key: str):
+    """Start a server for ``key`` in the background (its ``Popen``). It inherits this
+    environment (which its fingerprint describes) and serves once its imports are done."""
+    import subprocess
+
+    log_path = location.paths(directory, key)["log"]
+    try:
+        if os.stat(log_path).st_size > 2**20:
+            os.unlink(log_path)
+    except OSError:
+        pass
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-c", ZYGOTE, directory, key, sys.path[0]],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+                                start_new_session=True, close_fds=True)
+
+
+def client_state() -> dict:
+    """What a process started here would inherit, besides argv and descriptors."""
+    umask = os.umask(0)
+    os.umask(umask)
+    limits = {name: list(resource.getrlimit(getattr(resource, name))) for name in LIMITS if hasattr(resource, name)}
+    state = {"cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "limits": limits,
+             "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+    if hasattr(os, "sched_getaffinity"):
+        state["affinity"] = sorted(os.sched_getaffinity(0))
+    return state
+
+
+def _stdio() -> tuple[list[int], list[int]]:
+    """The descriptors to pass (0, 1, 2; /dev/null for a closed one) and those to close after."""
+    fds, opened = [], []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            fds.append(null)
+            opened.append(null)
+    return fds, opened
+
+
+def run(argv: list[str]) -> int | None:
+    """The build's exit status from a server, or None: build in this process."""
+    how = mode()
+    if how == "off":
+        return None
+    try:
+        directory = location.private_dir(create=how == "on")
+    except location.UnsafeDirectory as e:
+        print(f"mergebuild: warning: not using a build server: {e}", file=sys.stderr)
+        return None
+    if directory is None:
+        return None
+    from mergefile.server.fingerprint import fingerprint
+
+    key = fingerprint(os.environ)
+    conn = connect(location.paths(directory, key)["sock"])
+    if conn is None:
+        if how == "on":
+            spawn(directory, key)
+        return None
+    try:
+        state = client_state()
+    except OSError:  # e.g. the working directory was deleted: let the CLI say so
+        conn.close()
+        return None
+    try:
+        return _build(conn, {"op": "build", "fingerprint": key, "argv": argv, "state": state})
+    finally:
+        conn.close()
+
+
+def _build(conn: socket.socket, request: dict) -> int | None:
+    fds, opened = _stdio()
+    try:
+        protocol.send(conn, request, fds)
+        reply, _ = protocol.recv(conn)
+    except (OSError, EOFError, protocol.ProtocolError):
+        return None  # nothing was forked: build here
+    finally:
+        for fd in opened:
+            os.close(fd)
+    if "pid" not in reply:
+        return None
+    pid = int(reply["pid"])
+    conn.settimeout(None)
+    _forward_signals(pid)
+    while True:
+        try:
+            message, _ = protocol.recv(conn)
+        except (OSError, EOFError, protocol.ProtocolError):
+            print(f"mergebuild: error: lost the build server while it ran this build (pid {pid})", file=sys.stderr)
+            return 1
+        if "exit" in message:
+            return int(message["exit"])
+        if "signal" in message:
+            _die_by(int(message["signal"]))
+
+
+def _forward_signals(pid: int) -> None:
+    """Signals meant for this process go to the build (its process group, as a terminal would)."""
+    def send(signum: int) -> None:
+        try:
+            os.killpg(pid, signum)
+        except OSError:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    def forward(signum: int, _frame) -> None:
+        send(signum)
+
+    def stop(_signum: int, _frame) -> None:  # Ctrl-Z: stop the build, then ourselves
+        send(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, stop)  # resumed (fg/bg): the build resumes too
+        send(signal.SIGCONT)
+
+    for name in FORWARDED:
+        signal.signal(getattr(signal, name), forward)
+    signal.signal(signal.SIGTSTP, stop)
+
+
+def _die_by(signum: int) -> None:
+    """End as the build ended: killed by the same signal (the shell says so)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)
