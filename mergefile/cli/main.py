@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,13 +147,14 @@ def run(argv: Sequence[str] | None = None) -> int:
         return run_verb(first, argv[1:])
     args = make_parser().parse_args(argv)
     enter_directory(args)
+    started_ns = time.time_ns()  # before anything is read: a stamp vouches for nothing changed since
     request = stamp_request(args)
     if not (args.dry_run or args.explain or args.json or args.always_make):
         done = stamped_noop(args, request, argv)
         if done is not None:
             return done
     mf = load_recipe(args)
-    return build_command(args, mf, argv, request)
+    return build_command(args, mf, argv, request, started_ns)
 
 
 def stamp_request(args) -> dict:
@@ -196,7 +198,7 @@ def stamped_noop(args, request: dict, argv: Sequence[str]) -> int | None:
     return 0
 
 
-def record_stamp(args, mf, request: dict, report, dry: bool) -> None:
+def record_stamp(args, mf, request: dict, report, dry: bool, started_ns: int | None = None) -> None:
     """After a run that leaves everything up to date, vouch for it (see ``stamped_noop``)."""
     if not report.watched.stampable or (dry and not report.up_to_date):
         return
@@ -204,10 +206,11 @@ def record_stamp(args, mf, request: dict, report, dry: bool) -> None:
 
     recipe = [os.path.realpath(args.config)] if args.config else list(mf.files or (mf.path,))
     stamp.record(request["cache"], request, [r.name for r in report.targets],
-                 recipe + report.watched.paths, report.watched.messages)
+                 recipe + report.watched.paths, report.watched.messages,
+                 read_since_ns=started_ns, written=report.watched.outputs)
 
 
-def build_command(args, mf, argv: Sequence[str], request: dict | None = None) -> int:
+def build_command(args, mf, argv: Sequence[str], request: dict | None = None, started_ns: int | None = None) -> int:
     from mergefile.cli.progress import make_progress
     from mergefile.cli.render import build_line, dry_run_lines, explain_lines, report_json
     from mergefile.run.build import BuildOptions, build, default_memory_budget
@@ -237,7 +240,7 @@ def build_command(args, mf, argv: Sequence[str], request: dict | None = None) ->
         executor = ray_executor if args.executor == "ray" else None
         report = build(mf, requested_targets(args, mf), store, options, progress, argv, executor)
     if request is not None:
-        record_stamp(args, mf, request, report, dry)
+        record_stamp(args, mf, request, report, dry, started_ns)
     if args.json:
         print(report_json(report, dry))
     elif args.question:

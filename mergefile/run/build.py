@@ -76,6 +76,7 @@ class Watched:
     """What a plan depended on besides the recipe, for the no-op stamp (``store/stamp.py``)."""
 
     paths: list[str] = field(default_factory=list)  # model/adapter/output folders, the lockfile
+    outputs: list[str] = field(default_factory=list)  # the output folders among them (this run writes them)
     messages: list[str] = field(default_factory=list)  # warnings a no-op prints again
     stampable: bool = True  # False: a moving hub reference or an evolve target
 
@@ -158,6 +159,7 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
                 preload("torch")
             out.append((plan, kp, status, aux))
             watched.paths.append(plan.out_dir)
+            watched.outputs.append(plan.out_dir)
             watched.messages += _warning_lines(plan)
     except BaseException:  # a later target failed to plan: stop the reading already started
         for deferred in started:

@@ -63,22 +63,29 @@ def _path(cache_dir: str | Path, rid: str) -> Path:
 
 
 def record(cache_dir: str | Path, request: Mapping[str, Any], targets: Iterable[str],
-           depends: Iterable[str], messages: Iterable[str] = ()) -> bool:
+           depends: Iterable[str], messages: Iterable[str] = (), read_since_ns: int | None = None,
+           written: Iterable[str] = ()) -> bool:
     """Write the stamp for ``request``: its targets are up to date given ``depends`` as they are.
 
     Args:
         depends: files and folders (walked) the answer depended on; a missing one is recorded
             as missing.
         messages: what the full check printed (warnings), for :func:`check`'s caller to repeat.
+        read_since_ns: when the run began reading ``depends``. A file changed since (a recipe
+            saved while a long build ran) may differ from what the run read: no stamp, or the
+            next run would call the new recipe up to date.
+        written: folders among ``depends`` that the run itself wrote (its outputs).
 
     Returns:
-        Whether a stamp was written (a huge folder tree is not stamped).
+        Whether a stamp was written (not for a huge folder tree, nor after a change mid-run).
     """
     files: dict[str, list[int] | None] = {}
     try:
         for p in dict.fromkeys(os.path.abspath(d) for d in depends):
             _walk(p, files)
     except _TooBig:
+        return False
+    if read_since_ns is not None and _changed_since(files, read_since_ns, written):
         return False
     newest = max((f[1] for f in files.values() if f), default=0)
     window = _racy_window(newest)
@@ -104,6 +111,20 @@ def record(cache_dir: str | Path, request: Mapping[str, Any], targets: Iterable[
     tmp.write_text(json.dumps(stamp, separators=(",", ":")))
     os.replace(tmp, path)
     return True
+
+
+def _changed_since(files: dict[str, list[int] | None], since_ns: int, written: Iterable[str]) -> bool:
+    """Whether a file the run read (not one it wrote) changed at or after ``since_ns``. File times
+    come from a clock that trails ``time_ns`` by up to a tick, so "after" starts one racy window
+    early; ctime counts too (``cp -p`` sets an old mtime, never an old ctime)."""
+    own = [os.path.abspath(w) for w in written]
+    for path, ident in files.items():
+        if ident is None or any(path == o or path.startswith(o + os.sep) for o in own):
+            continue
+        changed = max(ident[1], ident[2])  # mtime, ctime
+        if changed >= since_ns - _racy_window(changed):
+            return True
+    return False
 
 
 def check(cache_dir: str | Path, request: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:

@@ -38,7 +38,14 @@ def project(tmp_path: Path, tiny_models: dict[str, Path]) -> tuple[Path, Path, d
     work.mkdir()
     (work / "extra.mf").write_text("# nothing yet\n")
     mergefile_for(work, models, 'include "extra.mf"\nout/m: linear { base weight=0.5\n a weight=0.5 }')
+    settle()
     return work, work / "cache", models
+
+
+def settle() -> None:
+    """Let files just written age past the racy window: a stamp never vouches for a file changed
+    as (or after) the run began reading it."""
+    time.sleep(2 * stamp.RACY_FINE_NS / 1e9)
 
 
 def test_second_noop_is_answered_by_the_stamp(project, capsys) -> None:
@@ -193,6 +200,7 @@ def test_warnings_are_repeated(tmp_path: Path, tiny_models: dict[str, Path], cap
     mergefile_for(work, {"base": tiny_models["base"], "a": tiny_models["a"]},
                   "out/m: linear { base weight=1\n a weight=1 }")
     cache = work / "cache"
+    settle()
     cli(work, cache=cache)
     path = next((cache / "stamps").glob("*.json"))
     data = json.loads(path.read_text())
@@ -202,3 +210,27 @@ def test_warnings_are_repeated(tmp_path: Path, tiny_models: dict[str, Path], cap
     assert cli(work, cache=cache) == 0
     assert stamped(cache)
     assert "warning: out/m: planted" in capsys.readouterr().err
+
+
+def test_a_recipe_saved_during_the_build_is_not_vouched_for(project, monkeypatch) -> None:
+    """The recipe changes after the build read it: no stamp may call the new one up to date."""
+    from mergefile.run import build as build_module
+
+    work, cache, _ = project
+    mf = work / "Mergefile"
+    real_build = build_module.build
+
+    def edit_during(*args, **kwargs):
+        report = real_build(*args, **kwargs)
+        mf.write_text(mf.read_text().replace("a weight=0.5", "a weight=0.9"))  # saved mid-build
+        return report
+
+    monkeypatch.setattr(build_module, "build", edit_during)
+    assert cli(work, cache=cache) == 0
+    monkeypatch.setattr(build_module, "build", real_build)
+    assert not list((cache / "stamps").glob("*.json"))
+    before = read_tensors(work / "out" / "m")
+    assert cli(work, "-q", cache=cache) == 1  # the edit is seen: stale
+    assert cli(work, cache=cache) == 0 and not stamped(cache)
+    after = read_tensors(work / "out" / "m")
+    assert not all((before[k] == after[k]).all() for k in before)
