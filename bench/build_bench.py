@@ -4,13 +4,15 @@ Generates Llama-shaped bf16 models (random, seeded; written directly with safete
 generation is quick) under bench/work/, then times `mergebuild` subprocesses. Every figure is
 reported as a ratio to another measured in the same run, because this machine is noisy.
 Page cache is dropped for the inputs (posix_fadvise DONTNEED) before the floor and before the
-cold build, so both start from disk; the floor is taken right before and right after the cold
-build (after a sync), and the ratio uses their mean, since this VM's disk speed drifts. The no-op is timed twice: as a user meets it (answered by
-the up-to-date stamp the cold build left) and with the stamps deleted (the full check).
+cold build, so both start from disk. Every figure is taken ``--repeats`` times (default 3; the
+floor once before the first cold build and once after each) and the median is reported, since
+this VM's disk speed drifts by up to 2x between minutes. The no-op is timed twice: as a user
+meets it (answered by the up-to-date stamp the cold build left) and with the stamps deleted
+(the full check).
 
     .venv/bin/python bench/build_bench.py [--layers 16] [--hidden 1024] [--models 4] [--quick]
                                           [--device cpu] [--also-device cuda]
-                                          [--compare-read-once] [--server]
+                                          [--compare-read-once] [--server] [--repeats 3]
 
 ``--server`` adds, in the same run, the big case built through a resident build server
 (``mergebuild server start`` first, not timed; docs/server.md): torch and mergebuild are then
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -205,31 +208,52 @@ def setup_case(layers: int, hidden: int, n_models: int, name: str = "case") -> t
     return case, [mdir / n for n in names], mf
 
 
-def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu", name: str = "case") -> dict:
+def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu", name: str = "case",
+             repeats: int = 1) -> dict:
+    """Floor, cold, no-op (stamped and full check) and one-layer edit, ``repeats`` times; each
+    figure is the median of its runs and each ratio a ratio of medians (one run swings by up to
+    2x on this VM's disk)."""
     case, inputs, mf = setup_case(layers, hidden, n_models, name)
+    recipe = mf.read_text()
     in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
     out_bytes = in_bytes // n_models
-    floor1 = disk_floor(inputs, out_bytes, case / "scratch")
-    os.sync()
-    drop_cache(inputs)
     flags = ("-j", str(jobs), "--device", device)
-    cold, cold_rss, _ = mergebuild(case, *flags)
-    # the floor again, right after: this VM's disk speed drifts, so the ratio uses the mean
-    floor2 = disk_floor(inputs, out_bytes, case / "scratch")
-    floor = (floor1 + floor2) / 2
-    noop, noop_rss, out = mergebuild(case, *flags)  # answered by the stamp the cold build left
-    assert "up to date" in out, out
-    shutil.rmtree(case / "cache" / "stamps")
-    noop_full, _, out = mergebuild(case, *flags)  # no stamp: parse, plan, key, compare
-    assert "up to date" in out, out
-    mf.write_text(mf.read_text().replace("    m0 weight=1.0", '    m0 weight=1.0 weight["layers.7."]=0.5'))
-    edit, edit_rss, _ = mergebuild(case, *flags)
+    runs: dict[str, list] = {k: [] for k in ("floor", "cold", "noop", "noop_full", "edit", "cold_rss", "noop_rss", "edit_rss")}
+    runs["floor"].append(disk_floor(inputs, out_bytes, case / "scratch"))
+    for r in range(repeats):
+        shutil.rmtree(case / "out", ignore_errors=True)
+        shutil.rmtree(case / "cache", ignore_errors=True)
+        mf.write_text(recipe)
+        time.sleep(0.1)  # older than the racy window when the cold build stamps
+        os.sync()
+        drop_cache(inputs)
+        cold, rss, _ = mergebuild(case, *flags)
+        runs["cold"].append(cold)
+        runs["cold_rss"].append(rss)
+        # the floor again, right after: this VM's disk speed drifts from minute to minute
+        runs["floor"].append(disk_floor(inputs, out_bytes, case / "scratch"))
+        noop, rss, out = mergebuild(case, *flags)  # answered by the stamp the cold build left
+        assert "up to date" in out, out
+        runs["noop"].append(noop)
+        runs["noop_rss"].append(rss)
+        shutil.rmtree(case / "cache" / "stamps")
+        noop_full, _, out = mergebuild(case, *flags)  # no stamp: parse, plan, key, compare
+        assert "up to date" in out, out
+        runs["noop_full"].append(noop_full)
+        mf.write_text(recipe.replace("    m0 weight=1.0", f'    m0 weight=1.0 weight["layers.7."]={0.5 + r / 10}'))
+        edit, rss, out = mergebuild(case, *flags)
+        runs["edit"].append(edit)
+        runs["edit_rss"].append(rss)
+    med = {k: statistics.median(v) for k, v in runs.items()}
     return {
-        "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "device": device,
-        "input_bytes": in_bytes, "floor_s": floor, "floor_runs_s": [floor1, floor2], "cold_s": cold, "noop_s": noop, "noop_full_s": noop_full,
-        "edit_s": edit, "noop_full_over_cold": noop_full / cold,
-        "cold_rss_kb": cold_rss, "noop_rss_kb": noop_rss, "edit_rss_kb": edit_rss,
-        "noop_over_cold": noop / cold, "edit_over_cold": edit / cold, "cold_over_floor": cold / floor,
+        "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "device": device, "repeats": repeats,
+        "input_bytes": in_bytes, "floor_s": med["floor"], "floor_runs_s": runs["floor"],
+        "cold_s": med["cold"], "cold_runs_s": runs["cold"], "noop_s": med["noop"], "noop_runs_s": runs["noop"],
+        "noop_full_s": med["noop_full"], "edit_s": med["edit"], "edit_runs_s": runs["edit"],
+        "noop_full_over_cold": med["noop_full"] / med["cold"],
+        "cold_rss_kb": max(runs["cold_rss"]), "noop_rss_kb": max(runs["noop_rss"]), "edit_rss_kb": max(runs["edit_rss"]),
+        "noop_over_cold": med["noop"] / med["cold"], "edit_over_cold": med["edit"] / med["cold"],
+        "cold_over_floor": med["cold"] / med["floor"],
     }
 
 
@@ -273,6 +297,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="--device of every build (cpu or cuda)")
     ap.add_argument("--also-device", default=None, metavar="DEV",
                     help="one more cold build of the big case on DEV, as a ratio to --device's")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of every figure; medians are reported (default 3)")
     ap.add_argument("--server", action="store_true",
                     help="also build the big case through a resident build server (docs/server.md)")
     ap.add_argument("--compare-read-once", action="store_true",
@@ -285,15 +310,15 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         (ROOT / "last_read_once_run.json").write_text(json.dumps(result, indent=2))
         return 0
-    big = run_case(args.layers, args.hidden, args.models, args.jobs, args.device)
-    half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs, args.device)
+    big = run_case(args.layers, args.hidden, args.models, args.jobs, args.device, repeats=args.repeats)
+    half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs, args.device, repeats=args.repeats)
     fixed = startup_costs()
     result = {"big": big, "half": half, "startup": fixed, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
     if args.server:
         server("start")
         SERVER_ENV.update(MERGEBUILD_SERVER="auto", MERGEBUILD_SERVER_DIR=str(WORK / "server"))
         try:
-            served = run_case(args.layers, args.hidden, args.models, args.jobs, args.device, "served")
+            served = run_case(args.layers, args.hidden, args.models, args.jobs, args.device, "served", args.repeats)
         finally:
             SERVER_ENV.update(MERGEBUILD_SERVER="off")
             server("stop")

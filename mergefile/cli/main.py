@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -79,7 +80,10 @@ def requested_targets(args, mf) -> list[str]:
     return [mf.statements[-1].name] if args.config else list(args.targets)  # the final YAML document
 
 
+@functools.lru_cache(maxsize=1)
 def make_parser() -> argparse.ArgumentParser:
+    """The build command's parser (built once: parsing does not change it; the build server
+    builds it before forking)."""
     verbs = "\n".join(f"  {name:<14}{help}" for name, (_, help) in VERBS.items())
     p = argparse.ArgumentParser(
         prog="mergebuild",

@@ -12,6 +12,7 @@ and a killed build leaves its output as any killed build does (``docs/cache.md``
 from __future__ import annotations
 
 import atexit
+import fcntl
 import io
 import os
 import resource
@@ -70,20 +71,21 @@ def _rebind_stdio(fds: list[int]) -> None:
     sys.stderr = sys.__stderr__ = _text_stream(2, sys.__stderr__ or sys.stderr, write=True)
 
 
-class _Watch:
-    """Kills this build when its client disappears before the status was sent."""
+def _die_with_client(conn: socket.socket) -> None:
+    """Be killed the moment the client's end closes. The client sends nothing after its request,
+    so the socket becomes readable only at its end; with ``O_ASYNC`` the kernel then sends this
+    process SIGIO, whose default action terminates it: no thread, and no wait for Python code
+    (a build blocked in a long tensor operation would not run a handler soon)."""
+    signal.signal(signal.SIGIO, signal.SIG_DFL)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
 
-    def __init__(self, conn: socket.socket):
-        self.done = threading.Event()
-        threading.Thread(target=self._wait, args=(conn,), name="mergebuild-client-watch", daemon=True).start()
 
-    def _wait(self, conn: socket.socket) -> None:
-        try:
-            conn.recv(1)  # the client sends nothing after its request: any return means it is gone
-        except OSError:
-            pass
-        if not self.done.is_set():
-            os.kill(os.getpid(), signal.SIGKILL)
+def _stop_dying_with_client(conn: socket.socket) -> None:
+    try:
+        fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) & ~os.O_ASYNC)
+    except OSError:
+        pass
 
 
 def _run_cli(argv: list[str]) -> int:
@@ -98,17 +100,36 @@ def _run_cli(argv: list[str]) -> int:
         return 1
 
 
+def _close_inherited(inherited: list[int]) -> None:
+    signal.set_wakeup_fd(-1)  # first: the server's wake-up pipe must not get this process's signals
+    for fd in inherited:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def wait_for_request(channel: socket.socket, inherited: list[int]) -> NoReturn:
+    """A spare build, forked before its request: wait for the request, the client's connection
+    and its descriptors from the server, then run it. The channel's end (the server stopped or
+    gave up the spare) ends the spare."""
+    try:
+        _close_inherited(inherited)
+        request, fds = protocol.recv(channel, protocol.MAX_FDS + 1)
+        channel.close()
+        if len(fds) != protocol.MAX_FDS + 1:
+            os._exit(1)
+        conn = socket.socket(fileno=fds[0])
+    except BaseException:  # noqa: BLE001 - EOF: no request will come
+        os._exit(0)
+    run(conn, request, fds[1:], [])
+
+
 def run(conn: socket.socket, request: dict[str, Any], fds: list[int], inherited: list[int]) -> NoReturn:
     """Never returns: the fork ends here with the build's exit status."""
     code = 1
-    watch = None
     try:
-        for fd in inherited:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        signal.set_wakeup_fd(-1)
+        _close_inherited(inherited)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -117,7 +138,7 @@ def run(conn: socket.socket, request: dict[str, Any], fds: list[int], inherited:
         _rebind_stdio(fds)
         _adopt(request["state"])
         sys.argv = ["mergebuild", *request["argv"]]
-        watch = _Watch(conn)
+        _die_with_client(conn)
         code = _run_cli(list(request["argv"]))
     except BaseException:  # noqa: BLE001 - a process would print it and exit 1
         try:
@@ -125,10 +146,10 @@ def run(conn: socket.socket, request: dict[str, Any], fds: list[int], inherited:
         except BaseException:  # noqa: BLE001
             pass
         code = 1
-    _exit(conn, code, watch)
+    _exit(conn, code)
 
 
-def _exit(conn: socket.socket, code: int, watch: _Watch | None) -> NoReturn:
+def _exit(conn: socket.socket, code: int) -> NoReturn:
     """What interpreter shutdown does (join threads, atexit), then the status to the client."""
     try:
         threading._shutdown()  # type: ignore[attr-defined] - joins non-daemon threads, as exit does
@@ -143,8 +164,7 @@ def _exit(conn: socket.socket, code: int, watch: _Watch | None) -> NoReturn:
             stream.flush()
         except BaseException:  # noqa: BLE001
             pass
-    if watch is not None:
-        watch.done.set()
+    _stop_dying_with_client(conn)  # the client closes once it has the status
     try:
         protocol.send(conn, {"exit": code})
     except OSError:

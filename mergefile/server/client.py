@@ -11,16 +11,17 @@ None from :func:`run` means "build in this process": no server, a server that re
 code version, not single-threaded) or one that could not be reached before it forked anything.
 Once a build has been forked, its outcome is the answer, whatever happens to the connection.
 
-Every build pays this module's imports, so it keeps to a few small standard modules (no
-pathlib, typing or subprocess until a server must be started).
+Every build pays this module's imports, so it keeps to a few small standard modules: no
+pathlib, typing or subprocess (until a server must be started), and ``_socket``/``_signal``,
+the C modules under ``socket``/``signal``, whose enum wrappers would double the client's time.
 """
 
 from __future__ import annotations
 
+import _signal as signal
+import _socket as socket
 import os
 import resource
-import signal
-import socket
 import sys
 
 from mergefile.server import location, protocol

@@ -96,6 +96,9 @@ def warm() -> None:
     from mergefile.syntax.grammar import get_parser
 
     get_parser()
+    from mergefile.cli.main import make_parser
+
+    make_parser()
     _skip_torch_teardown()
     # What the imports left is permanent: a build's first garbage collection would otherwise
     # walk (and copy-on-write touch) all of it, 0.2 s. gc.freeze is made for pre-fork servers.
@@ -138,6 +141,8 @@ class Server:
         self.stopping = ""
         self.listener: socket.socket | None = None
         self.sock_ino = 0
+        self.own_fds: list[int] = []  # the lock and the wake-up pipe: no build may keep them
+        self.spare: tuple[int, socket.socket] | None = None  # a build forked ahead of its request
 
     # -- lifetime ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -163,9 +168,10 @@ class Server:
         self._listen()
         log(f"serving {self.files['sock']} (imports took {time.perf_counter() - t0:.1f} s; "
             f"idle timeout {self.idle_s:.0f} s)")
-        inherited = [lock_fd, wake_r, wake_w]
+        self.own_fds = [lock_fd, wake_r, wake_w]
         try:
-            self._loop(wake_r, inherited)
+            self._make_spare()
+            self._loop(wake_r)
         finally:
             self._close()
         self._drain()
@@ -191,7 +197,29 @@ class Server:
         tmp_info.write_text(json.dumps(info))
         os.replace(tmp_info, self.files["json"])
 
-    def _loop(self, wake_r: int, inherited: list[int]) -> None:
+    def _inherited(self) -> list[int]:
+        """Descriptors a fork gets that are not its business (other builds' clients too)."""
+        fds = self.own_fds + [c.fileno() for c in self.children.values()]
+        return fds + ([self.listener.fileno()] if self.listener is not None else [])
+
+    def _make_spare(self) -> None:
+        """Fork the next build before its request comes: forking this process costs ~10 ms,
+        which no client then waits for. The spare waits on a socket pair for its request."""
+        if self.spare is not None or self.stopping or not single_threaded():
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            from mergefile.server import child
+
+            ours.close()
+            child.wait_for_request(theirs, self._inherited())  # never returns
+        theirs.close()
+        self.spare = (pid, ours)
+
+    def _loop(self, wake_r: int) -> None:
         assert self.listener is not None
         last_active = time.monotonic()
         next_check = last_active + POLL_S
@@ -220,9 +248,9 @@ class Server:
                     conn, _ = self.listener.accept()
                 except OSError:
                     continue
-                others = [c.fileno() for c in self.children.values()]  # other builds' clients
-                self._serve(conn, inherited + others + [self.listener.fileno()])
+                self._serve(conn)
                 last_active = time.monotonic()
+                self._make_spare()
 
     def _outdated(self) -> str:
         try:
@@ -240,6 +268,9 @@ class Server:
         self.stopping = f"signal {signal.Signals(signum).name}"
 
     def _close(self) -> None:
+        if self.spare is not None:
+            self.spare[1].close()  # the spare sees the end of its channel and exits
+            self.spare = None
         if self.listener is not None:
             self.listener.close()
         try:
@@ -259,7 +290,7 @@ class Server:
             self._reap()
 
     # -- requests ---------------------------------------------------------------------------
-    def _serve(self, conn: socket.socket, inherited: list[int]) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         fds: list[int] = []
         keep = False
         try:
@@ -279,10 +310,12 @@ class Server:
                 protocol.send(conn, {"refused": "another version of mergebuild or another environment"})
             elif len(fds) != 3:
                 protocol.send(conn, {"refused": "stdin, stdout and stderr must come with the request"})
+            elif self.spare is not None and self._hand_over(conn, request, fds):
+                keep = True
             elif not single_threaded():
                 protocol.send(conn, {"refused": "the server is not single-threaded"})
             else:
-                keep = self._fork(conn, request, fds, inherited)
+                keep = self._fork(conn, request, fds)
         except (OSError, EOFError, protocol.ProtocolError) as e:
             log(f"request dropped: {e}")
         finally:
@@ -291,30 +324,51 @@ class Server:
             if not keep:
                 conn.close()
 
-    def _fork(self, conn: socket.socket, request: dict, fds: list[int], inherited: list[int]) -> bool:
+    def _hand_over(self, conn: socket.socket, request: dict, fds: list[int]) -> bool:
+        """Give the request, its client's connection and descriptors to the spare."""
+        assert self.spare is not None
+        pid, channel = self.spare
+        self.spare = None
+        try:
+            protocol.send(channel, request, [conn.fileno(), *fds])
+        except OSError:  # the spare died: fork afresh
+            return False
+        finally:
+            channel.close()
+        self._started(pid, conn)
+        return True
+
+    def _fork(self, conn: socket.socket, request: dict, fds: list[int]) -> bool:
         sys.stdout.flush()
         sys.stderr.flush()
+        inherited = self._inherited()
         pid = os.fork()
         if pid == 0:
             from mergefile.server import child
 
             child.run(conn, request, fds, inherited)  # never returns
+        self._started(pid, conn)
+        return True
+
+    def _started(self, pid: int, conn: socket.socket) -> None:
         self.builds += 1
         self.children[pid] = conn
         try:
             protocol.send(conn, {"pid": pid})
         except OSError:
             pass
-        return True
 
     def _reap(self) -> None:
-        while self.children:
+        while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                self.spare[1].close()
+                self.spare = None
             conn = self.children.pop(pid, None)
             if conn is None:
                 continue

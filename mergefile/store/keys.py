@@ -54,13 +54,44 @@ def _normalize(obj: Any, path: str) -> Any:
     raise TypeError(f"{path}: {type(obj).__name__} is not canonical-JSON serializable")
 
 
+class _NotCanonical(Exception):
+    pass
+
+
+def _fast_normalize(obj: Any) -> Any:
+    """``_normalize`` without building a path for every value (keys are computed by the
+    thousand on every build); any doubt raises ``_NotCanonical`` and the slow path explains."""
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return obj
+    if t is int:
+        return obj
+    if t is float:
+        if not math.isfinite(obj):
+            raise _NotCanonical
+        return int(obj) if obj.is_integer() else obj
+    if t is dict:
+        out = {}
+        for k, v in obj.items():
+            if type(k) is not str:
+                raise _NotCanonical
+            out[k] = _fast_normalize(v)
+        return out
+    if t is list or t is tuple:
+        return [_fast_normalize(v) for v in obj]
+    raise _NotCanonical  # subclasses, Mappings, numpy scalars...: the general rules decide
+
+
 def canonical_json(obj: Any) -> bytes:
     """Deterministic UTF-8 JSON: sorted keys, no whitespace, tuples as lists.
 
     Raises:
         TypeError: for NaN/inf, non-str mapping keys, and non-JSON types (sets, bytes, objects).
     """
-    norm = _normalize(obj, "$")
+    try:
+        norm = _fast_normalize(obj)
+    except _NotCanonical:
+        norm = _normalize(obj, "$")
     text = json.dumps(norm, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False)
     return text.encode("utf-8")

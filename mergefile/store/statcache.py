@@ -74,7 +74,7 @@ class StatCache:
         """
         real = os.path.realpath(path)
         before = os.stat(real)
-        hit = self.known(real, infos, before)
+        hit = self._known(real, infos, before)
         todo = [i for i in infos if i.name not in hit]
         if not todo:
             with self._lock:
@@ -90,7 +90,9 @@ class StatCache:
     def known(self, path: str, infos: Sequence[TensorInfo], st: os.stat_result | None = None) -> dict[str, str]:
         """The digests the cache can vouch for without reading the file (a subset of ``infos``)."""
         real = os.path.realpath(path)
-        st = st if st is not None else os.stat(real)
+        return self._known(real, infos, st if st is not None else os.stat(real))
+
+    def _known(self, real: str, infos: Sequence[TensorInfo], st: os.stat_result) -> dict[str, str]:
         entry: dict[str, Any] | None = self._cache.get(_PREFIX + real, retry=True)
         if not entry or entry.get("stat") != identity(st) or self._racy(st, entry):
             return {}

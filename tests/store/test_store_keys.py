@@ -113,3 +113,18 @@ def test_seed_from_key():
     import torch
 
     torch.Generator().manual_seed(s)  # accepted
+
+
+class _Str(str):
+    pass
+
+
+@given(json_values | st.builds(_Str, st.text()) | st.tuples(st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+def test_fast_path_normalizes_as_the_general_rules(value):
+    """``_fast_normalize`` (exact builtin types) must agree with ``_normalize``, or defer to it."""
+    try:
+        fast = keys._fast_normalize(value)
+    except keys._NotCanonical:
+        return
+    assert fast == keys._normalize(value, "$")
+    assert canonical_json(value) == canonical_json(keys._normalize(value, "$"))
