@@ -6,6 +6,7 @@ hundred KB each; most of the cost is importing transformers.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,16 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def tiny_models_bf16(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Paths of "base", "a", "b": the same family in bfloat16."""
     return _family(tmp_path_factory.mktemp("tiny_models_bf16"), torch.bfloat16, ("a", "b"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Per-user caches (aliases of repeated commands, ``cli/noop.py``; lark's grammar cache) go
+    to a folder of this session, not the user's ``~/.cache``."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

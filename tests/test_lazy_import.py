@@ -47,7 +47,9 @@ def test_the_console_script_client_stays_small(tmp_path):
     code = (
         "import sys\n"
         "from mergefile.server.client import run\n"
+        "from mergefile.cli.noop import answer_alias\n"
         "import mergefile.cli.entry\n"
+        "assert answer_alias(['-n']) is None  # never run before: no alias\n"
         "assert run(['-n']) is None  # no server in the folder: the build would run here\n"
         "heavy = {'torch', 'numpy', 'lark', 'networkx', 'mergefile.cli.main', 'subprocess', 'pathlib', 'typing'}\n"
         "assert not heavy & set(sys.modules), heavy & set(sys.modules)\n"

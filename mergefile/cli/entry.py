@@ -1,5 +1,6 @@
-"""The ``mergebuild`` console script: hand the command to a build server if one is running for
-this code and environment (``mergefile/server``, docs/server.md), else run it here.
+"""The ``mergebuild`` console script: answer a repeated up-to-date command from its alias
+(``cli/noop.py``), else hand the command to a build server if one is running for this code and
+environment (``mergefile/server``, docs/server.md), else run it here.
 
 Kept to the standard library and ``mergefile.server``'s small modules: with a server, this
 process does nothing but pass its descriptors, wait and exit with the build's status.
@@ -14,9 +15,13 @@ import sys
 def main() -> None:
     argv = sys.argv[1:]
     if not argv or argv[0] != "server":  # the server verb itself always runs here
-        from mergefile.server.client import run
+        from mergefile.cli.noop import answer_alias
 
-        code = run(argv)
+        code = answer_alias(argv)  # a repeated command that is up to date: answered here
+        if code is None:
+            from mergefile.server.client import run
+
+            code = run(argv)
         if code is not None:
             sys.exit(code)
     from mergefile.cli.main import main as cli_main

@@ -150,15 +150,25 @@ def run(argv: Sequence[str] | None = None) -> int:
     if first in VERBS and argv[0] == first:
         return run_verb(first, argv[1:])
     args = make_parser().parse_args(argv)
+    try:
+        args.start_cwd = os.getcwd()  # for the command's alias (cli/noop.py)
+    except OSError:
+        args.start_cwd = None
     enter_directory(args)
     started_ns = time.time_ns()  # before anything is read: a stamp vouches for nothing changed since
     request = stamp_request(args)
-    if not (args.dry_run or args.explain or args.json or args.always_make):
+    if stampable_command(args):
         done = stamped_noop(args, request, argv)
         if done is not None:
             return done
     mf = load_recipe(args)
     return build_command(args, mf, argv, request, started_ns)
+
+
+def stampable_command(args) -> bool:
+    """Whether an up-to-date stamp may answer this command (not a dry run, explanation,
+    JSON report or forced rebuild)."""
+    return not (args.dry_run or args.explain or args.json or args.always_make)
 
 
 def stamp_request(args) -> dict:
@@ -181,37 +191,42 @@ def stamp_request(args) -> dict:
 def stamped_noop(args, request: dict, argv: Sequence[str]) -> int | None:
     """A no-op answered from the stamp of the last up-to-date run (``store/stamp.py``): no
     parsing, planning or tensor library. None: the stamp cannot vouch, do the full check."""
-    from mergefile.cli.render import up_to_date_line
-    from mergefile.store import stamp
-    from mergefile.store.log import BuildLog
+    from mergefile.cli.noop import answer_stamped
 
-    found = stamp.check(request["cache"], request)
-    if found is None:
-        return None
-    targets, messages = found
-    for m in messages:
-        print(m, file=sys.stderr)
-    run = BuildLog(Path(request["cache"]) / "logs").start_run(list(argv))
-    for name in targets:
-        run.record(target=name, status="up-to-date", stamp=True)
-    run.close(targets=targets, computed=0, hits=0, stage_hits=0, stage_misses=0, bytes_read=0,
-              bytes_written=0, stamp=True)
-    if not args.question:
-        for name in targets:
-            print(up_to_date_line(name))
-    return 0
+    done = answer_stamped(request, argv, args.question)
+    if done is not None:
+        remember_command(args, request, argv)
+    return done
 
 
-def record_stamp(args, mf, request: dict, report, dry: bool, started_ns: int | None = None) -> None:
+def remember_command(args, request: dict, argv: Sequence[str]) -> None:
+    """Alias this exact command to ``request``, so repeating it is answered before parsing."""
+    from mergefile.cli.noop import record_alias
+    from mergefile.store.location import resolve_cache_dir
+
+    if getattr(args, "start_cwd", None) is None or not stampable_command(args):
+        return
+    here = request["cwd"]
+    resolve = [
+        (os.path.join(args.start_cwd, args.directory or "."), here),
+        (os.path.join(here, args.config or args.file or "Mergefile"), request["recipe"]),
+        (os.path.join(here, str(resolve_cache_dir(args.cache_dir, Path(here)))), request["cache"]),
+    ]
+    record_alias(args.start_cwd, argv, request, resolve, args.question)
+
+
+def record_stamp(args, mf, request: dict, report, dry: bool, argv: Sequence[str] = (),
+                 started_ns: int | None = None) -> None:
     """After a run that leaves everything up to date, vouch for it (see ``stamped_noop``)."""
     if not report.watched.stampable or (dry and not report.up_to_date):
         return
     from mergefile.store import stamp
 
     recipe = [os.path.realpath(args.config)] if args.config else list(mf.files or (mf.path,))
-    stamp.record(request["cache"], request, [r.name for r in report.targets],
-                 recipe + report.watched.paths, report.watched.messages,
-                 read_since_ns=started_ns, written=report.watched.outputs)
+    if stamp.record(request["cache"], request, [r.name for r in report.targets],
+                    recipe + report.watched.paths, report.watched.messages,
+                    read_since_ns=started_ns, written=report.watched.outputs):
+        remember_command(args, request, argv)
 
 
 def build_command(args, mf, argv: Sequence[str], request: dict | None = None, started_ns: int | None = None) -> int:
@@ -244,7 +259,7 @@ def build_command(args, mf, argv: Sequence[str], request: dict | None = None, st
         executor = ray_executor if args.executor == "ray" else None
         report = build(mf, requested_targets(args, mf), store, options, progress, argv, executor)
     if request is not None:
-        record_stamp(args, mf, request, report, dry, started_ns)
+        record_stamp(args, mf, request, report, dry, argv, started_ns)
     if args.json:
         print(report_json(report, dry))
     elif args.question:

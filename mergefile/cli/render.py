@@ -6,6 +6,8 @@ import json
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from mergefile.cli.noop import up_to_date_line  # noqa: F401 - shared with the no-op answers
+
 if TYPE_CHECKING:  # pragma: no cover - the stamped no-op renders without importing the build
     from mergefile.run.build import BuildReport, TargetReport
 
@@ -53,8 +55,6 @@ def dry_run_lines(r: TargetReport) -> list[str]:
     ]
 
 
-def up_to_date_line(name: str) -> str:
-    return f"{name} is up to date"
 
 
 def build_line(r: TargetReport) -> str:

@@ -13,8 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 _SUFFIX = ".jsonl"
 
@@ -28,7 +26,7 @@ def _new_run_id() -> str:
 class RunLog:
     """The log of one run; ``record`` is safe to call from many threads."""
 
-    def __init__(self, path: Path, run_id: str, argv: Sequence[str]):
+    def __init__(self, path: str | os.PathLike, run_id: str, argv: Sequence[str]):
         self.run_id = run_id
         self.path = path
         self._lock = threading.Lock()
@@ -37,12 +35,12 @@ class RunLog:
         self._write({"run_id": run_id, "start": True, "argv": list(argv), "pid": os.getpid(),
                      "time": time.time()})
 
-    def record(self, **fields: Any) -> None:
+    def record(self, **fields: object) -> None:
         """Append one record, e.g. ``record(target=..., tensor=..., key=..., status="hit")``."""
         fields.setdefault("time", time.time())
         self._write(fields)
 
-    def close(self, **summary: Any) -> None:
+    def close(self, **summary: object) -> None:
         """Write the final ``{"summary": true, ...}`` line and close the file (idempotent)."""
         if self._fd is None:
             return
@@ -52,7 +50,7 @@ class RunLog:
         if fd is not None:
             os.close(fd)
 
-    def _write(self, obj: dict[str, Any]) -> None:
+    def _write(self, obj: dict[str, object]) -> None:
         line = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
             if self._fd is None:
@@ -69,24 +67,28 @@ class RunLog:
 class BuildLog:
     """All runs' logs in one folder."""
 
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        os.makedirs(self.directory, exist_ok=True)
 
     def start_run(self, argv: Sequence[str]) -> RunLog:
         """Open the log of a new run."""
         while True:
             run_id = _new_run_id()
             try:
-                return RunLog(self.directory / f"{run_id}{_SUFFIX}", run_id, argv)
+                return RunLog(os.path.join(self.directory, f"{run_id}{_SUFFIX}"), run_id, argv)
             except FileExistsError:  # same microsecond, same pid: take the next one
                 time.sleep(1e-6)
 
     def runs(self) -> list[str]:
         """Run ids, oldest first."""
-        return sorted(p.name[: -len(_SUFFIX)] for p in self.directory.glob(f"*{_SUFFIX}"))
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(n[: -len(_SUFFIX)] for n in names if n.endswith(_SUFFIX) and not n.startswith("."))
 
-    def read(self, run_id: str | None = None) -> list[dict[str, Any]]:
+    def read(self, run_id: str | None = None) -> list[dict[str, object]]:
         """Records of a run (default: the last), start line and summary included."""
         if run_id is None:
             runs = self.runs()
@@ -94,7 +96,7 @@ class BuildLog:
                 return []
             run_id = runs[-1]
         records = []
-        with open(self.directory / f"{run_id}{_SUFFIX}", encoding="utf-8") as fh:
+        with open(os.path.join(self.directory, f"{run_id}{_SUFFIX}"), encoding="utf-8") as fh:
             for line in fh:
                 try:
                     records.append(json.loads(line))
@@ -107,5 +109,8 @@ class BuildLog:
         runs = self.runs()
         gone = runs[: max(len(runs) - keep, 0)]
         for run_id in gone:
-            (self.directory / f"{run_id}{_SUFFIX}").unlink(missing_ok=True)
+            try:
+                os.unlink(os.path.join(self.directory, f"{run_id}{_SUFFIX}"))
+            except FileNotFoundError:
+                pass
         return gone

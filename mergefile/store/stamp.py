@@ -21,8 +21,6 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
 
 import xxhash
 
@@ -31,7 +29,7 @@ from mergefile._tree import code_fingerprint
 from mergefile._tree import identity as _identity
 from mergefile._tree import walk as _walk
 
-__all__ = ["check", "code_fingerprint", "record", "request_id"]
+__all__ = ["check", "code_fingerprint", "environment", "record", "request_id"]
 
 STAMP_VERSION = 1
 STAMP_DIR = "stamps"
@@ -43,7 +41,7 @@ RACY_COARSE_NS = 2_000_000_000
 ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "MERGEBUILD_", "TRANSFORMERS_")
 
 
-def request_id(request: Mapping[str, Any]) -> str:
+def request_id(request: Mapping[str, object]) -> str:
     """The stamp file name for one request (recipe, targets, flags that change the answer)."""
     text = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return xxhash.xxh3_128_hexdigest(text.encode())
@@ -53,16 +51,17 @@ def _racy_window(st_mtime_ns: int) -> int:
     return RACY_FINE_NS if st_mtime_ns % 1_000_000_000 else RACY_COARSE_NS
 
 
-def _environment() -> dict[str, str]:
+def environment() -> dict[str, str]:
+    """The environment a stamp depends on (model resolution, the cache's place)."""
     return {k: v for k, v in sorted(os.environ.items())
             if k.startswith(ENV_PREFIXES) and not k.startswith("MERGEBUILD_SERVER")}  # where it runs, not what
 
 
-def _path(cache_dir: str | Path, rid: str) -> Path:
-    return Path(cache_dir) / STAMP_DIR / f"{rid}.json"
+def _path(cache_dir: str | os.PathLike, rid: str) -> str:
+    return os.path.join(cache_dir, STAMP_DIR, f"{rid}.json")
 
 
-def record(cache_dir: str | Path, request: Mapping[str, Any], targets: Iterable[str],
+def record(cache_dir: str | os.PathLike, request: Mapping[str, object], targets: Iterable[str],
            depends: Iterable[str], messages: Iterable[str] = (), read_since_ns: int | None = None,
            written: Iterable[str] = ()) -> bool:
     """Write the stamp for ``request``: its targets are up to date given ``depends`` as they are.
@@ -98,7 +97,7 @@ def record(cache_dir: str | Path, request: Mapping[str, Any], targets: Iterable[
     stamp = {
         "version": STAMP_VERSION,
         "code": code_fingerprint(),
-        "env": _environment(),
+        "env": environment(),
         "request": dict(request),
         "targets": list(targets),
         "messages": list(messages),
@@ -106,9 +105,10 @@ def record(cache_dir: str | Path, request: Mapping[str, Any], targets: Iterable[
         "written_ns": time.time_ns(),
     }
     path = _path(cache_dir, request_id(request))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stamp, separators=(",", ":")))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(stamp, separators=(",", ":")))
     os.replace(tmp, path)
     return True
 
@@ -127,17 +127,18 @@ def _changed_since(files: dict[str, list[int] | None], since_ns: int, written: I
     return False
 
 
-def check(cache_dir: str | Path, request: Mapping[str, Any]) -> tuple[list[str], list[str]] | None:
+def check(cache_dir: str | os.PathLike, request: Mapping[str, object]) -> tuple[list[str], list[str]] | None:
     """``(targets, messages)`` a stamp vouches are up to date for ``request``, or None (do the
     full check)."""
     path = _path(cache_dir, request_id(request))
     try:
-        stamp = json.loads(path.read_text())
+        with open(path, encoding="utf-8") as fh:
+            stamp = json.load(fh)
     except (OSError, ValueError):
         return None
     if (not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION
             or stamp.get("request") != json.loads(json.dumps(dict(request)))
-            or stamp.get("env") != _environment()):
+            or stamp.get("env") != environment()):
         return None
     written = int(stamp.get("written_ns", 0))
     for p, ident in stamp.get("files", {}).items():
@@ -154,9 +155,9 @@ def check(cache_dir: str | Path, request: Mapping[str, Any]) -> tuple[list[str],
     return list(stamp.get("targets", [])), list(stamp.get("messages", []))
 
 
-def forget(cache_dir: str | Path, request: Mapping[str, Any]) -> None:
+def forget(cache_dir: str | os.PathLike, request: Mapping[str, object]) -> None:
     """Drop the stamp of ``request`` (a build that failed or found work to do)."""
     try:
-        _path(cache_dir, request_id(request)).unlink()
+        os.unlink(_path(cache_dir, request_id(request)))
     except OSError:
         pass
