@@ -2,10 +2,14 @@
 
 ``MERGEBUILD_SERVER``:
 
-* ``auto`` (default): use a server that is running for this code and environment; start none.
+* ``auto``: use a server that is running for this code and environment; start none.
 * ``on``: the same, and when none is running, start one in the background for the *next* build
-  (this build runs in its own process at once, never waiting for the server's imports).
+  (this build runs in its own process at once, never waiting for the server's imports; the
+  server starts importing once this build has exited, not beside it).
 * ``off``: never.
+* unset: ``on`` for a person at a terminal (stdin and stderr are terminals: the edit-rebuild
+  loop a server is for), ``auto`` for scripts and CI, which never get a server they did not
+  ask for.
 
 None from :func:`run` means "build in this process": no server, a server that refused (another
 code version, not single-threaded) or one that could not be reached before it forked anything.
@@ -34,12 +38,21 @@ LIMITS = ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_RSS", "RLIMIT_NOFILE", "RLIMIT_CPU
 
 
 def mode() -> str:
-    value = os.environ.get(MODE_ENV, "auto").strip().lower()
+    value = os.environ.get(MODE_ENV, "").strip().lower()
+    if not value:
+        return "on" if interactive() else "auto"
     if value in ("0", "off", "no", "false", "never"):
         return "off"
     if value in ("1", "on", "yes", "true", "always"):
         return "on"
     return "auto"
+
+
+def interactive() -> bool:
+    try:
+        return os.isatty(0) and os.isatty(2)
+    except OSError:
+        return False
 
 
 def connect(sock_path: str, timeout: float | None = 5.0) -> socket.socket | None:
@@ -67,9 +80,10 @@ def ask(sock_path: str, message: dict, timeout: float = 5.0) -> dict | None:
         s.close()
 
 
-def spawn(directory: str, key: str):
+def spawn(directory: str, key: str, after: int | None = None):
     """Start a server for ``key`` in the background (its ``Popen``). It inherits this
-    environment (which its fingerprint describes) and serves once its imports are done."""
+    environment (which its fingerprint describes) and serves once its imports are done; with
+    ``after``, it starts importing only once that process has exited."""
     import subprocess
 
     log_path = location.paths(directory, key)["log"]
@@ -79,7 +93,7 @@ def spawn(directory: str, key: str):
     except OSError:
         pass
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-c", ZYGOTE, directory, key, sys.path[0]],
+        return subprocess.Popen([sys.executable, "-c", ZYGOTE, directory, key, sys.path[0], str(after or 0)],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
                                 start_new_session=True, close_fds=True)
 
@@ -128,7 +142,10 @@ def run(argv: list[str]) -> int | None:
     conn = connect(location.paths(directory, key)["sock"])
     if conn is None:
         if how == "on":
-            spawn(directory, key)
+            proc = spawn(directory, key, after=os.getpid())
+            if os.isatty(2):
+                print(f"mergebuild: starting a build server in the background for the next builds (pid {proc.pid}; "
+                      "`mergebuild server stop` ends it, MERGEBUILD_SERVER=off turns this off)", file=sys.stderr)
         return None
     try:
         state = client_state()

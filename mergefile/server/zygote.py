@@ -121,6 +121,18 @@ def _skip_torch_teardown() -> None:
             finalizer.atexit = False
 
 
+def _wait_for_exit(pid: int, limit_s: float = 1800.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while pid > 0 and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return  # not ours (a reused pid)
+        time.sleep(0.1)
+
+
 def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}", file=sys.stderr, flush=True)
 
@@ -145,13 +157,14 @@ class Server:
         self.spare: tuple[int, socket.socket] | None = None  # a build forked ahead of its request
 
     # -- lifetime ---------------------------------------------------------------------------
-    def run(self) -> int:
+    def run(self, after: int = 0) -> int:
         lock_fd = os.open(self.files["lock"], os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log("another server holds this key; exiting")
             return 0
+        _wait_for_exit(after)  # the build that started us: our imports would slow it down
         t0 = time.perf_counter()
         warm()
         if not single_threaded():
@@ -388,13 +401,14 @@ class Server:
 
 
 def main() -> None:
-    """``python -c 'from mergefile.server.zygote import main; main()' DIR KEY CLIENT_PATH0``"""
+    """``python -c 'from mergefile.server.zygote import main; main()' DIR KEY CLIENT_PATH0 [AFTER_PID]``"""
     env = dict(os.environ)  # before any import of ours can add to it: the fingerprint's view
     directory, key = Path(sys.argv[1]), sys.argv[2]
     # `-c` put the working directory first on the path; the client has its script's folder there
     # (and a build forked from here changes directory: '' would import from the user's folder)
     sys.path[0] = sys.argv[3]
+    after = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     if fingerprint(env) != key:
         log("this process's code or environment does not match the client's; exiting")
         sys.exit(1)
-    sys.exit(Server(directory, key, env).run())
+    sys.exit(Server(directory, key, env).run(after))

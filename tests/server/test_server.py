@@ -365,3 +365,37 @@ def test_a_server_folder_others_can_enter_is_not_used(root, tiny_models, tmp_pat
     assert not list((root / "srv").iterdir())
     r = mb(env, "server", "start")
     assert r.returncode == 2 and "mode 0700" in r.stderr
+
+
+def test_a_terminal_gets_a_server_by_default_and_a_script_does_not(root, tiny_models, tmp_path):
+    import pty
+
+    env = make_env(root)
+    env.pop("MERGEBUILD_SERVER")  # the default: on at a terminal, auto otherwise
+    mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
+    try:
+        r = mb(env, "-C", str(tmp_path), "--quiet")  # a script: pipes, no terminal
+        assert r.returncode == 0 and "build server" not in r.stderr, r.stderr
+        time.sleep(1)
+        assert not list((root / "srv").glob("*.sock")) if (root / "srv").exists() else True
+        assert mb(env, "server", "status").returncode == 1
+
+        master, slave = pty.openpty()  # a person at a terminal
+        proc = subprocess.run([sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "-B", "--quiet"],
+                              env=env, stdin=slave, stderr=slave, stdout=subprocess.PIPE, text=True, timeout=120)
+        os.close(slave)
+        said = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            said += chunk
+        os.close(master)
+        assert proc.returncode == 0 and "built" in proc.stdout
+        assert b"starting a build server in the background" in said, said
+        wait_for(lambda: mb(env, "server", "status").returncode == 0, what="the background server")
+    finally:
+        shut_down(env)
