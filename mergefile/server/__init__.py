@@ -11,6 +11,6 @@ from one build to the next, and a crash takes down one build, not the server.
 
 ``fingerprint`` says which server may serve a client (same interpreter, packages, mergebuild
 code and import-time environment); ``location`` where servers live; ``protocol`` the wire format;
-``zygote`` the server loop; ``child`` what a forked build does; ``client`` the console script's
-side. Details and the user-facing switches: docs/server.md.
+``warm`` what the server imports and how its forks stay safe; ``zygote`` the server loop;
+``child`` what a forked build does; ``client`` the console script's side. Details and the user-facing switches: docs/server.md.
 """

@@ -17,8 +17,6 @@ themselves).
 from __future__ import annotations
 
 import fcntl
-import gc
-import importlib
 import json
 import os
 import select
@@ -26,31 +24,17 @@ import signal
 import socket
 import struct
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from mergefile.server import location, protocol
 from mergefile.server.fingerprint import fingerprint
+from mergefile.server.warm import single_threaded, thread_count, warm
 
 IDLE_ENV = "MERGEBUILD_SERVER_IDLE"
 DEFAULT_IDLE_S = 3 * 3600.0  # as Bazel's and Gradle's daemons
 POLL_S = 2.0
-# What a build imports (a plain build of the demo and of the bench recipe import nothing else):
-# torch and the planning, keying, merge and output modules. Verbs that need transformers,
-# peft, lm-eval or Ray import them in the child.
-WARM_MODULES = (
-    "torch", "numpy", "mergefile.cli.main", "mergefile.cli.progress", "mergefile.cli.render",
-    "mergefile.syntax", "mergefile.syntax.parser", "mergefile.plan.planner", "mergefile.plan.graph",
-    "mergefile.run.build", "mergefile.run.compute", "mergefile.run.publish", "mergefile.run.deferred",
-    "mergefile.run.stale", "mergefile.run.executor", "mergefile.run.keys", "mergefile.methods.registry",
-    "mergefile.io.reader", "mergefile.io.writer", "mergefile.store.store", "mergefile.store.blobs",
-    "mergefile.store.statcache", "mergefile.store.stamp", "mergefile.store.log", "mergefile.store.lock",
-    "mergefile.plan.modules", "mergefile.targets", "mergefile.io.model_card", "encodings.utf_8_sig",
-)
-
-
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``3h`` -> seconds."""
     t = text.strip().lower()
@@ -65,60 +49,6 @@ def idle_seconds(env: dict[str, str]) -> float:
         return parse_duration(env.get(IDLE_ENV, "")) if env.get(IDLE_ENV) else DEFAULT_IDLE_S
     except ValueError:
         return DEFAULT_IDLE_S
-
-
-def thread_count() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-def single_threaded() -> bool:
-    """Whether forking now is safe. numpy's OpenBLAS starts a thread pool at import and shuts it
-    down in a ``pthread_atfork`` handler; a probe fork lets such libraries do that, and what
-    still runs after it would be copied mid-flight into every build."""
-    if thread_count() == 1:
-        return True
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    os.waitpid(pid, 0)
-    return thread_count() == 1
-
-
-def warm() -> None:
-    from mergefile import _lazy
-
-    for name in WARM_MODULES:
-        importlib.import_module(name)
-    _lazy.torch._lazy_load()
-    from mergefile.syntax.grammar import get_parser
-
-    get_parser()
-    from mergefile.cli.main import make_parser
-
-    make_parser()
-    _skip_torch_teardown()
-    # What the imports left is permanent: a build's first garbage collection would otherwise
-    # walk (and copy-on-write touch) all of it, 0.2 s. gc.freeze is made for pre-fork servers.
-    gc.collect()
-    gc.freeze()
-
-
-def _skip_torch_teardown() -> None:
-    """torch deregisters its ~130 operator libraries at exit (weakref finalizers): 40 ms of
-    every forked build's exit, with no effect outside the process. Not in the builds forked
-    from here."""
-    import weakref
-
-    try:
-        from torch.library import _del_library
-    except ImportError:
-        return
-    for finalizer, info in list(getattr(weakref.finalize, "_registry", {}).items()):
-        if getattr(info, "func", None) is _del_library:
-            finalizer.atexit = False
 
 
 def _wait_for_exit(pid: int, limit_s: float = 1800.0) -> None:

@@ -23,7 +23,8 @@ import pytest
 
 from mergefile.server import protocol
 from mergefile.server.fingerprint import fingerprint, import_environment
-from mergefile.server.zygote import parse_duration, single_threaded
+from mergefile.server.warm import single_threaded
+from mergefile.server.zygote import parse_duration
 from mergefile.store.lock import output_lock
 from tests.helpers import mergefile_for, run_subprocess, shard_bytes
 
