@@ -400,3 +400,30 @@ def test_a_terminal_gets_a_server_by_default_and_a_script_does_not(root, tiny_mo
         wait_for(lambda: mb(env, "server", "status").returncode == 0, what="the background server")
     finally:
         shut_down(env)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids.append(int(entry))
+    return kids
+
+
+def test_a_lost_spare_is_replaced(served, tiny_models, tmp_path):
+    """The server keeps one fork ready for the next build; if it dies, builds fork afresh."""
+    mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
+    [info] = [s for s in status(served) if s["serves_this_shell"]]
+    wait_for(lambda: len(_children(info["pid"])) == 1, what="the spare")
+    [spare] = _children(info["pid"])
+    os.kill(spare, signal.SIGKILL)
+    before = builds_served(served)
+    r = mb(served, "-C", str(tmp_path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert builds_served(served) == before + 1
+    wait_for(lambda: len(_children(info["pid"])) == 1 and _children(info["pid"]) != [spare], what="a new spare")
