@@ -427,3 +427,25 @@ def test_a_lost_spare_is_replaced(served, tiny_models, tmp_path):
     assert r.returncode == 0, r.stderr
     assert builds_served(served) == before + 1
     wait_for(lambda: len(_children(info["pid"])) == 1 and _children(info["pid"]) != [spare], what="a new spare")
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_and_resumes_the_build_with_its_client(served, tiny_models, tmp_path):
+    mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
+    [info] = [s for s in status(served) if s["serves_this_shell"]]
+    with output_lock(tmp_path / "out" / "m"):
+        proc = _waiting_build(served, tmp_path)
+        wait_for(lambda: len(_children(info["pid"])) == 2, what="the build and a new spare")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTSTP)  # what a terminal sends on Ctrl-Z
+        wait_for(lambda: _state(proc.pid) == "T", timeout=10, what="the client to stop")
+        stopped = [p for p in _children(info["pid"]) if _state(p) == "T"]
+        assert len(stopped) == 1, _children(info["pid"])  # the build, not the spare
+        proc.send_signal(signal.SIGCONT)  # fg / bg
+        wait_for(lambda: _state(stopped[0]) != "T", timeout=10, what="the build to resume")
+    out, err = proc.communicate(timeout=120)  # the lock is free: the resumed build finishes
+    assert proc.returncode == 0, err
+    assert (tmp_path / "out" / "m" / "config.json").is_file()
