@@ -12,6 +12,7 @@ import argparse
 import fcntl
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -80,13 +81,30 @@ def _start(directory: str, key: str, args: argparse.Namespace) -> int:
     return 1
 
 
+def _names(directory: str, key: str, every: bool) -> list[str]:
+    """Server names (fingerprint prefixes) to look at: this client's, or every one there."""
+    if not every:
+        return [os.path.basename(location.paths(directory, key)["sock"])[: -len(".sock")]]
+    names = {n.rsplit(".", 1)[0] for n in os.listdir(directory) if n.endswith((".sock", ".lock")) and not n.startswith(".")}
+    return sorted(names)
+
+
 def _stop(directory: str, key: str, every: bool) -> int:
-    socks = [Path(p) for p in (location.known_servers(directory) if every else [location.paths(directory, key)["sock"]])]
     stopped = 0
-    for sock in socks:
+    for name in _names(directory, key, every):
+        sock, lock = Path(directory, f"{name}.sock"), Path(directory, f"{name}.lock")
         reply = ask(str(sock), {"op": "stop"})
         if reply is None:
-            _clean_dead(sock)
+            pid = _starting(lock)
+            if pid is None:
+                _clean_dead(sock)
+                continue
+            try:  # still waiting for its first build to end, or importing: nothing to finish
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                continue
+            stopped += 1
+            print(f"build server pid {pid} (still starting) stops")
             continue
         stopped += 1
         running = f" once its {reply['running']} running build(s) finish" if reply.get("running") else ""
@@ -102,10 +120,17 @@ def _stop(directory: str, key: str, every: bool) -> int:
 
 def _status(directory: str, key: str, as_json: bool) -> int:
     rows = []
-    for sock in map(Path, location.known_servers(directory)):
+    mine = _names(directory, key, every=False)[0]
+    for name in _names(directory, key, every=True):
+        sock = Path(directory, f"{name}.sock")
         info = ask(str(sock), {"op": "ping"})
         if info is None:
-            _clean_dead(sock)
+            pid = _starting(Path(directory, f"{name}.lock"))
+            if pid is not None:
+                rows.append({"pid": pid, "starting": True, "serves_this_shell": False, "this_shell_next": name == mine,
+                             "builds": 0, "running": 0, "rss_bytes": _rss(pid)})
+            else:
+                _clean_dead(sock)
             continue
         info["serves_this_shell"] = info.get("fingerprint") == key
         info["rss_bytes"] = _rss(int(info["pid"]))
@@ -116,11 +141,35 @@ def _status(directory: str, key: str, as_json: bool) -> int:
     elif not rows:
         print("no build server running")
     for r in [] if as_json else rows:
-        which = "serves builds here" if r["serves_this_shell"] else "another mergebuild version or environment"
         rss = f", {r['rss_bytes'] / 2**20:.0f} MiB" if r["rss_bytes"] else ""
+        if r.get("starting"):
+            whose = "for builds here" if r["this_shell_next"] else "for another mergebuild version or environment"
+            print(f"pid {r['pid']}: starting {whose} (after the build that started it ends){rss}")
+            continue
+        which = "serves builds here" if r["serves_this_shell"] else "another mergebuild version or environment"
         print(f"pid {r['pid']}: {which}; up {_duration(time.time() - r['started'])}, {r['builds']} build(s) served, "
               f"{r['running']} running{rss}; idle timeout {_duration(r['idle_s'])}")
     return 0 if any(r["serves_this_shell"] for r in rows) else 1
+
+
+def _starting(lock: Path) -> int | None:
+    """The pid of a server that holds ``lock`` but does not answer yet; None if nobody holds it."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _clean_dead(sock: Path) -> None:

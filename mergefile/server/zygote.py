@@ -35,6 +35,8 @@ from mergefile.server.warm import single_threaded, thread_count, warm
 IDLE_ENV = "MERGEBUILD_SERVER_IDLE"
 DEFAULT_IDLE_S = 3 * 3600.0  # as Bazel's and Gradle's daemons
 POLL_S = 2.0
+
+
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``3h`` -> seconds."""
     t = text.strip().lower()
@@ -94,6 +96,8 @@ class Server:
         except BlockingIOError:
             log("another server holds this key; exiting")
             return 0
+        os.ftruncate(lock_fd, 0)
+        os.pwrite(lock_fd, str(os.getpid()).encode(), 0)  # `server stop` finds us before we serve
         _wait_for_exit(after)  # the build that started us: our imports would slow it down
         t0 = time.perf_counter()
         warm()

@@ -449,3 +449,30 @@ def test_ctrl_z_stops_and_resumes_the_build_with_its_client(served, tiny_models,
     out, err = proc.communicate(timeout=120)  # the lock is free: the resumed build finishes
     assert proc.returncode == 0, err
     assert (tmp_path / "out" / "m" / "config.json").is_file()
+
+
+def test_a_server_still_waiting_to_start_can_be_stopped(root):
+    env = make_env(root)
+    (root / "srv").mkdir(mode=0o700)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # "the build"
+    try:
+        # the key as a fresh interpreter computes it (this one's import path has pytest's folders)
+        key = subprocess.run([sys.executable, "-c", "import os; from mergefile.server.fingerprint import fingerprint; "
+                              "print(fingerprint(dict(os.environ)))"], env=env, cwd="/", capture_output=True,
+                             text=True, check=True).stdout.strip()
+        # what client.spawn starts, with the build to wait for named
+        zygote = subprocess.Popen([sys.executable, "-c", "from mergefile.server.zygote import main; main()",
+                                   str(root / "srv"), key, sys.path[0], str(sleeper.pid)],
+                                  env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (root / "srv" / f"{key[:16]}.lock").exists() and
+                 (root / "srv" / f"{key[:16]}.lock").read_text().strip() == str(zygote.pid), what="the lock")
+        [row] = status(env)
+        assert row["starting"] and row["pid"] == zygote.pid and not row["serves_this_shell"]
+        assert "starting for builds here" in mb(env, "server", "status").stdout
+        r = mb(env, "server", "stop")
+        assert f"build server pid {zygote.pid} (still starting) stops" in r.stdout
+        assert zygote.wait(timeout=20) != 0  # ended by SIGTERM before it imported anything
+        assert status(env) == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
