@@ -16,6 +16,7 @@ import fcntl
 import io
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -24,8 +25,6 @@ import traceback
 from typing import Any, NoReturn
 
 from mergefile.server import protocol
-
-
 
 
 def _adopt(state: dict[str, Any]) -> None:
@@ -79,6 +78,9 @@ def _die_with_client(conn: socket.socket) -> None:
     signal.signal(signal.SIGIO, signal.SIG_DFL)
     fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    readable, _, _ = select.select([conn], [], [], 0)
+    if readable and not conn.recv(1, socket.MSG_PEEK):  # it closed before O_ASYNC was set
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _stop_dying_with_client(conn: socket.socket) -> None:
@@ -151,6 +153,7 @@ def run(conn: socket.socket, request: dict[str, Any], fds: list[int], inherited:
 
 def _exit(conn: socket.socket, code: int) -> NoReturn:
     """What interpreter shutdown does (join threads, atexit), then the status to the client."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # no KeyboardInterrupt may escape from here
     try:
         threading._shutdown()  # type: ignore[attr-defined] - joins non-daemon threads, as exit does
     except BaseException:  # noqa: BLE001

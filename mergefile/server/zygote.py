@@ -159,10 +159,13 @@ class Server:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            from mergefile.server import child
+            try:  # nothing may return into this loop in a fork: it would serve, and unlink our socket
+                from mergefile.server import child
 
-            ours.close()
-            child.wait_for_request(theirs, self._inherited())  # never returns
+                ours.close()
+                child.wait_for_request(theirs, self._inherited())
+            finally:
+                os._exit(1)
         theirs.close()
         self.spare = (pid, ours)
 
@@ -291,9 +294,12 @@ class Server:
         inherited = self._inherited()
         pid = os.fork()
         if pid == 0:
-            from mergefile.server import child
+            try:  # as in _make_spare: never back into this loop
+                from mergefile.server import child
 
-            child.run(conn, request, fds, inherited)  # never returns
+                child.run(conn, request, fds, inherited)
+            finally:
+                os._exit(1)
         self._started(pid, conn)
         return True
 
