@@ -250,10 +250,10 @@ def test_other_import_environment_builds_in_its_own_process(served, tiny_models,
     assert r.returncode == 0 and builds_served(served) == before
 
 
-def _waiting_build(env: dict, d: Path) -> subprocess.Popen:
+def _waiting_build(env: dict, d: Path, **popen) -> subprocess.Popen:
     """A served build that waits for the output lock the test holds."""
     proc = subprocess.Popen([sys.executable, "-m", "mergefile.cli.entry", "-C", str(d), "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     wait_for(lambda: any(s["running"] for s in status(env)), what="the build to start in the server")
     return proc
 
@@ -437,7 +437,9 @@ def test_ctrl_z_stops_and_resumes_the_build_with_its_client(served, tiny_models,
     mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
     [info] = [s for s in status(served) if s["serves_this_shell"]]
     with output_lock(tmp_path / "out" / "m"):
-        proc = _waiting_build(served, tmp_path)
+        # a process group of its own under this one, as a shell's job: the kernel discards a
+        # default SIGTSTP in an orphaned group (this test's own group may be one under CI)
+        proc = _waiting_build(served, tmp_path, process_group=0)
         wait_for(lambda: len(_children(info["pid"])) == 2, what="the build and a new spare")
         time.sleep(0.3)
         proc.send_signal(signal.SIGTSTP)  # what a terminal sends on Ctrl-Z
@@ -476,3 +478,20 @@ def test_a_server_still_waiting_to_start_can_be_stopped(root):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_ctrl_z_in_a_group_that_cannot_stop_leaves_the_build_running(served, tiny_models, tmp_path):
+    """An orphaned process group (here: a session of its own) ignores a default SIGTSTP: the
+    client cannot stop, so neither may its build stay stopped."""
+    mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
+    [info] = [s for s in status(served) if s["serves_this_shell"]]
+    with output_lock(tmp_path / "out" / "m"):
+        proc = _waiting_build(served, tmp_path, start_new_session=True)
+        wait_for(lambda: len(_children(info["pid"])) == 2, what="the build and a new spare")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTSTP)
+        time.sleep(1)
+        assert _state(proc.pid) != "T"
+        assert not [p for p in _children(info["pid"]) if _state(p) == "T"]
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
