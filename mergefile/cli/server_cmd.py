@@ -84,7 +84,7 @@ def _start(directory: str, key: str, args: argparse.Namespace) -> int:
 def _names(directory: str, key: str, every: bool) -> list[str]:
     """Server names (fingerprint prefixes) to look at: this client's, or every one there."""
     if not every:
-        return [os.path.basename(location.paths(directory, key)["sock"])[: -len(".sock")]]
+        return [location.name(key)]
     names = {n.rsplit(".", 1)[0] for n in os.listdir(directory) if n.endswith((".sock", ".lock")) and not n.startswith(".")}
     return sorted(names)
 
@@ -120,7 +120,7 @@ def _stop(directory: str, key: str, every: bool) -> int:
 
 def _status(directory: str, key: str, as_json: bool) -> int:
     rows = []
-    mine = _names(directory, key, every=False)[0]
+    mine = location.name(key)
     for name in _names(directory, key, every=True):
         sock = Path(directory, f"{name}.sock")
         info = ask(str(sock), {"op": "ping"})

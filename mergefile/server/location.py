@@ -46,9 +46,14 @@ def private_dir(create: bool) -> str | None:
     return d
 
 
+def name(fingerprint: str) -> str:
+    """A server's file name stem."""
+    return fingerprint[:NAME_CHARS]
+
+
 def paths(directory: str, fingerprint: str) -> dict[str, str]:
-    name = fingerprint[:NAME_CHARS]
-    return {kind: os.path.join(directory, f"{name}.{kind}") for kind in ("sock", "json", "lock", "log")}
+    stem = name(fingerprint)
+    return {kind: os.path.join(directory, f"{stem}.{kind}") for kind in ("sock", "json", "lock", "log")}
 
 
 def known_servers(directory: str) -> list[str]:

@@ -65,6 +65,22 @@ def _wait_for_exit(pid: int, limit_s: float = 1800.0) -> None:
         time.sleep(0.1)
 
 
+def _fork_into(work) -> int:
+    """Fork; the child runs ``work(child_module)`` and ends there. Nothing may return into the
+    server's loop in a fork: it would serve, and unlink the server's socket on its way out."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            from mergefile.server import child
+
+            work(child)
+        finally:
+            os._exit(1)
+    return pid
+
+
 def log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}", file=sys.stderr, flush=True)
 
@@ -155,17 +171,8 @@ class Server:
         if self.spare is not None or self.stopping or not single_threaded():
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            try:  # nothing may return into this loop in a fork: it would serve, and unlink our socket
-                from mergefile.server import child
-
-                ours.close()
-                child.wait_for_request(theirs, self._inherited())
-            finally:
-                os._exit(1)
+        inherited = self._inherited() + [ours.fileno()]
+        pid = _fork_into(lambda child: child.wait_for_request(theirs, inherited))
         theirs.close()
         self.spare = (pid, ours)
 
@@ -289,18 +296,8 @@ class Server:
         return True
 
     def _fork(self, conn: socket.socket, request: dict, fds: list[int]) -> bool:
-        sys.stdout.flush()
-        sys.stderr.flush()
         inherited = self._inherited()
-        pid = os.fork()
-        if pid == 0:
-            try:  # as in _make_spare: never back into this loop
-                from mergefile.server import child
-
-                child.run(conn, request, fds, inherited)
-            finally:
-                os._exit(1)
-        self._started(pid, conn)
+        self._started(_fork_into(lambda child: child.run(conn, request, fds, inherited)), conn)
         return True
 
     def _started(self, pid: int, conn: socket.socket) -> None:
