@@ -95,9 +95,14 @@ def _stop(directory: str, key: str, every: bool) -> int:
         sock, lock = Path(directory, f"{name}.sock"), Path(directory, f"{name}.lock")
         reply = ask(str(sock), {"op": "stop"})
         if reply is None:
-            pid = _starting(lock)
-            if pid is None:
+            held = _held(lock)
+            if held is None:
                 _clean_dead(sock)
+                continue
+            pid, phase = held
+            if phase == "stopping":
+                print(f"build server pid {pid} is already stopping (its running builds finish)")
+                stopped += 1
                 continue
             try:  # still waiting for its first build to end, or importing: nothing to finish
                 os.kill(pid, signal.SIGTERM)
@@ -125,14 +130,16 @@ def _status(directory: str, key: str, as_json: bool) -> int:
         sock = Path(directory, f"{name}.sock")
         info = ask(str(sock), {"op": "ping"})
         if info is None:
-            pid = _starting(Path(directory, f"{name}.lock"))
-            if pid is not None:
-                rows.append({"pid": pid, "starting": True, "serves_this_shell": False, "this_shell_next": name == mine,
-                             "builds": 0, "running": 0, "rss_bytes": _rss(pid)})
+            held = _held(Path(directory, f"{name}.lock"))
+            if held is not None:
+                pid, phase = held
+                rows.append({"pid": pid, "phase": phase, "starting": phase == "starting", "serves_this_shell": False,
+                             "this_shell_next": name == mine, "builds": 0, "running": 0, "rss_bytes": _rss(pid)})
             else:
                 _clean_dead(sock)
             continue
         info["serves_this_shell"] = info.get("fingerprint") == key
+        info["phase"] = "serving"
         info["rss_bytes"] = _rss(int(info["pid"]))
         info["socket"] = str(sock)
         rows.append(info)
@@ -142,6 +149,9 @@ def _status(directory: str, key: str, as_json: bool) -> int:
         print("no build server running")
     for r in [] if as_json else rows:
         rss = f", {r['rss_bytes'] / 2**20:.0f} MiB" if r["rss_bytes"] else ""
+        if r.get("phase") == "stopping":
+            print(f"pid {r['pid']}: stopping (no new builds; running builds finish){rss}")
+            continue
         if r.get("starting"):
             whose = "for builds here" if r["this_shell_next"] else "for another mergebuild version or environment"
             print(f"pid {r['pid']}: starting {whose} (after the build that started it ends){rss}")
@@ -152,8 +162,10 @@ def _status(directory: str, key: str, as_json: bool) -> int:
     return 0 if any(r["serves_this_shell"] for r in rows) else 1
 
 
-def _starting(lock: Path) -> int | None:
-    """The pid of a server that holds ``lock`` but does not answer yet; None if nobody holds it."""
+def _held(lock: Path) -> tuple[int, str] | None:
+    """``(pid, phase)`` of a live server that holds ``lock`` but does not answer on its socket
+    (``starting``: waiting for the build that started it, or importing; ``stopping``: its socket
+    is closed and it waits for running builds); None if no live server holds it."""
     try:
         fd = os.open(lock, os.O_RDWR)
     except OSError:
@@ -162,14 +174,27 @@ def _starting(lock: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         try:
-            return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-        except (OSError, ValueError):
+            words = os.pread(fd, 64, 0).decode().split()
+            pid, phase = int(words[0]), (words[1] if len(words) > 1 else "starting")
+        except (OSError, ValueError, IndexError):
             return None
+        if not _alive(pid):
+            return None
+        return pid, ("starting" if phase == "serving" else phase)  # serving, yet no answer: not yet listening
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """A running process (not a zombie) with this pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _clean_dead(sock: Path) -> None:

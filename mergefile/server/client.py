@@ -7,13 +7,19 @@
   (this build runs in its own process at once, never waiting for the server's imports; the
   server starts importing once this build has exited, not beside it).
 * ``off``: never.
-* unset: ``on`` for a person at a terminal (stdin and stderr are terminals: the edit-rebuild
-  loop a server is for), ``auto`` for scripts and CI, which never get a server they did not
-  ask for.
+* unset: ``off`` inside a batch job (a scheduler's job variables are set, or the process has no
+  controlling terminal: cron, systemd units, CI runners), where the job's limits must apply to
+  the build; ``on`` for a person at a terminal (stdin and stderr are terminals: the edit-rebuild
+  loop a server is for); ``auto`` for other scripts, which never get a server they did not ask
+  for.
+
+Only a command that will compute tensors starts a server (:func:`computes_tensors`): ``--help``,
+``-n``, ``-q``, ``status``, ``graph`` and the other read-only verbs never do.
 
 None from :func:`run` means "build in this process": no server, a server that refused (another
-code version, not single-threaded) or one that could not be reached before it forked anything.
-Once a build has been forked, its outcome is the answer, whatever happens to the connection.
+code version, not single-threaded, another cgroup) or one that could not be reached before it
+forked anything. Once a build has been forked, its outcome is the answer, whatever happens to
+the connection.
 
 Every build pays this module's imports, so it keeps to a few small standard modules: no
 pathlib, typing or subprocess (until a server must be started), and ``_socket``/``_signal``,
@@ -29,6 +35,7 @@ import resource
 import sys
 
 from mergefile.server import location, protocol
+from mergefile.server.environment import batch_job, build_environment, cgroup
 
 MODE_ENV = "MERGEBUILD_SERVER"
 ZYGOTE = "from mergefile.server.zygote import main; main()"
@@ -37,9 +44,17 @@ LIMITS = ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_RSS", "RLIMIT_NOFILE", "RLIMIT_CPU
           "RLIMIT_NPROC", "RLIMIT_MEMLOCK", "RLIMIT_STACK")
 
 
-def mode() -> str:
-    value = os.environ.get(MODE_ENV, "").strip().lower()
+# Verbs that never compute a tensor, and flags that make any command compute none.
+READ_ONLY_VERBS = frozenset({"status", "graph", "cache", "log", "fmt", "import", "export", "lock", "push", "server",
+                             "ui", "help"})
+READ_ONLY_FLAGS = frozenset({"-h", "--help", "--version", "-n", "--dry-run", "-q", "--question"})
+
+
+def mode(env=os.environ) -> str:
+    value = env.get(MODE_ENV, "").strip().lower()
     if not value:
+        if batch_job(env) or not controlling_terminal():
+            return "off"
         return "on" if interactive() else "auto"
     if value in ("0", "off", "no", "false", "never"):
         return "off"
@@ -53,6 +68,33 @@ def interactive() -> bool:
         return os.isatty(0) and os.isatty(2)
     except OSError:
         return False
+
+
+def controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal (cron, systemd, CI runners have none)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def computes_tensors(argv: list[str]) -> bool:
+    """Whether this command line may compute tensors: only such a command starts a server.
+
+    A cheap look at the words, before any parsing: a read-only flag anywhere (``-n`` also in a
+    bundle such as ``-nB``) or a read-only verb among the words means no. A Mergefile or target
+    named like a verb only costs a server that is not started.
+    """
+    for word in argv:
+        if word == "--":
+            break
+        if word in READ_ONLY_FLAGS or word in READ_ONLY_VERBS:
+            return False
+        if len(word) > 1 and word[0] == "-" and word[1] != "-" and set(word[1:]) & {"n", "q", "h"} and word[1:].isalpha():
+            return False
+    return True
 
 
 def connect(sock_path: str, timeout: float | None = 5.0) -> socket.socket | None:
@@ -81,8 +123,8 @@ def ask(sock_path: str, message: dict, timeout: float = 5.0) -> dict | None:
 
 
 def spawn(directory: str, key: str, after: int | None = None):
-    """Start a server for ``key`` in the background (its ``Popen``). It inherits this
-    environment (which its fingerprint describes) and serves once its imports are done; with
+    """Start a server for ``key`` in the background (its ``Popen``). It inherits the part of this
+    environment a build reads (which includes what its fingerprint describes) and serves once its imports are done; with
     ``after``, it starts importing only once that process has exited."""
     import subprocess
 
@@ -94,6 +136,7 @@ def spawn(directory: str, key: str, after: int | None = None):
         pass
     with open(log_path, "ab") as log:
         return subprocess.Popen([sys.executable, "-c", ZYGOTE, directory, key, sys.path[0], str(after or 0)],
+                                env=build_environment(dict(os.environ)),  # no secrets a build does not need
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
                                 start_new_session=True, close_fds=True)
 
@@ -103,8 +146,8 @@ def client_state() -> dict:
     umask = os.umask(0)
     os.umask(umask)
     limits = {name: list(resource.getrlimit(getattr(resource, name))) for name in LIMITS if hasattr(resource, name)}
-    state = {"cwd": os.getcwd(), "env": dict(os.environ), "umask": umask, "limits": limits,
-             "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+    state = {"cwd": os.getcwd(), "env": build_environment(dict(os.environ)), "umask": umask, "limits": limits,
+             "nice": os.getpriority(os.PRIO_PROCESS, 0), "cgroup": cgroup()}
     if hasattr(os, "sched_getaffinity"):
         state["affinity"] = sorted(os.sched_getaffinity(0))
     return state
@@ -129,8 +172,9 @@ def run(argv: list[str]) -> int | None:
     how = mode()
     if how == "off":
         return None
+    start = how == "on" and computes_tensors(argv)
     try:
-        directory = location.private_dir(create=how == "on")
+        directory = location.private_dir(create=start)
     except location.UnsafeDirectory as e:
         print(f"mergebuild: warning: not using a build server: {e}", file=sys.stderr)
         return None
@@ -141,7 +185,7 @@ def run(argv: list[str]) -> int | None:
     key = fingerprint(os.environ)
     conn = connect(location.paths(directory, key)["sock"])
     if conn is None:
-        if how == "on":
+        if start:
             proc = spawn(directory, key, after=os.getpid())
             if os.isatty(2):
                 print(f"mergebuild: starting a build server in the background for the next builds (pid {proc.pid}; "

@@ -20,19 +20,9 @@ import sys
 import xxhash
 
 from mergefile._tree import code_fingerprint
+from mergefile.server.environment import IMPORT_TIME_ENV, import_environment
 
-# Environment variables that a library may read once, while the server imports it.
-IMPORT_TIME_ENV = (
-    "PYTHON", "LANG", "LC_", "HOME", "XDG_CACHE_HOME", "TMPDIR", "LD_", "MALLOC_",
-    "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "NUMEXPR_",
-    "TORCH", "PYTORCH_", "THP_", "CUDA_", "NVIDIA_",
-    "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_",
-)
-
-
-def import_environment(env: dict[str, str]) -> dict[str, str]:
-    """The part of ``env`` that the server's imports may have read."""
-    return {k: v for k, v in sorted(env.items()) if k.startswith(IMPORT_TIME_ENV)}
+__all__ = ["IMPORT_TIME_ENV", "fingerprint", "import_environment"]
 
 
 def _identity(path: str) -> list | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mergefile.server import location, protocol
+from mergefile.server.environment import cgroup
 from mergefile.server.fingerprint import fingerprint
 from mergefile.server.warm import single_threaded, thread_count, warm
 
@@ -103,6 +104,7 @@ class Server:
         self.sock_ino = 0
         self.own_fds: list[int] = []  # the lock and the wake-up pipe: no build may keep them
         self.spare: tuple[int, socket.socket] | None = None  # a build forked ahead of its request
+        self.lock_fd = -1
 
     # -- lifetime ---------------------------------------------------------------------------
     def run(self, after: int = 0) -> int:
@@ -112,8 +114,8 @@ class Server:
         except BlockingIOError:
             log("another server holds this key; exiting")
             return 0
-        os.ftruncate(lock_fd, 0)
-        os.pwrite(lock_fd, str(os.getpid()).encode(), 0)  # `server stop` finds us before we serve
+        self.lock_fd = lock_fd
+        self._phase("starting")  # `server stop` and `status` find us before we serve
         _wait_for_exit(after)  # the build that started us: our imports would slow it down
         t0 = time.perf_counter()
         warm()
@@ -129,6 +131,7 @@ class Server:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._listen()
+        self._phase("serving")
         log(f"serving {self.files['sock']} (imports took {time.perf_counter() - t0:.1f} s; "
             f"idle timeout {self.idle_s:.0f} s)")
         self.own_fds = [lock_fd, wake_r, wake_w]
@@ -224,7 +227,14 @@ class Server:
             os._exit(1)
         self.stopping = f"signal {signal.Signals(signum).name}"
 
+    def _phase(self, phase: str) -> None:
+        """Say in the lock file what this server is doing: ``PID starting|serving|stopping``."""
+        text = f"{os.getpid()} {phase}".encode()
+        os.ftruncate(self.lock_fd, 0)
+        os.pwrite(self.lock_fd, text, 0)
+
     def _close(self) -> None:
+        self._phase("stopping")
         if self.spare is not None:
             self.spare[1].close()  # the spare sees the end of its channel and exits
             self.spare = None
@@ -265,6 +275,9 @@ class Server:
                 protocol.send(conn, {"refused": f"unknown request {op!r}"})
             elif request.get("fingerprint") != self.key:
                 protocol.send(conn, {"refused": "another version of mergebuild or another environment"})
+            elif request.get("state", {}).get("cgroup", "") != cgroup():
+                protocol.send(conn, {"refused": "the client runs in another cgroup, whose limits a served build "
+                                                "would escape"})
             elif len(fds) != 3:
                 protocol.send(conn, {"refused": "stdin, stdout and stderr must come with the request"})
             elif self.spare is not None and self._hand_over(conn, request, fds):

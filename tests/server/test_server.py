@@ -368,6 +368,14 @@ def test_a_server_folder_others_can_enter_is_not_used(root, tiny_models, tmp_pat
     assert r.returncode == 2 and "mode 0700" in r.stderr
 
 
+def _take_terminal() -> None:
+    """In the child, after setsid: make its stdin (a pty) the controlling terminal."""
+    import fcntl
+    import termios
+
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def test_a_terminal_gets_a_server_by_default_and_a_script_does_not(root, tiny_models, tmp_path):
     import pty
 
@@ -381,9 +389,10 @@ def test_a_terminal_gets_a_server_by_default_and_a_script_does_not(root, tiny_mo
         assert not list((root / "srv").glob("*.sock")) if (root / "srv").exists() else True
         assert mb(env, "server", "status").returncode == 1
 
-        master, slave = pty.openpty()  # a person at a terminal
+        master, slave = pty.openpty()  # a person at a terminal: it is the session's controlling terminal
         proc = subprocess.run([sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "-B", "--quiet"],
-                              env=env, stdin=slave, stderr=slave, stdout=subprocess.PIPE, text=True, timeout=120)
+                              env=env, stdin=slave, stderr=slave, stdout=subprocess.PIPE, text=True, timeout=120,
+                              start_new_session=True, preexec_fn=_take_terminal)
         os.close(slave)
         said = b""
         while True:
@@ -467,7 +476,7 @@ def test_a_server_still_waiting_to_start_can_be_stopped(root):
                                    str(root / "srv"), key, sys.path[0], str(sleeper.pid)],
                                   env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: (root / "srv" / f"{key[:16]}.lock").exists() and
-                 (root / "srv" / f"{key[:16]}.lock").read_text().strip() == str(zygote.pid), what="the lock")
+                 (root / "srv" / f"{key[:16]}.lock").read_text().split()[:1] == [str(zygote.pid)], what="the lock")
         [row] = status(env)
         assert row["starting"] and row["pid"] == zygote.pid and not row["serves_this_shell"]
         assert "starting for builds here" in mb(env, "server", "status").stdout

@@ -1,0 +1,75 @@
+"""Which environment variables matter to a build server, and which cross its socket.
+
+Two lists, kept here once, and the cgroup check (standard library only: the console script
+imports this):
+
+* ``IMPORT_TIME_ENV``: variables a library may read once, while the server imports it (OpenMP
+  and MKL thread settings, huggingface_hub's cache folders, Python's switches). They enter the
+  server's fingerprint: a client whose values differ is never served by that server.
+* ``BUILD_ENV``: what a served build may read while it runs. Only these cross the socket and
+  become the forked build's environment; anything else the client holds (cloud credentials,
+  API keys of unrelated tools, ``SSH_AUTH_SOCK``) stays in the client. ``HF_TOKEN`` crosses
+  because resolving and pushing hub models needs it.
+
+A variable a build reads that is missing from ``BUILD_ENV`` would make a served build differ
+from one run in its own process; ``tests/server/test_server.py`` checks the list against every
+variable mergebuild's own code reads.
+"""
+
+from __future__ import annotations
+
+IMPORT_TIME_ENV = (
+    "PYTHON", "LANG", "LC_", "HOME", "XDG_CACHE_HOME", "TMPDIR", "LD_", "MALLOC_",
+    "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "NUMEXPR_",
+    "TORCH", "PYTORCH_", "THP_", "CUDA_", "NVIDIA_",
+    "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_",
+)
+
+# Read while a build runs: mergebuild itself, the hub client (tokens, proxies, certificates),
+# Ray and wandb (evolve), the terminal (progress bars, colours, width), time zone and user.
+RUNTIME_ENV = (
+    "MERGEBUILD_", "HUGGING_FACE_", "RAY_", "WANDB_", "XDG_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
+    "no_proxy", "all_proxy", "PATH", "USER", "LOGNAME", "SHELL", "TERM", "COLORTERM", "COLUMNS", "LINES",
+    "NO_COLOR", "FORCE_COLOR", "CLICOLOR", "TZ",
+)
+
+BUILD_ENV = IMPORT_TIME_ENV + RUNTIME_ENV
+
+# Variables a batch scheduler sets in every job: a build inside a job must stay in the job's
+# process tree, where the scheduler's memory, CPU and time limits and its accounting apply.
+BATCH_JOB_ENV = ("SLURM_JOB_ID", "SLURM_JOBID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID", "COBALT_JOBID",
+                 "_CONDOR_JOB_AD", "AZ_BATCH_TASK_ID")
+
+
+def import_environment(env: dict[str, str]) -> dict[str, str]:
+    """The part of ``env`` that the server's imports may have read."""
+    return {k: v for k, v in sorted(env.items()) if k.startswith(IMPORT_TIME_ENV)}
+
+
+def build_environment(env: dict[str, str]) -> dict[str, str]:
+    """The part of ``env`` a served build gets: what mergebuild and its libraries read."""
+    return {k: v for k, v in env.items() if k.startswith(BUILD_ENV)}
+
+
+def batch_job(env: dict[str, str]) -> str | None:
+    """The scheduler variable that says this runs inside a batch job, or None."""
+    for name in BATCH_JOB_ENV:
+        if env.get(name):
+            return name
+    if env.get("JOB_ID") and env.get("SGE_ROOT"):  # Grid Engine
+        return "JOB_ID"
+    return None
+
+
+def cgroup() -> str:
+    """This process's control groups (``/proc/self/cgroup``), or "" where there are none.
+
+    A served build runs in the server's cgroups, so a server serves only clients in the same
+    ones: memory or CPU limits set on a shell's cgroup (``systemd-run --scope``, a container
+    per command) then always apply to its builds."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            return f.read()
+    except OSError:
+        return ""
