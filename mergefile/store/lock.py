@@ -2,8 +2,13 @@
 
 ``flock`` on a sibling file ``<parent>/.<name>.mergebuild.lock``: the kernel drops it when the
 holder exits or crashes, so there are no stale locks to clean up by hand (the pain behind
-``snakemake --unlock``). The lock file is never deleted: unlinking a flock'd file lets a
-waiter lock the old inode while a newcomer locks a new one, and both would "hold" it.
+``snakemake --unlock``). The sibling keeps two builds of one folder apart whichever cache
+each uses, and on any machine that shares the folder's filesystem.
+
+No litter: the holder deletes the file before it lets go. Unlinking a flock'd file would let a
+waiter lock the old inode while a newcomer locks a new one, so a lock only counts once the
+path still names the inode that was locked (``_same_file``); a waiter that won a deleted inode
+opens the path again. A file left by a killed build is reused, then removed, by the next one.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (the holder may have deleted it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+
 def _locked(out_dir: str | Path, pid: int | None) -> LockedError:
     who = f"pid {pid}" if pid is not None else "pid unknown"
     return LockedError(f"{out_dir} is being built by another mergebuild ({who})",
@@ -78,28 +93,40 @@ def output_lock(out_dir: str | Path, *, wait: bool = True,
     """
     path = lock_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if not _try_lock(fd):
-            pid = _holder_pid(fd)
-            if on_wait is not None:
-                on_wait(pid)
-            if not wait:
-                raise _locked(out_dir, pid)
-            if timeout is None:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            else:
-                deadline = time.monotonic() + timeout
-                while not _try_lock(fd):
-                    if time.monotonic() >= deadline:
-                        raise _locked(out_dir, _holder_pid(fd))
-                    time.sleep(_POLL_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield path
+            if not _try_lock(fd):
+                pid = _holder_pid(fd)
+                if on_wait is not None and not told:
+                    on_wait(pid)
+                    told = True
+                if not wait:
+                    raise _locked(out_dir, pid)
+                _wait_lock(fd, deadline, out_dir)
+            if not _same_file(fd, path):  # the holder deleted it as it finished: lock the new one
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)  # while still held: no one can be waiting on a newer file
+                os.ftruncate(fd, 0)  # no stale pid for a waiter on this inode to report
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            return
         finally:
-            os.ftruncate(fd, 0)  # no stale pid for the next waiter to report
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+            os.close(fd)
+
+
+def _wait_lock(fd: int, deadline: float | None, out_dir: str | Path) -> None:
+    """Block until ``fd`` is locked, or raise LockedError at ``deadline``."""
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while not _try_lock(fd):
+        if time.monotonic() >= deadline:
+            raise _locked(out_dir, _holder_pid(fd))
+        time.sleep(_POLL_S)

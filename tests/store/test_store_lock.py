@@ -27,12 +27,42 @@ def hold(out, seconds):
     return p
 
 
-def test_lock_file_is_a_sibling(tmp_path):
+def test_lock_file_is_a_sibling_removed_on_release(tmp_path):
     out = tmp_path / "deep" / "out" / "math"
     with output_lock(out) as path:
         assert path == lock_path(out) == tmp_path / "deep" / "out" / ".math.mergebuild.lock"
         assert path.read_text().strip() == str(os.getpid())
     assert not out.exists()  # only the parent is created
+    assert list(out.parent.iterdir()) == []  # no litter beside the output
+
+
+def test_waiter_on_a_deleted_lock_file_locks_the_new_one(tmp_path):
+    """The holder deletes the file it locked: a waiter that was blocked on that inode must
+    not count it as held while a newcomer holds the file now at the path."""
+    out = tmp_path / "out"
+    p = hold(out, 0.5)
+    inside, overlaps, errors = [], [], []
+
+    def waiter():
+        try:
+            with output_lock(out) as path:
+                inside.append(path.read_text().strip())
+                if len(inside) > 1:
+                    overlaps.append(list(inside))
+                time.sleep(0.2)
+                inside.pop()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=waiter) for _ in range(4)]
+    for t in threads[:2]:  # blocked on the holder's file
+        t.start()
+    p.wait()
+    for t in threads[2:]:  # newcomers: they find the path gone and create a new file
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps and not errors and not lock_path(out).exists()
 
 
 def test_second_process_waits_and_sees_holder_pid(tmp_path):
@@ -77,14 +107,17 @@ def test_killed_holder_releases(tmp_path):
     p = hold(tmp_path / "out", 60)
     p.send_signal(signal.SIGKILL)
     p.wait()
+    assert lock_path(tmp_path / "out").exists()  # a killed holder cannot clean up...
     with output_lock(tmp_path / "out", wait=False) as path:
         assert path.read_text().strip() == str(os.getpid())
+    assert not path.exists()  # ...the next build removes its file
 
 
 def test_released_on_exception_and_reusable(tmp_path):
     with pytest.raises(RuntimeError):
         with output_lock(tmp_path / "out"):
             raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
     with output_lock(tmp_path / "out", wait=False):
         pass
 
