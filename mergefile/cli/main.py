@@ -44,6 +44,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "evolve": ("mergefile.cli.evolve_cmd", "evolutionary merge search (CMA-ES, lm-eval, Ray) from a mergekit-evolve YAML"),
     "extract-lora": ("mergefile.cli.extract_lora_cmd", "extract a PEFT LoRA adapter from a fine-tune (like mergekit-extract-lora)"),
     "server": ("mergefile.cli.server_cmd", "start|stop|status: a resident build server that keeps torch imported"),
+    "ui": ("mergefile.cli.ui_cmd", "a local web page to see, edit and build the recipe (needs the ui extra)"),
 }
 
 
@@ -134,21 +135,67 @@ def load_recipe(args) -> "object":
     return parse_mergefile(path, lenient=getattr(args, "lenient", False))
 
 
-def run_verb(name: str, argv: list[str]) -> int:
+def run_verb(name: str, argv: list[str], given: dict[str, tuple[str, object]] | None = None) -> int:
+    """Run verb ``name``; ``given``: global options written before it (dest -> (flag, value))."""
     import importlib
 
     module_name, help = VERBS[name]
     module = importlib.import_module(module_name)
     p = argparse.ArgumentParser(prog=f"mergebuild {name}", description=help)
     module.add_arguments(p)
+    if given:
+        _apply_global_options(p, name, given)
     return module.run(p.parse_args(argv))
+
+
+def _leading_options(argv: list[str]) -> int:
+    """How many tokens at the front of ``argv`` are build options (with their values)."""
+    takes_value = {s: a.nargs != 0 for a in make_parser()._actions for s in a.option_strings}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        flag = argv[i].split("=", 1)[0]
+        if flag not in takes_value:
+            break
+        i += 2 if takes_value[flag] and "=" not in argv[i] else 1
+    return i
+
+
+def split_global_options(argv: list[str]) -> tuple[str, list[str], dict[str, tuple[str, object]]] | None:
+    """``mergebuild -f F -C D VERB ...`` as git reads it: (verb, its arguments, the options
+    before it as dest -> (flag, value)); None when no verb follows the leading options."""
+    n = _leading_options(argv)
+    if n == 0 or n >= len(argv) or argv[n] not in VERBS:
+        return None
+    parser = make_parser()
+    given = vars(parser.parse_args(argv[:n]))
+    defaults = vars(parser.parse_args([]))
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+    return argv[n], argv[n + 1:], {k: (flags[k], v) for k, v in given.items() if v != defaults[k]}
+
+
+def _apply_global_options(p: argparse.ArgumentParser, verb: str, given: dict[str, tuple[str, object]]) -> None:
+    """Options before a verb become its defaults (the verb's own flags still win); ``-C`` is
+    honoured by every verb, ``--quiet`` is dropped where a verb has no progress to hide."""
+    parsers = [p] + [sp for a in p._actions if isinstance(a, argparse._SubParsersAction) for sp in a.choices.values()]
+    dests = {a.dest for q in parsers for a in q._actions}
+    for dest, (flag, value) in given.items():
+        if dest in dests:
+            for q in parsers:
+                q.set_defaults(**{dest: value})
+        elif dest == "directory":
+            enter_directory(argparse.Namespace(directory=value))
+        elif dest != "quiet":
+            raise UserError(f"option '{flag}' does not apply to 'mergebuild {verb}'; "
+                            f"see mergebuild {verb} --help for its options")
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((a for a in argv if not a.startswith("-")), None)
-    if first in VERBS and argv[0] == first:
-        return run_verb(first, argv[1:])
+    if argv and argv[0] in VERBS:
+        return run_verb(argv[0], argv[1:])
+    verb = split_global_options(argv)
+    if verb is not None:
+        return run_verb(*verb)
     args = make_parser().parse_args(argv)
     try:
         args.start_cwd = os.getcwd()  # for the command's alias (cli/noop.py)
