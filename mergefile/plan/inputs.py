@@ -142,6 +142,8 @@ class ModelResolver:
         self._dirs: dict[str, InputModel] = {}
         self.folders: list[str] = []  # every folder opened (models, adapters): a no-op stamp watches them
         self.unpinned_hub = False  # a hub reference that may move (a branch, not offline, not locked)
+        self.notes: list[str] = []  # paths found by the YAML-folder fallback (syntax/model_paths.py)
+        self.pending_notes: list[str] = []
 
     def resolve(self, ref: Ref, loc: Loc | None = None, label: str | None = None) -> InputModel:
         arch = getattr(ref, "architecture", None)
@@ -167,12 +169,14 @@ class ModelResolver:
         if isinstance(ref, AutoRef):
             name, rev = parse_model_string(ref.text, ref.loc or loc)
             local = Path(ref.base_dir) / name
-            if local.is_dir() and rev is None:
-                return self._open_dir(local, label or ref.text, ref.loc or loc)
+            found = self._local(ref, name) if rev is None else None
+            if found is not None:
+                return self._open_dir(found, label or ref.text, ref.loc or loc)
             if name in self.target_names:
                 return self._resolve_name(Sym(name, ref.loc), loc)
             if not _HUB_ID.match(name):
-                raise ConfigError(f"model '{ref.text}' is neither a local folder ({local}) nor a hub id", ref.loc or loc)
+                raise ConfigError(f"model '{ref.text}' is neither a local folder ({local}) nor a hub id", ref.loc or loc,
+                                  _where_hint(ref))
             return self.resolve(HfRef(name, rev, ref.loc), loc, label or ref.text)
         raise ConfigError(f"not a model reference: {ref!r}", loc)
 
@@ -209,7 +213,7 @@ class ModelResolver:
             self._note_hub(lora.revision, str(folder))
         elif isinstance(lora, AutoRef):
             name, rev = parse_model_string(lora.text, here)
-            folder = Path(lora.base_dir) / name
+            folder = (self._local(lora, name) if rev is None else None) or Path(lora.base_dir) / name
             if not folder.is_dir() or rev is not None:
                 if not _HUB_ID.match(name):
                     raise ConfigError(f"LoRA '{lora.text}' is neither a local folder ({folder}) nor a hub id", here)
@@ -224,6 +228,23 @@ class ModelResolver:
         if key not in self._dirs:
             self._dirs[key] = apply_lora(base, str(folder), label or f"{base.label}+{folder.name}", here)
         return self._dirs[key]
+
+    def _local(self, ref: AutoRef, name: str) -> Path | None:
+        """A mergekit path's folder (syntax/model_paths.py); a fallback's note is kept once."""
+        from mergefile.syntax.model_paths import local_folder
+
+        found = local_folder(ref, name)
+        if found is None:
+            return None
+        if found.note and found.note not in self.notes:
+            self.notes.append(found.note)
+            self.pending_notes.append(found.note)
+        return found.path
+
+    def take_notes(self) -> list[str]:
+        """Notes not yet handed to a plan (each appears in the first plan that met it)."""
+        out, self.pending_notes = self.pending_notes, []
+        return out
 
     def _note_hub(self, revision: str | None, snapshot: str) -> None:
         """A hub download: its ``refs/`` folder says where a branch points, so watch it too."""
@@ -264,3 +285,14 @@ class ModelResolver:
         model = InputModel(label=label, path=md.path, config=md.config, tensors=md.tensors)
         self._dirs[real] = model
         return model
+
+
+def _where_hint(ref: AutoRef) -> str | None:
+    """Where a mergekit path was looked for, when it came from a YAML file elsewhere."""
+    from mergefile.syntax.model_paths import yaml_folder
+
+    other = yaml_folder(ref)
+    if other is None or os.path.realpath(other) == os.path.realpath(ref.base_dir):
+        return None
+    return (f"mergekit paths are read from the working directory ({ref.base_dir}), as mergekit reads them;"
+            f" the YAML's folder ({other}) was tried too")

@@ -92,6 +92,7 @@ class Planner:
             rule = self.rules[name]
             assert isinstance(rule, Target)
             self.plans[name] = self._plan(rule)
+            self.plans[name].warnings.extend(self.resolver.take_notes())
         return self.plans[name]
 
     # -- settings and names -------------------------------------------------------------

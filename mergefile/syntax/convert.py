@@ -3,7 +3,8 @@
 mergekit names models by path or hub id wherever it uses them; a Mergefile declares each model
 once (``model math = "models/math"``) and uses the name. This module decides, for each
 mergekit reference, what it means *now* -- exactly as the build decides: a local folder if one
-exists (relative to the YAML's folder) and no ``@revision`` is given, else a hub id -- and gives
+exists (relative to the working directory, else the YAML's folder: ``model_paths.py``) and no
+``@revision`` is given, else a hub id -- and gives
 it a readable name from its last path component, de-duplicated.
 
 Relative paths are rewritten to stay correct from the folder the Mergefile will live in
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from mergefile.errors import ConfigError
+from mergefile.syntax.model_paths import local_folder
 from mergefile.syntax.ast import (
     AutoRef, HfRef, Mergefile, ModelDecl, Param, PathRef, Ref, Slice, Source, Statement,
     Sym, Target, Value,
@@ -41,8 +43,11 @@ def concrete_ref(ref: AutoRef, out_dir: str) -> PathRef | HfRef:
     """What a mergekit model string means on this machine: a local folder or a hub model."""
     name, _, rev = ref.text.partition("@")
     lora = concrete_ref(ref.lora, out_dir) if ref.lora is not None else None
-    local = os.path.join(ref.base_dir, name)
-    if not rev and (os.path.isdir(local) or not HUB_ID.match(name)):
+    found = local_folder(ref, name) if not rev else None
+    if found is not None:
+        path = name if os.path.isabs(name) else os.path.relpath(found.path, ref.base_dir)
+        return PathRef(relative_path(path, ref.base_dir, out_dir), ref.loc, lora, ref.architecture)
+    if not rev and not HUB_ID.match(name):
         return PathRef(relative_path(name, ref.base_dir, out_dir), ref.loc, lora, ref.architecture)
     if not HUB_ID.match(name):
         raise ConfigError(f"model '{ref.text}' is neither a local folder nor a hub id", ref.loc)

@@ -460,4 +460,5 @@ def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_op
     if not os.path.isfile(target):
         raise ConfigError(f"cannot read include file '{target}': No such file", st.loc)
     # A multi-document file brings its stages too (targets next to ``as``'s folder).
-    return [replace(t, loc=st.loc) for t in load_yaml_targets(target, st.as_target, **yaml_options)]
+    work_dir = os.path.dirname(os.path.abspath(path))  # the YAML's "./x" is the Mergefile's (syntax/model_paths.py)
+    return [replace(t, loc=st.loc) for t in load_yaml_targets(target, st.as_target, work_dir=work_dir, **yaml_options)]

@@ -1,8 +1,10 @@
 """mergekit YAML configs -> Targets of the recipe AST (the whole schema, multi-document files).
 
-Strict where mergekit is lax: mergekit silently ignores unknown keys (a typo like ``weigths:``
-merges with defaults), so here every unknown key or parameter name is a located error with a
-"did you mean" (``lenient=True`` turns them into warnings and drops them, as mergekit does).
+A config that mergekit builds builds here: keys and parameters mergekit ignores warn once and
+are dropped, values are coerced as mergekit's schema coerces them; only a likely typo of a key
+or parameter that is used (``weigths:``, which mergekit would silently merge with defaults)
+stops, with a "did you mean" (``lenient=True`` makes those warnings too). See
+``syntax/yaml_leniency.py``.
 Nodes are read with ``yaml.compose`` so every error carries the YAML line and column.
 
 A file of several YAML documents is a ``mergekit-multi`` chain: every document but the last has
@@ -22,7 +24,8 @@ from yaml.nodes import MappingNode, Node
 
 from mergefile.errors import ConfigError, Loc, MergefileSyntaxError, unknown
 from mergefile.syntax.ast import Module, Param, Sym, Target, Value
-from mergefile.syntax.yaml_reader import Pair, Warn, YamlReader
+from mergefile.syntax.yaml_leniency import WarnOnce
+from mergefile.syntax.yaml_reader import Pair, Warn, YamlReader, warn_stderr
 
 TOP_KEYS = (
     "merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype",
@@ -159,6 +162,9 @@ def _modules(r: YamlReader, node: Node) -> tuple[Module, ...]:
 
 
 def _document(r: YamlReader, root: Node, target_name: str, origin: str) -> Target:
+    for knode, vnode in root.value if isinstance(root, MappingNode) else ():
+        if getattr(knode, "value", None) == "merge_method":  # first: ignored top keys name their place
+            r.use_method(r.string(vnode, "merge_method"), r.loc(vnode))
     keys = r.mapping(root, TOP_KEYS, "the config")
     if "merge_method" not in keys:
         raise ConfigError("the YAML config has no 'merge_method'", r.loc(root))
@@ -208,15 +214,18 @@ def _documents(text: str, path: str, loader: yaml.SafeLoader) -> list[Node]:
 
 def yaml_text_to_targets(
     text: str, path: str, target_name: str, *, prefix: str | None = None,
-    lenient: bool = False, warn: Warn | None = None,
+    lenient: bool = False, warn: Warn | None = None, work_dir: str | None = None,
 ) -> tuple[Target, ...]:  # fmt: skip
     """Convert mergekit YAML text (one or several documents) to Targets, the requested one last.
 
     Args:
-        text: the YAML; ``path`` names it in locations and is the base of relative model paths.
+        text: the YAML; ``path`` names it in locations (and is the fallback folder of relative
+            model paths, see ``syntax/model_paths.py``).
         target_name: the target the last document becomes (e.g. ``out/x``).
         prefix: stage targets are ``prefix + name`` (default: ``target_name``'s folder + ``/``).
         lenient: unknown keys and parameter names warn (through ``warn``) instead of failing.
+        work_dir: the folder relative model paths are read from, as mergekit reads them from its
+            working directory (default: the current directory; a Mergefile's folder for includes).
 
     Raises:
         MergefileSyntaxError: the YAML does not parse.
@@ -228,8 +237,10 @@ def yaml_text_to_targets(
         docs = _documents(text, path, loader)
         stages: dict[str, str] = {}
         out: list[Target] = []
+        ignored = WarnOnce(warn or warn_stderr)
         for i, root in enumerate(docs):
-            r = YamlReader(path, loader, lenient=lenient, warn=warn, stages=dict(stages))
+            r = YamlReader(path, loader, lenient=lenient, warn=warn, stages=dict(stages), work_dir=work_dir,
+                           ignored=ignored)  # fmt: skip
             name, nloc = _stage_name(r, root)
             last = i == len(docs) - 1
             if not last:
@@ -281,7 +292,7 @@ def read_yaml_text(path: str | os.PathLike[str]) -> str:
 
 
 def load_yaml_targets(path: str | os.PathLike[str], target_name: str, **options: object) -> tuple[Target, ...]:
-    """Read a mergekit YAML file (model paths relative to its folder) as Targets, final last.
+    """Read a mergekit YAML file as Targets, final last (model paths: see ``yaml_text_to_targets``).
 
     Example:
         >>> [t.name for t in load_yaml_targets("multi.yml", "out/final")]  # doctest: +SKIP

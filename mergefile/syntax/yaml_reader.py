@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from mergefile.errors import ConfigError, Loc, did_you_mean
+from mergefile.errors import ConfigError, Loc
 from mergefile.syntax.ast import AutoRef, Param, Slice, Source, Sym, Value
+from mergefile.syntax.yaml_leniency import WarnOnce, belongs, coerce, likely_typo
 
 if TYPE_CHECKING:
     from mergefile.methods.base import Method, ParamSpec
@@ -67,10 +68,13 @@ class YamlReader:
     """
 
     def __init__(self, path: str, loader: yaml.SafeLoader, *, lenient: bool = False,
-                 warn: Warn | None = None, stages: dict[str, str] | None = None):  # fmt: skip
+                 warn: Warn | None = None, stages: dict[str, str] | None = None,
+                 work_dir: str | None = None, ignored: WarnOnce | None = None):  # fmt: skip
         self.path, self.loader = path, loader
-        self.base_dir = os.path.dirname(path) or "."
+        # mergekit reads relative model paths from the working directory (syntax/model_paths.py)
+        self.base_dir = os.path.abspath(work_dir or os.getcwd())
         self.lenient, self.warn = lenient, warn or warn_stderr
+        self.ignored = ignored or WarnOnce(self.warn)  # shared by a file's documents
         self.stages = stages or {}
         self.method: Method | None = None
 
@@ -116,10 +120,17 @@ class YamlReader:
             raise ConfigError(f"{what} must be true or false, got {value!r}", self.loc(node))
         return value
 
+    def flat(self, node: MappingNode) -> MappingNode:
+        """``node`` with YAML merge keys (``<<: *defaults``) applied, as PyYAML's loader does."""
+        self.loader.flatten_mapping(node)
+        return node
+
     def mapping(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, Pair]:
-        """Key -> (key node, value node). Unknown keys: errors, or warnings under --lenient."""
+        """Key -> (key node, value node). Unknown keys warn and are dropped (mergekit ignores
+        them); a likely typo of an allowed key stops (syntax/yaml_leniency.py)."""
         if not isinstance(node, MappingNode):
             raise ConfigError(f"{what} must be a mapping of keys to values", self.loc(node))
+        self.flat(node)
         out: dict[str, Pair] = {}
         for knode, vnode in node.value:
             key = self.scalar(knode, "a key")
@@ -132,17 +143,26 @@ class YamlReader:
         return out
 
     def unknown_key(self, knode: Node, key: str, allowed: tuple[str, ...], what: str) -> None:
-        """Raise (strict) or warn and skip (lenient, as mergekit silently does)."""
-        hint = did_you_mean(key, allowed) or "known: " + ", ".join(allowed)
-        err = ConfigError(f"unknown key '{key}' in {what}", self.loc(knode), hint)
-        if not self.lenient:
-            raise err
-        self.warn(f"{err.render()}; ignored (--lenient)")
+        """A likely typo of an allowed key: an error (a warning under --lenient); any other
+        key: a warning, once, saying where it belongs; either way it is dropped, as in mergekit."""
+        typo = likely_typo(key, allowed)
+        if typo is not None:
+            err = ConfigError(f"unknown key '{key}' in {what}", self.loc(knode), f"did you mean '{typo}'?")
+            if not self.lenient:
+                raise err
+            self.warn(f"{err.render()}; ignored (--lenient)")
+            return
+        params = [q.name for q in self.method.params] if self.method is not None else []
+        where = "top" if what == "the config" else what
+        hint = belongs(key, where, self.method.name if self.method else None, allowed if where != "top" else (), params)
+        self.ignored((what, key), f"{self.loc(knode)}: unknown key '{key}' in {what}, ignored"
+                                  f" as mergekit ignores it" + (f" ({hint})" if hint else ""))
 
     def mapping_items(self, node: Node, what: str) -> list[Pair]:
         """A mapping whose keys are the user's (token strings, module names), each key once."""
         if not isinstance(node, MappingNode):
             raise ConfigError(f"{what} must be a mapping", self.loc(node))
+        self.flat(node)
         seen: set[object] = set()
         for knode, _ in node.value:
             key = self.scalar(knode, "a key")
@@ -219,6 +239,7 @@ class YamlReader:
             return ()  # "parameters:" left empty: mergekit reads it as none
         if not isinstance(node, MappingNode):
             raise ConfigError(f"parameters of {what} must be a mapping", self.loc(node))
+        self.flat(node)
         out: list[Param] = []
         for knode, vnode in node.value:
             name = self.string(knode, "a parameter name")
@@ -228,25 +249,34 @@ class YamlReader:
             if (p.name, p.filter) in seen:
                 raise ConfigError(f"duplicate parameter '{p.name}' in {what}", p.loc)
             seen.add((p.name, p.filter))
-        return tuple(p for p in out if self.known_param(p))
+        return tuple(q for q in (self.known_param(p) for p in out) if q is not None)
 
-    def known_param(self, p: Param) -> bool:
-        """A parameter of the method, of the right type; unknown names obey --lenient."""
+    def known_param(self, p: Param) -> Param | None:
+        """The parameter with its value coerced as mergekit coerces it, or None when the method
+        does not use it (a warning; a likely typo of one it uses stops, see ``unknown_key``)."""
         if self.method is None:
-            return True
+            return p
         spec = self.method.param(p.name)
         if spec is None:
             names = [q.name for q in self.method.params]
-            hint = did_you_mean(p.name, names) or "known: " + (", ".join(names) or "none")
-            err = ConfigError(f"unknown parameter '{p.name}' for {self.method.name}", p.loc, hint)
-            if not self.lenient:
-                raise err
-            self.warn(f"{err.render()}; ignored (--lenient)")
-            return False
+            typo = likely_typo(p.name, names)
+            if typo is not None:
+                err = ConfigError(f"unknown parameter '{p.name}' for {self.method.name}", p.loc,
+                                  f"did you mean '{typo}'?")  # fmt: skip
+                if not self.lenient:
+                    raise err
+                self.warn(f"{err.render()}; ignored (--lenient)")
+                return None
+            hint = belongs(p.name, "parameters", self.method.name)
+            known = ", ".join(names) or "none"
+            self.ignored(("parameters", p.name), f"{p.loc or self.path}: parameter '{p.name}'"
+                                                 f" ignored as mergekit ignores it ({hint}; it uses: {known})")
+            return None
         problem = type_problem(spec, p.value)
         if problem:
             raise ConfigError(f"parameter '{p.name}' of {self.method.name} {problem}", p.loc)
-        return True
+        value, _ = coerce(spec.type, p.value) if spec.type in (float, int, bool) else (p.value, None)
+        return p if value == p.value and type(value) is type(p.value) else Param(p.name, value, p.filter, p.loc)
 
     def param_entries(self, name: str, knode: Node, vnode: Node) -> list[Param]:
         if isinstance(vnode, MappingNode):
@@ -283,7 +313,7 @@ class YamlReader:
         if "value" not in keys:
             raise ConfigError(f"conditional for '{name}' has no 'value'", self.loc(node))
         filt = None
-        if "filter" in keys:
+        if "filter" in keys and self.scalar(keys["filter"][1], "filter") is not None:  # null: every tensor
             filt = self.string(keys["filter"][1], "filter")
             filt = None if filt == "*" else filt
         return Param(name, self.value(keys["value"][1], name), filt, self.loc(node))
@@ -373,19 +403,16 @@ class YamlReader:
 
 
 def type_problem(spec: ParamSpec, value: Value) -> str | None:
-    """What is wrong with ``value`` for ``spec`` ("must be a number, got 'x'"), or None."""
+    """What is wrong with ``value`` for ``spec`` ("must be a number, got 'x'"), or None.
+
+    What mergekit's pydantic schema coerces is accepted (``"1e-10"`` for a number, ``1.0`` for
+    a boolean); ``syntax/yaml_leniency.coerce`` does the conversion.
+    """
     want = {float: "a number", int: "an integer", bool: "true or false"}.get(spec.type)
     if want is None:
         return None
-    for v in value if isinstance(value, tuple) else (value,):
-        if spec.type is bool:
-            ok = isinstance(v, bool)
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-            ok = ok and (spec.type is float or float(v).is_integer())
-        if not ok:
-            return f"must be {want}, got {v!r}"
-    return None
+    _, refused = coerce(spec.type, value)
+    return f"must be {want}, got {refused[0]!r}" if refused else None
 
 
 def _join(path: str, rev: str | None) -> str:

@@ -42,7 +42,7 @@ def moe_yaml_to_target(path: str | os.PathLike[str], target_name: str) -> Target
     if not is_moe_config(data):
         return None
     loc = Loc(str(path), 1, 1)
-    base_dir = os.path.dirname(os.path.abspath(path))
+    base_dir = os.getcwd()  # mergekit-moe reads model paths from the working directory (syntax/model_paths.py)
     if "base_model" not in data:
         raise ConfigError("mergekit-moe config needs base_model", loc)
     params = [Param("base", _ref(data["base_model"], base_dir, loc), None, loc)]

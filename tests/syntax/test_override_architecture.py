@@ -35,7 +35,8 @@ def test_mergefile_declaration_option():
     assert parse_text(render_mergefile(mf), "F").statements == mf.statements
 
 
-def test_import_and_export_round_trip(tmp_path):
+def test_import_and_export_round_trip(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # mergekit paths are read from the working directory
     (tmp_path / "a").mkdir()
     t = yaml_text_to_target(YAML, str(tmp_path / "m.yml"), "out/x")
     mf = yaml_to_mergefile((t,), str(tmp_path / "Mergefile"))

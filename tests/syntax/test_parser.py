@@ -327,7 +327,7 @@ def test_include_yaml_as_target(tmp_path: Path) -> None:
     mf = parse_mergefile(tmp_path / "Mergefile")
     t = mf.targets()["out/x"]
     assert t == Target(
-        "out/x", "linear", sources=(Source(AutoRef("./a", str(tmp_path / "cfg")), None, (P("weight", 1),)),)
+        "out/x", "linear", sources=(Source(AutoRef("./a", str(tmp_path)), None, (P("weight", 1),)),)  # the Mergefile's folder
     )
     assert t.origin == yml
     assert t.loc == Loc(str(tmp_path / "Mergefile"), 1, 1)

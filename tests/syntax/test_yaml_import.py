@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,7 @@ OK = "merge_method: slerp\nmodels:\n  - model: a\n"
 
 
 def A(text: str) -> AutoRef:
-    return AutoRef(text, "cfg")
+    return AutoRef(text, os.getcwd())  # mergekit reads model paths from the working directory
 
 
 def P(name: str, value, filter: str | None = None) -> Param:  # noqa: A002 - mirrors the field
@@ -191,16 +193,16 @@ def test_tokenizer_source_and_chat_template() -> None:
     )
 
 
-def test_load_from_file_uses_its_folder(tmp_path: Path) -> None:
+def test_load_from_file_reads_paths_from_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "ties.yml").write_text(TIES)
     t = load_yaml_target(tmp_path / "ties.yml", "out/ties")
-    assert t.sources[0].ref.base_dir == str(tmp_path)
+    assert t.sources[0].ref.base_dir == os.getcwd() != str(tmp_path)
     assert t.name == "out/ties"
 
 
-def test_bare_file_name_has_dot_base_dir() -> None:
-    t = yaml_text_to_target("merge_method: linear\nmodels:\n  - model: a\n", "m.yml", "x")
-    assert t.sources[0].ref == AutoRef("a", ".")
+def test_work_dir_option_sets_base_dir() -> None:
+    t = yaml_text_to_target("merge_method: linear\nmodels:\n  - model: a\n", "m.yml", "x", work_dir="/p")
+    assert t.sources[0].ref == AutoRef("a", "/p")
 
 
 YAML_ERRORS = [

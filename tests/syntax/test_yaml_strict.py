@@ -1,8 +1,8 @@
-"""Strict mergekit YAML through the CLI: every bad config is a located error and exit code 2.
+"""mergekit YAML through the CLI: every bad config is a located error and exit code 2.
 
-mergekit silently ignores unknown keys and accepts many wrong values; mergebuild refuses them
-with ``file:line:col``, what is wrong and a "did you mean". ``--lenient`` turns unknown keys and
-parameter names into warnings (and drops them, as mergekit does).
+What mergekit ignores (unknown keys, parameters a method does not use) warns once and is
+dropped; what mergekit's schema coerces is coerced; a likely typo of a key or parameter that is
+used stops with ``file:line:col`` and a "did you mean" (``--lenient`` makes it a warning too).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ ERRORS = [
     ("slice source key", SRC + "[0, 1]\n        parameter: {scale: 1}\n", 6, 9, "did you mean 'parameters'?"),
     ("conditional key", LIN + "parameters:\n  normalize:\n    - filtr: mlp\n      value: true\n", 7, 7,
      "unknown key 'filtr' in a conditional value of 'normalize' (did you mean 'filter'?)"),
-    ("tokenizer key", LIN + "tokenizer:\n  pad_to_multiple: 8\n", 6, 3,
-     "unknown key 'pad_to_multiple' in the tokenizer block (did you mean 'pad_to_multiple_of'?)"),
+    ("tokenizer key", LIN + "tokenizer:\n  pad_to_multipel_of: 8\n", 6, 3,
+     "unknown key 'pad_to_multipel_of' in the tokenizer block (did you mean 'pad_to_multiple_of'?)"),
     ("token key", TOK + "      forced: true\n", 8, 7, "unknown key 'forced' in token '<x>' (did you mean 'force'?)"),
     ("token source key", TOK + "      source: {kind: model_token, modle: m1, token: a}\n", 8, 35,
      "unknown key 'modle' in a token source (did you mean 'model'?)"),
@@ -45,11 +45,11 @@ ERRORS = [
     # wrong types
     ("string for a number", LIN.replace("{weight: 1}", "{weight: abc}"), 4, 18,
      "parameter 'weight' of linear must be a number, got 'abc'"),
-    ("quoted number", LIN.replace("{weight: 1}", "{weight: '0.5'}"), 4, 18, "must be a number, got '0.5'"),
+    ("word for a number", LIN.replace("{weight: 1}", "{weight: 'half'}"), 4, 18, "must be a number, got 'half'"),
     ("strings as a gradient", LIN.replace("{weight: 1}", "{weight: [0.1, high]}"), 4, 32,
      "gradient 'weight' must be a list of numbers, got 'high'"),
     ("nested gradient", LIN.replace("{weight: 1}", "{weight: [[0, 1]]}"), 4, 27, "an element of 'weight' must be a single value"),
-    ("number for a boolean", LIN + "parameters: {normalize: 1}\n", 5, 14, "parameter 'normalize' of linear must be true or false, got 1"),
+    ("number for a boolean", LIN + "parameters: {normalize: 2}\n", 5, 14, "parameter 'normalize' of linear must be true or false, got 2"),
     ("float for an integer", "merge_method: karcher\nmodels: [{model: m1}, {model: m2}]\nparameters: {max_iter: 2.5}\n", 3, 14,
      "parameter 'max_iter' of karcher must be an integer, got 2.5"),
     ("dtype not a string", LIN + "dtype: 16\n", 5, 8, "dtype must be a non-empty string, got 16"),
@@ -121,25 +121,61 @@ def test_errors_found_while_planning_are_located_too(tiny_models, tmp_path: Path
     assert "m.yml:3:5: all sources of a slice must span the same number of layers" in capsys.readouterr().err
 
 
-def test_lenient_turns_unknown_keys_into_warnings(tiny_models, tmp_path: Path, capsys):
+def test_ignored_keys_warn_typos_stop_and_lenient_lets_typos_through(tiny_models, tmp_path: Path, capsys):
     (tmp_path / "models").symlink_to(Path(tiny_models["a"]).parent, target_is_directory=True)
     text = ("merge_method: linear\nmodels:\n  - model: models/a\n    parameters: {weight: 1, weigth: 2}\n"
             "    paramters: {weight: 3}\n  - model: models/b\n    parameters: {weight: 1}\nfoo: 1\n")  # fmt: skip
     (tmp_path / "m.yml").write_text(text)
     assert cli(tmp_path, "-n", "--config", "m.yml", "out/x") == 2
-    assert "error: m.yml:8:1: unknown key 'foo' in the config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: m.yml:5:5: unknown key 'paramters' in a models entry (did you mean 'parameters'?)" in err
     assert cli(tmp_path, "-n", "--lenient", "--config", "m.yml", "out/x", cache=tmp_path / "cache") == 0
     err = capsys.readouterr().err
-    assert "warning: m.yml:8:1: unknown key 'foo' in the config" in err
+    assert "warning: m.yml:8:1: unknown key 'foo' in the config, ignored as mergekit ignores it" in err
     assert "warning: m.yml:5:5: unknown key 'paramters' in a models entry (did you mean 'parameters'?)" in err
     assert "warning: m.yml:4:29: unknown parameter 'weigth' for linear (did you mean 'weight'?); ignored" in err
 
 
+IGNORED = [  # (YAML, the warning) -- keys mergekit ignores, seen in public configs
+    (SRC.replace("m1", "models/a") + "[0, 2]\n        revision: main\n",
+     "unknown key 'revision' in a slice source, ignored as mergekit ignores it (to pin a revision, write it in"
+     " the model string: model: org/name@REVISION)"),
+    (LIN.replace("m1", "models/a") + "parameters: {dtype: bfloat16}\n",
+     "parameter 'dtype' ignored as mergekit ignores it ('dtype' is a top-level key of the config"),
+    ("merge_method: model_stock\nbase_model: models/base\nmodels:\n  - model: models/a\n    parameters: {weight: 1}\n"
+     "  - model: models/b\n", "parameter 'weight' ignored as mergekit ignores it (model_stock does not use it"),
+    ("merge_method: sce\nbase_model: models/base\nmodels: [{model: models/a}, {model: models/b}]\n"
+     "select_topk: 0.5\nparameters: {normalize: true}\n",
+     "unknown key 'select_topk' in the config, ignored as mergekit ignores it (it is a parameter of sce: put it"
+     " under 'parameters:')"),
+    ("merge_method: multislerp\nmodels: [{model: models/a}, {model: models/b}]\nparameters: {normalize: true, weight: 1}\n",
+     "parameter 'normalize' ignored as mergekit ignores it (multislerp does not use it"),
+]
+
+
+@pytest.mark.parametrize(("text", "warning"), IGNORED)
+def test_keys_mergekit_ignores_warn_once_and_build(tiny_models, tmp_path: Path, capsys, text, warning):
+    (tmp_path / "models").symlink_to(Path(tiny_models["a"]).parent, target_is_directory=True)
+    (tmp_path / "m.yml").write_text(text)
+    assert cli(tmp_path, "-n", "--config", "m.yml", "out/x", cache=tmp_path / "cache") == 0
+    err = capsys.readouterr().err
+    assert err.count(warning) == 1, err
+
+
+def test_an_ignored_key_warns_once_per_file(tmp_path: Path):
+    from mergefile.syntax import yaml_text_to_targets
+
+    seen: list[str] = []
+    doc = "merge_method: linear\nmodels:\n  - model: a\n    int_space: 1\n  - model: b\n    int_space: 2\n"
+    yaml_text_to_targets("name: s\n" + doc + "---\n" + doc, "m.yml", "out/x", warn=seen.append)
+    assert len(seen) == 1 and "m.yml:5:5: unknown key 'int_space' in a models entry" in seen[0]
+
+
 def test_lenient_reaches_included_yaml(tiny_models, tmp_path: Path, capsys):
     (tmp_path / "models").symlink_to(Path(tiny_models["a"]).parent, target_is_directory=True)
-    (tmp_path / "m.yml").write_text(LIN.replace("m1", "models/a") + "typo: 1\n")
+    (tmp_path / "m.yml").write_text(LIN.replace("m1", "models/a") + "parameterz: 1\n")
     (tmp_path / "Mergefile").write_text('include "m.yml" as out/x\n')
     assert cli(tmp_path, "-n") == 2
-    assert "m.yml:5:1: unknown key 'typo'" in capsys.readouterr().err
+    assert "m.yml:5:1: unknown key 'parameterz'" in capsys.readouterr().err
     assert cli(tmp_path, "-n", "--lenient", cache=tmp_path / "cache") == 0
     assert "warning: " in capsys.readouterr().err

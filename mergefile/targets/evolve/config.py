@@ -22,6 +22,7 @@ a Target over them, planned by the ordinary planner.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +165,10 @@ def _ref_text(ref: Any) -> str:
     if isinstance(ref, HfRef):
         return f"hf:{ref.repo}@{ref.revision or ''}"
     if isinstance(ref, AutoRef):
-        local = Path(ref.base_dir) / ref.text
-        return str(local.resolve()) if local.is_dir() else ref.text
+        from mergefile.syntax.model_paths import local_folder
+
+        local = local_folder(ref) if "@" not in ref.text else None
+        return str(local.path.resolve()) if local is not None else ref.text
     return repr(ref)
 
 
@@ -298,7 +301,7 @@ def load_genome_yaml(path: str | Path) -> EvolveConfig:
     for key in ("genome", "tasks"):
         if key not in data:
             raise ConfigError(f"the evolve configuration needs '{key}:'", loc)
-    base_dir = str(path.resolve().parent)
+    base_dir = os.getcwd()  # mergekit-evolve reads model paths from the working directory (syntax/model_paths.py)
     genome = _genome_from_yaml(_check_keys(data["genome"], GENOME_KEYS, "genome", loc), base_dir, loc)
     tasks = _tasks_from_yaml(data["tasks"], loc)
     decls = tuple(ModelDecl(name, ref, ref.loc) for name, ref in _decl_pairs(genome))

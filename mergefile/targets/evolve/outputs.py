@@ -68,9 +68,11 @@ def _abs_path(ref) -> str | None:
         base = Path(ref.loc.file).parent if ref.loc and ref.loc.file not in ("<string>", "") else Path.cwd()
         return str((base / ref.path).resolve())
     if isinstance(ref, AutoRef):
-        local = Path(ref.base_dir) / ref.text
-        if local.is_dir() and "@" not in ref.text:
-            return str(local.resolve())
+        from mergefile.syntax.model_paths import local_folder
+
+        local = local_folder(ref) if "@" not in ref.text else None
+        if local is not None:
+            return str(local.path.resolve())
     return None
 
 
