@@ -32,6 +32,7 @@ class PageBuild:
 
     id: int
     target: str
+    needs: frozenset[str] = frozenset()  # the targets this build may write (the target and its prerequisites)
     state: str = "running"  # running | done | failed | cancelled
     started: float = field(default_factory=time.time)
     ended: float | None = None
@@ -119,10 +120,10 @@ class BuildManager:
             raise unknown("target", target, rules)
         import networkx as nx
 
-        needed = nx.ancestors(build_graph(mf), name) | {name}
+        needed = {n for n in nx.ancestors(build_graph(mf), name) | {name} if n in rules}  # targets and groups
         with self._lock:
             for b in self.builds:
-                if b.state == "running" and (b.target == name or b.target in needed):
+                if b.state == "running" and b.needs & needed:
                     raise LockedError(f"{b.target} is being built from this page (build {b.id})",
                                       hint="wait for it to finish, or cancel it")
             for dep, out_dir in self.session.out_dirs.items():
@@ -130,7 +131,7 @@ class BuildManager:
                 if pid is not None:
                     raise LockedError(f"{out_dir} is being built by another mergebuild (pid {pid})",
                                       hint="wait for it to finish, or build another target")
-            job = PageBuild(len(self.builds) + 1, name)
+            job = PageBuild(len(self.builds) + 1, name, needs=frozenset(needed))
             self.builds.append(job)
         threading.Thread(target=self._run, args=(job, mf), name=f"mergebuild-ui-build-{job.id}", daemon=True).start()
         return job

@@ -278,14 +278,16 @@ function drawHeat() {
 function drawTimes(times) {
   const box = $("times");
   box.textContent = "";
-  text($("times-run"), times.run_id ? `(run ${times.run_id}, ${times.total} tensors)` : "(not built yet)");
+  text($("times-run"), times.run_id ? `run ${times.run_id}, ${times.total} tensors, slowest first` : "not built yet");
   const rows = times.tensors.filter(r => r.seconds != null).slice(0, 25);
   const max = Math.max(1e-9, ...rows.map(r => r.seconds));
   for (const r of rows) {
     const line = h("div", "t");
     const bar = h("div", "b");
-    bar.style.width = Math.max(2, 220 * r.seconds / max) + "px";
-    line.append(h("span", "n", r.tensor), bar, h("span", "muted", `${(1000 * r.seconds).toFixed(1)} ms`));
+    bar.style.width = Math.max(1, 100 * r.seconds / max) + "%";
+    const track = h("div");
+    track.appendChild(bar);
+    line.append(h("span", "n", r.tensor), track, h("span", "ms", `${(1000 * r.seconds).toFixed(1)} ms`));
     box.appendChild(line);
   }
   const hits = times.tensors.filter(r => r.status === "hit").length;

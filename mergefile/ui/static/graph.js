@@ -4,7 +4,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const NODE_W = 190, NODE_H = 54, COL_GAP = 80, ROW_GAP = 18, PAD = 12;
+const NODE_W = 180, NODE_H = 54, COL_GAP = 50, ROW_GAP = 16, PAD = 10;
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(SVG_NS, name);
@@ -59,7 +59,7 @@ function drawGraph(container, view, states, onClick) {
   const nodes = [
     ...view.models.map(m => ({ ...m, kind: "model", lines: [m.name, m.hub ? "hf: " + m.hub[0] : m.path.split("/").slice(-2).join("/")] })),
     ...view.targets.map(t => ({ ...t, kind: "target", state: states[t.name] || t.state,
-                                lines: [t.name, `${t.method} · ${t.tensors} tensors`, states[t.name] === "building" ? "building…" : states[t.name] === "failed" ? "last build failed" : t.note] })),
+                                lines: [t.name, `${t.method} · ${t.tensors} tensors`, states[t.name] === "building" ? "building…" : states[t.name] === "failed" ? "last build failed" : t.note.replace(/^stale: /, "")] })),
     ...view.groups.map(g => ({ ...g, kind: "group", lines: [g.name, "group"] })),
   ];
   const { pos, width, height } = layout(nodes, view.edges);
