@@ -130,6 +130,7 @@ class Method:
     summary: str = ""
     aliases: tuple[str, ...] = field(default=())
     check: CheckFn | None = None  # parameter validation run by the planner for every tensor
+    mergekit: bool = True  # mergekit can build it too; False marks a mergebuild extension (export says so)
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from mergefile.errors import Loc, unknown
 from mergefile.methods import (
     arcee_fusion,
+    consensus,
     gta,
+    iso,
     karcher,
     linear,
+    magmax,
     model_stock,
     multislerp,
     nearswap,
@@ -16,6 +19,7 @@ from mergefile.methods import (
     ram,
     sce,
     slerp,
+    tsv,
 )
 from mergefile.methods.base import Method
 
@@ -32,6 +36,11 @@ _ALL: tuple[Method, ...] = (
     nearswap.METHOD,
     arcee_fusion.METHOD,
     passthrough.METHOD,
+    # mergebuild extensions (issue 19): data-free methods mergekit does not offer
+    tsv.METHOD,
+    *iso.METHODS,  # iso_c, iso_cts
+    *consensus.METHODS,  # consensus_ta, consensus_ties
+    magmax.METHOD,
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
