@@ -207,5 +207,6 @@ class BuildManager:
                 if r.get("status") in ("computed", "hit", "recomputed") and r.get("target"):
                     counts[r["target"]] = counts.get(r["target"], 0) + 1
             out.append({"run_id": run_id, "pid": pid, "argv": records[0].get("argv", []),
-                        "page": pid == os.getpid(), "tensors": counts})
+                        "page": pid == os.getpid() and records[0].get("argv", [None])[:1] == ["ui"],
+                        "tensors": counts})
         return out
