@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["belongs", "coerce", "likely_typo", "WarnOnce"]
+if TYPE_CHECKING:
+    from mergefile.methods.base import ParamSpec
+
+__all__ = ["WarnOnce", "belongs", "coerce", "likely_typo", "numeric", "type_problem"]
 
 _TRUE = ("1", "on", "t", "true", "y", "yes")
 _FALSE = ("0", "off", "f", "false", "n", "no")
@@ -124,3 +128,21 @@ def coerce(kind: type, value: object) -> tuple[object, list[object]]:
             return value, [v]
         out.append(got)
     return (tuple(out) if isinstance(value, tuple) else out[0]), []
+
+
+def type_problem(spec: ParamSpec, value: Any) -> str | None:
+    """What is wrong with ``value`` for ``spec`` ("must be a number, got 'x'"), or None.
+
+    What mergekit's pydantic schema coerces is accepted (``"1e-10"`` for a number, ``1.0`` for
+    a boolean); ``syntax/yaml_leniency.coerce`` does the conversion.
+    """
+    want = {float: "a number", int: "an integer", bool: "true or false"}.get(spec.type)
+    if want is None:
+        return None
+    _, refused = coerce(spec.type, value)
+    return f"must be {want}, got {refused[0]!r}" if refused else None
+
+
+def numeric(v: object) -> bool:
+    """A string mergekit's schema reads as a number (``"1e-3"``: PyYAML keeps it a string)."""
+    return isinstance(v, str) and not coerce(float, v)[1]

@@ -19,10 +19,17 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mergefile.errors import ConfigError, Loc
 from mergefile.syntax.ast import AutoRef, Param, Slice, Source, Sym, Value
-from mergefile.syntax.yaml_leniency import WarnOnce, belongs, coerce, likely_typo
+from mergefile.syntax.yaml_leniency import (
+    WarnOnce,
+    belongs,
+    coerce,
+    likely_typo,
+    numeric,
+    type_problem,
+)
 
 if TYPE_CHECKING:
-    from mergefile.methods.base import Method, ParamSpec
+    from mergefile.methods.base import Method
 
 MODEL_KEYS = ("model", "parameters")
 SLICE_KEYS = ("sources", "parameters", "base_model", "residual_weight")
@@ -121,8 +128,21 @@ class YamlReader:
         return value
 
     def flat(self, node: MappingNode) -> MappingNode:
-        """``node`` with YAML merge keys (``<<: *defaults``) applied, as PyYAML's loader does."""
+        """``node`` with YAML merge keys (``<<: *defaults``) applied, as PyYAML's loader does:
+        a merged key is overridden by a later one; keys written twice stay (an error later)."""
+        merges = any(k.tag == "tag:yaml.org,2002:merge" for k, _ in node.value)
+        if not merges:
+            return node
+        explicit = sum(k.tag != "tag:yaml.org,2002:merge" for k, _ in node.value)
         self.loader.flatten_mapping(node)
+        merged, own = node.value[: len(node.value) - explicit], node.value[len(node.value) - explicit :]
+        later: set[object] = {getattr(k, "value", None) for k, _ in own}
+        kept = []
+        for k, v in reversed(merged):
+            if getattr(k, "value", None) not in later:
+                kept.append((k, v))
+                later.add(getattr(k, "value", None))
+        node.value = kept[::-1] + own
         return node
 
     def mapping(self, node: Node, allowed: tuple[str, ...], what: str) -> dict[str, Pair]:
@@ -324,7 +344,7 @@ class YamlReader:
             if not node.value:
                 raise ConfigError(f"parameter '{name}' is an empty list", self.loc(node))
             items = [self.scalar(i, f"an element of '{name}'") for i in node.value]
-            nums = [isinstance(v, (int, float)) and not isinstance(v, bool) for v in items]
+            nums = [(isinstance(v, (int, float)) and not isinstance(v, bool)) or numeric(v) for v in items]
             if not all(nums) and not all(isinstance(v, bool) for v in items):
                 i = nums.index(False)
                 raise ConfigError(
@@ -400,19 +420,6 @@ class YamlReader:
         if not nodes:
             raise ConfigError("'slices' is empty", self.loc(keys["slices"][1]))
         return (), tuple(self.slice(n) for n in nodes)
-
-
-def type_problem(spec: ParamSpec, value: Value) -> str | None:
-    """What is wrong with ``value`` for ``spec`` ("must be a number, got 'x'"), or None.
-
-    What mergekit's pydantic schema coerces is accepted (``"1e-10"`` for a number, ``1.0`` for
-    a boolean); ``syntax/yaml_leniency.coerce`` does the conversion.
-    """
-    want = {float: "a number", int: "an integer", bool: "true or false"}.get(spec.type)
-    if want is None:
-        return None
-    _, refused = coerce(spec.type, value)
-    return f"must be {want}, got {refused[0]!r}" if refused else None
 
 
 def _join(path: str, rev: str | None) -> str:

@@ -23,7 +23,13 @@ from typing import Any
 from mergefile._lazy import torch
 from mergefile.errors import ConfigError
 from mergefile.io.header import code_name, dtype_code
-from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
+from mergefile.methods.base import (
+    BaseRule,
+    EmbedPolicy,
+    MergeContext,
+    Method,
+    ParamSpec,
+)
 from mergefile.plan.inputs import InputModel, TensorMeta
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
 from mergefile.plan.params import substitute
@@ -152,7 +158,12 @@ class _Builder:
                     raise ConfigError(f"experts '{seen[key]}' and '{model.label}' have the same prompts", loc)
                 seen[key] = model.label
         models = [m for m, _, _ in self.experts]
+        self.notes: list[str] = []
         if len({id(m) for m in models}) < len(models) and not kp.get("allow_identical_experts"):
+            if self.mode in RANDOM_MODES:  # mergekit's sparse upcycling: copies of one model, random routers
+                self.notes.append("the same model is listed as several experts (sparse upcycling:"
+                                  " useful once the MoE is trained)")
+                return
             raise ConfigError("the same model is listed as two experts; that is only useful with training",
                               self.t.loc, "set allow_identical_experts=true if you mean it")
 
@@ -192,7 +203,7 @@ class _Builder:
         plan = TargetPlan(
             name=self.t.name, out_dir=self.p.base_dir / self.t.name, target=self.t, method=METHOD,
             inputs=self.inputs, jobs=jobs, config=config, donor=self.base, num_layers=lay.num_layers,
-            layer_key=lay.layer_key,
+            layer_key=lay.layer_key, warnings=list(self.notes),
         )  # fmt: skip
         plan.assign_shards()
         plan.layout = MoeLayout(self.t, arch.name, [(m.label, v) for m, v, _ in self.experts],

@@ -70,31 +70,52 @@ ARCHS: dict[str, MoeArch] = {
         MoeArch("qwen3_moe", "qwen3_moe", "Qwen3MoeForCausalLM", ("qwen3",), 0, "num_experts"),
     )
 }
-_ALIASES = {"qwen": "qwen2_moe", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe"}
+# mergekit's output architectures by display name; ``architecture:`` is a case-insensitive
+# prefix of one (mergekit ``select_output_arch``). None: not built by mergebuild yet.
+DISPLAY_NAMES: dict[str, str | None] = {"Mixtral": "mixtral", "Qwen MoE": "qwen2_moe", "Qwen3 MoE": "qwen3_moe",
+                                        "DeepSeek MoE": None}
+
+
+def _why_not(arch: MoeArch, model_type: str, shared: int) -> str | None:
+    if model_type not in arch.inputs:
+        return f"{arch.name} takes {'/'.join(arch.inputs)} experts, not {model_type}"
+    if arch.shared != shared:
+        return f"{arch.name} needs exactly {arch.shared} shared expert(s), got {shared}"
+    return None
+
+
+def _named(word: str) -> list[str | None]:
+    """Architectures whose mergekit display name (or mergebuild name) starts with ``word``."""
+    shown = [a for n, a in DISPLAY_NAMES.items() if n.lower().startswith(word)]
+    ours = [n for n in ARCHS if n.startswith(word.replace(" ", "_").replace("-", "_"))]
+    return list(dict.fromkeys(shown + ours))
 
 
 def pick_arch(requested: str, model_type: str, shared: int) -> MoeArch | str:
     """The output architecture, or a sentence saying why none fits.
 
-    ``requested`` is ``auto`` or a (prefix of a) name; ``auto`` picks Mixtral for llama/mistral
-    inputs without shared experts, Qwen2-MoE with one, Qwen3-MoE for qwen3 inputs.
+    ``requested`` is ``auto`` or a case-insensitive prefix of a mergekit display name ("Mixtral",
+    "Qwen MoE", "Qwen3 MoE", "DeepSeek MoE") or of a mergebuild name; as in mergekit, of the
+    matching architectures that take these experts Mixtral wins, else the first. ``auto``
+    picks Mixtral for llama/mistral inputs without shared experts, Qwen2-MoE with one,
+    Qwen3-MoE for qwen3 inputs.
     """
-    word = requested.lower().replace("-", "_")
+    word = requested.strip().lower()
     if word in ("", "auto"):
         fits = [a for a in ARCHS.values() if model_type in a.inputs and a.shared == shared]
         if not fits:
             return f"no MoE architecture takes {model_type} experts with {shared} shared expert(s)"
         return fits[0]
-    word = _ALIASES.get(word, word)
-    named = [a for n, a in ARCHS.items() if n.startswith(word)]
+    named = _named(word)
     if not named:
-        return f"unknown MoE architecture '{requested}' (known: {', '.join(ARCHS)})"
-    arch = named[0]
-    if model_type not in arch.inputs:
-        return f"{arch.name} takes {'/'.join(arch.inputs)} experts, not {model_type}"
-    if arch.shared != shared:
-        return f"{arch.name} needs exactly {arch.shared} shared expert(s), got {shared}"
-    return arch
+        return f"unknown MoE architecture '{requested}' (known: {', '.join(DISPLAY_NAMES)})"
+    built = [ARCHS[n] for n in named if n is not None]
+    fits = [a for a in built if _why_not(a, model_type, shared) is None]
+    if fits:
+        return next((a for a in fits if a.name == "mixtral"), fits[0])
+    if not built:
+        return f"'{requested}' names DeepSeek MoE, which mergebuild does not build yet (known: mixtral, qwen2_moe, qwen3_moe)"
+    return "; ".join(_why_not(a, model_type, shared) or "" for a in built)
 
 
 def mlp_names(prefix: str, layer: int) -> dict[str, str]:
