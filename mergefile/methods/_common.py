@@ -1,7 +1,11 @@
 """Helpers shared by the method modules: working dtype, base lookup, seeded draws, errors.
 
-Half-precision inputs are computed in float32 and rounded once at the end, so sums and norms
-never overflow (mergekit PR #704) and a result does not depend on intermediate bf16 rounding.
+mergekit's ``dtype`` is its compute dtype, and mergebuild computes as mergekit 0.1.5 does: the
+task-arithmetic family, ``sce``, ``model_stock`` and ``nearswap`` compute in the inputs' dtype
+(:func:`native`, rounding after each step as mergekit does, so outputs equal mergekit's), while
+``linear``, ``slerp`` and the spherical methods accumulate half-precision inputs in float32
+(:func:`up`), as mergekit 0.1.5 does for those. A user who wants float32 math everywhere writes
+``dtype = float32`` and ``out_dtype = bfloat16``.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ from mergefile.errors import ConfigError
 from mergefile.methods.base import MergeContext
 
 
-
-
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype to compute in: float32 for half types and integers, else the dtype itself."""
     if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
@@ -27,6 +29,11 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 def up(t: torch.Tensor) -> torch.Tensor:
     """``t`` in its working dtype (a no-op for float32/float64)."""
     return t.to(work_dtype(t.dtype))
+
+
+def native(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the dtype mergekit computes it in: its own when floating point, else float32."""
+    return t if t.dtype.is_floating_point else t.to(torch.float32)
 
 
 def finish(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -86,14 +86,29 @@ MergeFn = Callable[[Sequence["torch.Tensor"], Sequence[Mapping[str, Any]], Mappi
 StageFn = Callable[["torch.Tensor", "torch.Tensor", Mapping[str, Any], MergeContext], "torch.Tensor"]
 
 
+# split(x, base, params, ctx) -> (what merge receives, its compact form or None): the compact
+# form (e.g. a packed keep-mask) is what the stage cache stores; None means nothing worth storing.
+SplitFn = Callable[["torch.Tensor", "torch.Tensor", Mapping[str, Any], "MergeContext"],
+                   "tuple[torch.Tensor, torch.Tensor | None]"]
+# apply(x, base, compact) -> what merge receives, rebuilt from a cached compact form; must equal
+# split's first result bit for bit.
+ApplyFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
+
 @dataclass(frozen=True)
 class Stage:
-    """A per-model intermediate with its own content key (e.g. a sparsified task vector)."""
+    """A per-model intermediate with its own content key (e.g. a sparsified task vector).
+
+    Without ``split``/``apply`` the cache stores ``fn``'s output itself; with them it stores the
+    compact form and rebuilds the stage output from it and the inputs (docs/cache.md).
+    """
 
     name: str
     params: tuple[str, ...]
     fn: StageFn
     random: bool = False  # draws from ctx.generator (seed enters the key)
+    split: SplitFn | None = None
+    apply: ApplyFn | None = None
 
 
 class ParamCheckError(ConfigError):

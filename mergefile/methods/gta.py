@@ -9,8 +9,13 @@ Every row is the same computation (mergekit's ``GTATask``, reference §1.3):
 4. ``base + mixed``, in the base's dtype.
 
 Steps 1-2 are a :class:`Stage` keyed per model on (density, gamma/epsilon, rescale) only, so a
-``weight`` edit reuses every sparsified delta. Rows without a sparsifier (task_arithmetic) have
-no stage: a cached copy of ``x - base`` would cost a tensor of disk to save one subtraction.
+``weight`` edit reuses every selection. What the cache keeps of a stage is its :class:`Keep`
+packed (one bit per entry and the rescale factor), and a rebuild applies it to ``x - base``
+again: a dense sparsified delta would cost a tensor of disk per model. Rows without a sparsifier
+(task_arithmetic) have no stage.
+
+Everything is computed in the inputs' dtype, step by step as mergekit 0.1.5 does (weights are
+rounded to it too), so bf16 merges give mergekit's bf16 tensors.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from typing import Any
 
 from mergefile._lazy import torch
 
-from mergefile.methods._common import finish, model_param, others, require_base, up
+from mergefile.methods._common import finish, model_param, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
-from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Sparsifier, SparsifyOptions, sparsify
+from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Keep, Sparsifier, SparsifyOptions, select
 
 
 class Consensus(str, enum.Enum):
@@ -83,9 +88,8 @@ ROWS: tuple[GTARow, ...] = (
 )
 
 
-def _stage_fn(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any],
-              ctx: MergeContext) -> torch.Tensor:
-    """One model's sparsified task vector, in the input dtype."""
+def _stage_keep(kind: Sparsifier, delta: torch.Tensor, params: Mapping[str, Any], ctx: MergeContext) -> Keep:
+    """What one model's sparsifier keeps of its task vector."""
     opts = SparsifyOptions(
         density=float(params["density"]),
         rescale=bool(params["rescale"]),
@@ -93,7 +97,27 @@ def _stage_fn(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Map
         epsilon=float(params.get("epsilon", 0.15)),
         generator=ctx.generator,
     )
-    return sparsify(x - base, kind, opts)
+    return select(delta, kind, opts)
+
+
+def _stage_split(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any],
+                 ctx: MergeContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One model's sparsified task vector (input dtype) and its packed selection."""
+    delta = native(x) - native(base)
+    keep = _stage_keep(kind, delta, params, ctx)
+    return keep.apply(delta), keep.pack()
+
+
+def _stage_fn(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any],
+              ctx: MergeContext) -> torch.Tensor:
+    """One model's sparsified task vector, in the input dtype."""
+    return _stage_split(kind, x, base, params, ctx)[0]
+
+
+def _stage_apply(x: torch.Tensor, base: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """The sparsified task vector again, from a cached packed selection."""
+    delta = native(x) - native(base)
+    return Keep.unpack(packed, delta).apply(delta)
 
 
 # A combiner gets the stacked weighted deltas (N, ...) — a fresh tensor it may overwrite, to
@@ -104,7 +128,7 @@ def _combine_plain(weighted: torch.Tensor, weights: torch.Tensor, normalize: boo
     """Weighted sum; normalized by the weight sum unless it is ~0 (mergekit's guard)."""
     mixed = weighted.sum(dim=0)
     if normalize:
-        divisor = weights.sum()
+        divisor = weights.sum(dim=0)
         mixed = mixed / (divisor if divisor.abs() >= 1e-8 else torch.ones_like(divisor))
     return mixed
 
@@ -136,11 +160,11 @@ def _merge(row: GTARow, tensors: Sequence[torch.Tensor], per_model: Sequence[Map
     idx = others(tensors, ctx)
     if not idx:
         return base
-    base_w = up(base)
+    base_w = native(base)
     if row.sparsifier is None:
-        deltas = torch.stack([up(tensors[i]) - base_w for i in idx])
+        deltas = torch.stack([native(tensors[i]) - base_w for i in idx])
     else:
-        deltas = torch.stack([up(tensors[i]) for i in idx])
+        deltas = torch.stack([native(tensors[i]) for i in idx])
     w = [model_param(row.name, per_model[i], "weight", i, ctx) for i in idx]
     weights = torch.tensor(w, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
     mixed = COMBINERS[row.consensus](deltas.mul_(weights), weights, bool(params["normalize"]))
@@ -167,7 +191,8 @@ def _stage(row: GTARow) -> Stage | None:
         return None
     names = ("density", *(p.name for p in row.extra), "rescale")
     return Stage("sparsify", names, partial(_stage_fn, row.sparsifier),
-                 random=row.sparsifier in RANDOM_SPARSIFIERS)
+                 random=row.sparsifier in RANDOM_SPARSIFIERS,
+                 split=partial(_stage_split, row.sparsifier), apply=_stage_apply)
 
 
 def _check(row: GTARow, params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]],
@@ -198,7 +223,7 @@ def build(row: GTARow) -> Method:
     """The :class:`Method` for one row."""
     return Method(
         name=row.name,
-        version=1,
+        version=2,  # 2: computed in the inputs' dtype, as mergekit 0.1.5
         reference=row.reference,
         params=_params(row),
         merge=partial(_merge, row),

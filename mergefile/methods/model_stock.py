@@ -4,6 +4,7 @@ Offsets ``d_i = w_i - w_0`` (whole tensor, or per row with ``filter_wise``); ``c
 pairwise cosine between offsets; ``t = N cos / (1 + (N-1) cos)``; ``out = t * mean(w_i) + (1-t) w_0``.
 Unlike mergekit, ``cos`` is clamped at 0 before the formula, so ``t`` stays in [0, 1]
 (mergekit's negative cosines give negative or exploding ``t``); for ``cos >= 0`` nothing changes.
+Computed in the inputs' dtype, step by step as mergekit 0.1.5 does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from mergefile._lazy import torch
 
-from mergefile.methods._common import finish, method_error, others, require_base, up
+from mergefile.methods._common import finish, method_error, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
 
@@ -39,8 +40,8 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     if len(idx) < 2:
         raise method_error("model_stock", ctx, "needs the base plus at least two other models",
                            "add a fine-tune, or use slerp / task_arithmetic for one")
-    w0 = up(base)
-    ws = [up(tensors[i]) for i in idx]
+    w0 = native(base)  # in the inputs' dtype, as mergekit 0.1.5
+    ws = [native(tensors[i]) for i in idx]
     if params["filter_wise"]:
         if w0.dim() == 1:  # a bias is a single row
             w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
@@ -54,7 +55,7 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
 
 METHOD = Method(
     name="model_stock",
-    version=1,
+    version=2,  # 2: computed in the inputs' dtype, as mergekit 0.1.5
     reference="https://arxiv.org/abs/2403.19522",
     params=(ParamSpec("filter_wise", False, type=bool, doc="one ratio per row instead of per tensor"),),
     merge=merge,

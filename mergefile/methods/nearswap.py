@@ -2,6 +2,7 @@
 
 ``w = clamp(t / max(|base - other|, 1e-6), 0, 1)``; ``out = w * other + (1 - w) * base``:
 entries that differ by less than ``t`` are swapped fully, larger differences less and less.
+Computed in the inputs' dtype, as mergekit 0.1.5 does.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 from mergefile._lazy import torch
 
-from mergefile.methods._common import finish, method_error, others, require_base, up
+from mergefile.methods._common import finish, method_error, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
 
@@ -30,13 +31,13 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
         return base
     if len(idx) != 1:
         raise method_error("nearswap", ctx, f"takes the base and exactly one other model, got {len(tensors)} inputs")
-    out = nearswap(float(params["t"]), up(base), up(tensors[idx[0]]))
+    out = nearswap(float(params["t"]), native(base), native(tensors[idx[0]]))
     return finish(out, base.dtype)
 
 
 METHOD = Method(
     name="nearswap",
-    version=1,
+    version=2,  # 2: computed in the inputs' dtype, as mergekit 0.1.5
     reference="https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001",
     params=(ParamSpec("t", doc="distance below which the other model's value is taken fully"),),
     merge=merge,

@@ -5,6 +5,8 @@ of positions with the largest variance across models is kept (of the positions w
 is nonzero; at least one when ``select_topk > 0``). Weights ``s_i = mean(tau_i^2)`` normalized
 to sum 1 (uniform when the sum is below 1e-6, as mergekit). TIES sign election gives masks;
 ``out = base + sum_i s_i m_i tau_i / max(sum_i s_i m_i, 1e-6)``. Per-model ``weight`` is unused.
+Computed in the inputs' dtype, step by step as mergekit 0.1.5 does; the top-k selection keeps
+what a stable sort keeps (``methods/select.py``, O(n)).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from typing import Any
 
 from mergefile._lazy import torch
 
-from mergefile.methods._common import finish, others, require_base, up
+from mergefile.methods._common import finish, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
+from mergefile.methods.select import stable_top
 from mergefile.methods.sparsify import keep_count
 
 
@@ -25,19 +28,15 @@ def select_mask(tvs: torch.Tensor, fraction: float) -> torch.Tensor:
         return torch.zeros(tvs.shape[1:], dtype=torch.bool, device=tvs.device)
     var = torch.var(tvs, dim=0, unbiased=False)
     k = keep_count(fraction, int(torch.count_nonzero(var)))
-    mask = torch.zeros(var.numel(), dtype=torch.bool, device=tvs.device)
-    if k:
-        top = torch.sort(var.reshape(-1), descending=True, stable=True).indices[:k]
-        mask[top] = True
-    return mask.view(var.shape)
+    return stable_top(var.reshape(-1), k).view(var.shape)
 
 
 def sce_weights(tvs: torch.Tensor) -> torch.Tensor:
     """Matrix-level weights ``mean(tau_i^2)``, normalized; uniform when they (nearly) vanish."""
-    w = (tvs**2).reshape(tvs.shape[0], -1).mean(dim=1)
-    total = w.sum()
-    if total.abs() < 1e-6:
-        return torch.full_like(w, 1.0 / w.numel())
+    w = tvs.square().reshape(tvs.shape[0], -1).mean(dim=1)
+    total = float(w.sum())
+    if abs(total) < 1e-6:
+        return torch.ones_like(w) / w.numel()
     return w / total
 
 
@@ -48,8 +47,8 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     idx = others(tensors, ctx)
     if not idx:
         return base
-    b = up(base)
-    tvs = torch.stack([up(tensors[i]) - b for i in idx])
+    b = native(base)  # in the inputs' dtype, as mergekit 0.1.5
+    tvs = torch.stack([native(tensors[i]) - b for i in idx])
     topk = float(params["select_topk"])
     if topk < 1:
         tvs = tvs * select_mask(tvs, topk)
@@ -62,7 +61,7 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
 
 METHOD = Method(
     name="sce",
-    version=1,
+    version=2,  # 2: computed in the inputs' dtype, as mergekit 0.1.5
     reference="https://arxiv.org/abs/2408.07990",
     params=(
         ParamSpec("select_topk", 1.0, doc="fraction of highest-variance positions kept"),

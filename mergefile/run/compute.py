@@ -6,6 +6,7 @@ an interrupted build resumes from whatever finished, and a repeated key is never
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,19 +102,44 @@ def _generator(key: str, seed: int) -> torch.Generator:
     return g
 
 
+# The stage cache keeps a job's compact stage forms (packed keep-masks) only while they add at
+# most this share of the output tensor's bytes: with bf16 outputs that is up to 4 sparsified
+# models per tensor, so a cold build's cache stays within 1.3x its output (docs/cache.md).
+# MERGEBUILD_STAGE_CACHE=always|never overrides it.
+STAGE_SHARE = 0.3
+
+
+def _keep_stages(method: Method, tensors, b: int, n_staged: int) -> bool:
+    """Whether this job's compact stage forms go to the cache (docs/cache.md, "Stages")."""
+    mode = os.environ.get("MERGEBUILD_STAGE_CACHE", "auto")
+    if mode in ("always", "never"):
+        return mode == "always"
+    if method.stage is None or method.stage.split is None:
+        return True  # a dense stage output (e.g. LoRA's SVD factors) is always worth its bytes
+    out = tensors[b]
+    return n_staged * (out.numel() + 7) // 8 <= STAGE_SHARE * out.numel() * out.element_size()
+
+
 def _run_stages(method: Method, job: TensorJob, tensors, in_keys, blobs, device, res: JobResult) -> list[torch.Tensor]:
-    b = job.base_index
+    b, st = job.base_index, method.stage
     out = list(tensors)
-    for i, sp, sk in stage_plan(method, job, in_keys):
-        cached = blobs.get(sk)
+    plan = stage_plan(method, job, in_keys)
+    store = _keep_stages(method, tensors, b, len(plan))
+    for i, sp, sk in plan:
+        cached = blobs.get(sk) if store else None
         if cached is not None:
             res.stage_hits += 1
-            out[i] = cached.to(device)
+            out[i] = st.apply(tensors[i], tensors[b], cached) if st.split else cached.to(device)
             continue
         ctx = MergeContext(job.name, job.is_embed, b, _generator(sk, job.seed))
-        y = method.stage.fn(tensors[i], tensors[b], sp, ctx)
-        res.stage_misses += 1
-        res.bytes_written += blobs.put(sk, y.detach().to("cpu").contiguous())
+        if st.split is not None:
+            y, compact = st.split(tensors[i], tensors[b], sp, ctx)
+        else:
+            y = compact = st.fn(tensors[i], tensors[b], sp, ctx)
+        if compact is not None:  # None: nothing to keep (e.g. density 1)
+            res.stage_misses += 1
+            if store:
+                res.bytes_written += blobs.put(sk, compact.detach().to("cpu").contiguous())
         out[i] = y
     return out
 
