@@ -319,5 +319,17 @@ def render_yaml(mf: Mergefile, target: str, out_dir: str = ".") -> str:
             weight: 1
     """
     docs = export_configs(mf, target, out_dir)
-    texts = [yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000) for d in docs]
+    texts = [_extension_note(d) + yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+             for d in docs]
     return "---\n".join(texts)
+
+
+def _extension_note(doc: dict[str, Any]) -> str:
+    """A comment over a document whose method mergekit lacks (``Method.mergekit`` False)."""
+    from mergefile.methods.registry import get_method
+
+    name = doc.get("merge_method")
+    if not isinstance(name, str) or get_method(name).mergekit:
+        return ""
+    return (f"# merge_method {name} is a mergebuild extension: mergekit cannot build this config;\n"
+            f"# build it with mergebuild (mergebuild --config FILE TARGET)\n")

@@ -47,6 +47,13 @@ RECIPES: dict[str, str] = {
     "nearswap": "nearswap(base=base, t=0.01) { a }",
     "arcee_fusion": "arcee_fusion(base=base) { a }",
     "passthrough": "passthrough { slice a[0:2] ; slice b[2:4] }",
+    # mergebuild extensions (issue 19; more in tests/run/test_new_methods_e2e.py)
+    "tsv": "tsv(base=base) { a weight=0.7 ; b weight=0.5 }",
+    "iso_c": "iso_c(base=base, alpha=0.8) { a ; b }",
+    "iso_cts": "iso_cts(base=base) { a ; b }",
+    "consensus_ta": "consensus_ta(base=base, k=1) { a weight=0.7 ; b weight=0.5 }",
+    "consensus_ties": "consensus_ties(base=base) { a density=0.5 ; b density=0.4 }",
+    "magmax": "magmax(base=base) { a ; b }",
 }
 NAMES = sorted(RECIPES)
 LAYER = "model.layers.1.mlp.down_proj.weight"
