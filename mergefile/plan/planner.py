@@ -17,7 +17,7 @@ from mergefile.arch.slicing import check_architectures, loose_inputs, rewrite_co
 from mergefile.errors import ConfigError, Loc, UserError, unknown
 from mergefile.methods.base import BaseRule, EmbedPolicy, Method
 from mergefile.methods.registry import get_method
-from mergefile.plan.checks import check_params
+from mergefile.plan.checks import check_params, density_warnings
 from mergefile.plan.graph import normalize_name
 from mergefile.plan.inputs import InputModel, ModelResolver, ResolveOptions
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
@@ -247,6 +247,7 @@ class Planner:
             named.append(base)
         warnings = check_architectures([(m.label, m.config) for m in named], self.resolver.options.allow_crimes,
                                        t.name, t.loc)  # before layer counts: a different class explains those
+        warnings += density_warnings(t)
         slices = self.sources(t, method, base, f"target '{t.name}'")
         models = [s.model for sl in slices for s in sl.sources]
         warnings += list(dict.fromkeys(f"{m.label}: {n}" for m in models for n in m.get_layout().notes))

@@ -165,6 +165,12 @@ def _document(r: YamlReader, root: Node, target_name: str, origin: str) -> Targe
     for knode, vnode in root.value if isinstance(root, MappingNode) else ():
         if getattr(knode, "value", None) == "merge_method":  # first: ignored top keys name their place
             r.use_method(r.string(vnode, "merge_method"), r.loc(vnode))
+    if isinstance(root, MappingNode) and {"genome", "tasks"} & {getattr(k, "value", None) for k, _ in root.value}:
+        raise ConfigError(
+            "this is a mergekit-evolve configuration (genome:, tasks:), not a merge config", r.loc(root),
+            f"run the search with: mergebuild evolve {r.path}; its best recipe is written as"
+            " best_config.yaml (builds with --config) and best.mf",
+        )  # fmt: skip
     keys = r.mapping(root, TOP_KEYS, "the config")
     if "merge_method" not in keys:
         raise ConfigError("the YAML config has no 'merge_method'", r.loc(root))

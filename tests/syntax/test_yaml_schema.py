@@ -111,3 +111,24 @@ def test_relative_paths_carry_the_working_directory(tmp_path):
     assert t.sources[0].ref == AutoRef("./a", str(tmp_path))
     t, _ = _target("merge_method: linear\nmodels: [{model: ./a}]\n")
     assert t.sources[0].ref.base_dir == os.getcwd()
+
+
+GENOME = ("model_name: My-Evolved-Merge\ngenome:\n  models: [org/a, org/b]\n  merge_method: ties\n"
+          "  base_model: org/base\n  layer_granularity: 4\ntasks:\n  - name: my_task\n    weight: 1.0\n")
+
+
+def test_a_genome_file_is_recognised_and_pointed_to_mergebuild_evolve():
+    with pytest.raises(ConfigError, match=r"m.yml:1:1: this is a mergekit-evolve configuration .*mergebuild evolve m.yml"):
+        _target(GENOME)
+
+
+def test_a_genome_with_a_top_level_model_name_loads_with_a_warning(tmp_path, capsys):
+    from mergefile.targets.evolve.config import load_genome_yaml
+
+    (tmp_path / "g.yml").write_text(GENOME)
+    cfg = load_genome_yaml(tmp_path / "g.yml")
+    assert cfg.genome.merge_method == "ties" and len(cfg.genome.models) == 2
+    assert "unknown key 'model_name' in the evolve configuration, ignored" in capsys.readouterr().err
+    (tmp_path / "g.yml").write_text(GENOME.replace("tasks:", "taks: 1\ntasks:"))
+    with pytest.raises(ConfigError, match="did you mean 'tasks'"):
+        load_genome_yaml(tmp_path / "g.yml")

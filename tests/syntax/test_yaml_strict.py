@@ -179,3 +179,21 @@ def test_lenient_reaches_included_yaml(tiny_models, tmp_path: Path, capsys):
     assert "m.yml:5:1: unknown key 'parameterz'" in capsys.readouterr().err
     assert cli(tmp_path, "-n", "--lenient", cache=tmp_path / "cache") == 0
     assert "warning: " in capsys.readouterr().err
+
+
+def test_a_density_above_one_warns_and_keeps_every_entry(tiny_models, tmp_path: Path, capsys):
+    (tmp_path / "models").symlink_to(Path(tiny_models["a"]).parent, target_is_directory=True)
+    ties = ("merge_method: ties\nbase_model: models/base\ndtype: float32\nmodels:\n"
+            "  - model: models/a\n    parameters: {weight: 1, density: DA}\n")  # fmt: skip
+    cache = tmp_path / "cache"
+    (tmp_path / "m.yml").write_text(ties.replace("DA", "5"))
+    assert cli(tmp_path, "--config", "m.yml", "out/five", cache=cache) == 0
+    err = capsys.readouterr().err
+    assert err.count("m.yml:6:29: density 5 is above 1; it keeps every entry") == 1, err
+    (tmp_path / "m.yml").write_text(ties.replace("DA", "1"))
+    assert cli(tmp_path, "--config", "m.yml", "out/one", cache=cache) == 0
+    assert "above 1" not in capsys.readouterr().err
+    from tests.helpers import read_tensors
+
+    five, one = read_tensors(tmp_path / "out/five"), read_tensors(tmp_path / "out/one")
+    assert all(five[k].equal(one[k]) for k in one)

@@ -245,11 +245,20 @@ def _yaml_ref(value: Any, base_dir: str, loc: Loc, what: str) -> AutoRef:
 
 
 def _check_keys(d: Any, allowed: tuple[str, ...], what: str, loc: Loc) -> dict:
+    """Keys mergekit-evolve ignores (``model_name``) warn and are dropped; a likely typo of a
+    key it uses stops with the near match (the rule of ``syntax/yaml_leniency.py``)."""
+    from mergefile.syntax.yaml_leniency import likely_typo
+    from mergefile.syntax.yaml_reader import warn_stderr
+
     if not isinstance(d, dict):
         raise ConfigError(f"{what} must be a mapping", loc)
-    for k in d:
-        if k not in allowed:
+    for k in list(d):
+        if k in allowed:
+            continue
+        if likely_typo(str(k), allowed) is not None:
             raise unknown(f"key in {what}", str(k), allowed, loc)
+        warn_stderr(f"{loc}: unknown key '{k}' in {what}, ignored as mergekit-evolve ignores it")
+        d = {key: v for key, v in d.items() if key != k}
     return d
 
 
