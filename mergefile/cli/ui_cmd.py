@@ -1,4 +1,4 @@
-"""``mergebuild ui [-f Mergefile | --config YAML] [--port N] [--no-browser]``: a local page.
+"""``mergebuild ui [-f Mergefile | --config YAML] [--port N] [--no-browser] [--evolve DIR]``: a local page.
 
 Serves the recipe's graph, edit-and-see, builds and cache history on 127.0.0.1 with a random
 token in the URL (docs/ui.md). Needs the ``ui`` extra (starlette, uvicorn).
@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_options(p)
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="only print the URL; do not open a browser")
+    p.add_argument("--evolve", action="append", default=[], metavar="DIR",
+                   help="also show this evolve search's storage path (mergebuild evolve --storage-path); repeatable")
     p.add_argument("-j", "--jobs", type=int, default=1, help="tensors computed in parallel by page builds")
 
 
@@ -39,8 +41,13 @@ def make_session(args: argparse.Namespace):
         what = f"config file '{path}'" if args.config else (f"'{path}'" if args.file else f"no Mergefile in {Path.cwd()}")
         raise UserError(f"{what} not found" if args.config or args.file else what,
                         hint=None if args.config else "use -f FILE, -C DIR or --config YAML")
+    for folder in args.evolve:
+        if not (Path(folder) / "history.jsonl").is_file():
+            raise UserError(f"--evolve {folder}: no evolve search there (no history.jsonl)",
+                            hint="give the --storage-path of a mergebuild evolve run")
     cache = resolve_cache_dir(args.cache_dir, Path.cwd()).absolute()
-    return RecipeSession(path.absolute(), cache, target, args.cache_size, args.allow_pickle, args.lenient)
+    return RecipeSession(path.absolute(), cache, target, args.cache_size, args.allow_pickle, args.lenient,
+                         [Path(f).absolute() for f in args.evolve])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -125,6 +125,11 @@ def make_app(session, manager, token: str, port: int) -> Starlette:
 
         return JSONResponse(await run_in_threadpool(cache_view, session))
 
+    async def evolve(request: Request) -> Response:
+        from mergefile.ui.evolve_view import evolve_view
+
+        return JSONResponse(await run_in_threadpool(evolve_view, session, request.query_params.get("folder")))
+
     async def log(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(_log_records, session, request.query_params.get("run")))
 
@@ -146,7 +151,8 @@ def make_app(session, manager, token: str, port: int) -> Starlette:
     routes = [Route("/", guarded(index)), Route("/static/{name}", guarded(static)),
               Route("/api/recipe", guarded(recipe)), Route("/api/target", guarded(target)),
               Route("/api/builds", guarded(builds)), Route("/api/cache", guarded(cache)),
-              Route("/api/log", guarded(log)), Route("/api/events", guarded(events)),
+              Route("/api/log", guarded(log)), Route("/api/evolve", guarded(evolve)),
+              Route("/api/events", guarded(events)),
               Route("/api/plan", guarded(plan, True), methods=["POST"]),
               Route("/api/save", guarded(save, True), methods=["POST"]),
               Route("/api/build", guarded(build, True), methods=["POST"]),

@@ -182,12 +182,16 @@ class BuildManager:
         return job
 
     def snapshot(self) -> dict[str, Any]:
-        """Page builds, every target's lock holder, and the runs other processes are logging."""
+        """Page builds, every target's lock holder, the runs other processes are logging, and the
+        size of each evolve history (a new evaluation changes it)."""
         with self._lock:
             builds = [b.to_json() for b in self.builds[-10:]]
             failed = dict(self.failed)
         holders = {t: pid for t, d in self.session.out_dirs.items() if (pid := lock_holder(d)) is not None}
-        return {"builds": builds, "building": holders, "failed": failed, "runs": self.live_runs()}
+        from mergefile.ui.evolve_view import evolve_stamps
+
+        return {"builds": builds, "building": holders, "failed": failed, "runs": self.live_runs(),
+                "evolve": evolve_stamps(self.session)}
 
     def live_runs(self) -> list[dict[str, Any]]:
         """Runs still logging (no summary line yet, their process alive): per-target tensor counts."""

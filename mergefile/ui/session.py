@@ -36,6 +36,7 @@ class RecipeSession:
     cache_size: int | None = None
     allow_pickle: bool = False
     lenient: bool = False
+    evolve_dirs: list[Path] = field(default_factory=list)  # search storage folders (mergebuild ui --evolve)
     out_dirs: dict[str, Path] = field(default_factory=dict)  # target -> folder, from the last plan
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -210,7 +210,7 @@ def test_events_stream_the_live_state(client: Client):
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.readline() == b"event: status\n"
         snap = json.loads(r.readline().removeprefix(b"data: "))
-    assert set(snap) == {"builds", "building", "failed", "runs"}
+    assert set(snap) == {"builds", "building", "failed", "runs", "evolve"}
 
 
 def test_heat_map_shows_resolved_gradients(client: Client):
@@ -243,3 +243,44 @@ def test_cache_view_matches_cache_stats_and_gc(client: Client, demo: Path):
     assert c["gc_preview"]["would_drop"] == json.loads(out)["dropped"] > 0
     _, log = client.request(f"/api/log?run={c['runs'][-1]['run_id']}")
     assert sum(1 for rec in log["records"] if rec.get("status") == "computed") == 39
+
+
+def write_search(folder: Path, scores: list[float]) -> None:
+    """An evolve storage folder as the search writes it: history lines, best.json, best.mf."""
+    from mergefile.targets.evolve.outputs import append_history, write_text
+
+    from mergefile.targets.evolve.outputs import read_history
+
+    folder.mkdir(parents=True, exist_ok=True)
+    history = read_history(folder / "history.jsonl")
+    best = max(history, key=lambda h: h["score"]) if history else None
+    for i, score in enumerate(scores, start=len(history)):
+        line = {"n": i + 1, "generation": i // 2, "member": i % 2, "score": score, "results": {"t": {"acc,none": score}},
+                "params": {"math.weight": [0.1 * i, 0.5], "code.weight": [0.5, 1 - 0.1 * i]}, "key": f"k{i}"}
+        append_history(folder / "history.jsonl", line)
+        if best is None or score > best["score"]:
+            best = line
+            write_text(folder / "best.json", json.dumps(best))
+            genes = best["params"]
+            write_text(folder / "best.mf", f"# evaluation {best['n']}: score {score}\n"
+                       'model math = "models/math"\nmodel code = "models/code"\n\nfinal_model: linear {\n'
+                       f"    math weight={genes['math.weight']}\n    code weight={genes['code.weight']}\n}}\n")
+
+
+def test_evolve_view_shows_the_score_curve_best_recipe_and_genes_live(client: Client, demo: Path):
+    assert client.request("/api/evolve")[1] == {"folders": [], "folder": None}
+    folder = demo / "cache" / "evolve" / "out_best-0123456789ab"
+    write_search(folder, [0.2, 0.5, 0.4])
+    _, e = client.request("/api/evolve")
+    assert e["folder"] == str(folder.resolve()) and e["evaluations"] == 3
+    assert [(c["score"], c["best"]) for c in e["curve"]] == [(0.2, 0.2), (0.5, 0.5), (0.4, 0.5)]
+    assert e["best"]["n"] == 2 and e["best"]["genes"] == {"math.weight": [0.1, 0.5], "code.weight": [0.5, 0.9]}
+    assert e["best_recipe"].startswith("# evaluation 2")
+    _, before = client.request("/api/builds")
+    write_search(folder, [0.7])  # one more evaluation arrives
+    _, after = client.request("/api/builds")
+    assert after["evolve"][str(folder.resolve())] > before["evolve"][str(folder.resolve())]
+    _, e = client.request("/api/evolve")
+    assert e["evaluations"] == 4 and e["curve"][-1]["best"] == 0.7
+    code, r = client.request(f"/api/evolve?folder={demo}")  # only search folders are readable
+    assert code == 400 and "is not an evolve folder" in r["error"]

@@ -123,3 +123,19 @@ def test_build_from_the_page_reaches_100_percent(page, server, tmp_path: Path):
     assert "tensor" in page.inner_text("#kinds") and "would drop" in page.inner_text("#gc")
     assert page.locator("#chart svg rect").count() == 6  # hit rate and bytes saved, per build
     shot(page, tmp_path, "ui-cache")
+
+
+def test_evolve_view(page, server, tmp_path: Path):
+    from test_ui_api import write_search
+
+    write_search(server.session.cache_dir / "evolve" / "out_best-0123456789ab", [0.31, 0.42, 0.38, 0.47, 0.45, 0.52])
+    page.click(".tab[data-view='evolve']")
+    page.wait_for_selector("#evolve-chart circle.eval")
+    assert page.locator("#evolve-chart circle.eval").count() == 6
+    assert page.locator("#evolve-chart polyline.best-line").count() == 1
+    assert "6 evaluations, best score 0.52 (evaluation 6)" in page.inner_text("#evolve-note")
+    assert page.locator("#genes td.cell[data-value]").count() == 4
+    assert page.inner_text("#best-recipe").startswith("# evaluation 6: score 0.52")
+    write_search(server.session.cache_dir / "evolve" / "out_best-0123456789ab", [0.6])  # live: a new evaluation
+    page.wait_for_function("document.querySelectorAll('#evolve-chart circle.eval').length === 7")
+    shot(page, tmp_path, "ui-evolve")

@@ -40,6 +40,7 @@ function show(view) {
   document.querySelectorAll(".view").forEach(s => s.classList.toggle("active", s.id === "view-" + view));
   if (view === "cache") loadCache();
   if (view === "target") loadTarget();
+  if (view === "evolve") loadEvolve();
 }
 document.querySelectorAll(".tab").forEach(b => b.addEventListener("click", () => show(b.dataset.view)));
 
@@ -198,7 +199,9 @@ function renderProgress() {
   if (b.error) box.appendChild(h("div", "build-msg err", b.error));
 }
 function onStatus(snap) {
+  const evolveChanged = JSON.stringify(snap.evolve) !== JSON.stringify(state.live.evolve);
   state.live = snap;
+  if (evolveChanged && $("view-evolve").classList.contains("active")) loadEvolve();
   let ended = false;
   for (const b of snap.builds) {
     if (b.state !== "running" && !state.ended.has(b.id)) { state.ended.add(b.id); ended = true; }
@@ -342,7 +345,7 @@ function drawChart(runs) {
   box.textContent = "";
   if (!runs.length) { box.appendChild(h("p", "muted", "no builds logged yet")); return; }
   const W = 520, H = 150, L = 34, B = 20, bw = Math.min(36, (W - L) / runs.length - 6);
-  const svg = el("svg", { width: W, height: H + 30 }, box);
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H + 30}` }, box);
   const maxSaved = Math.max(1, ...runs.map(r => r.bytes_saved));
   el("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#c5cbd4" }, svg);
   text(el("text", { x: 2, y: 12 }, svg), "100%");
@@ -358,6 +361,75 @@ function drawChart(runs) {
   });
   const legend = el("text", { x: L, y: H + 22 }, svg);
   legend.textContent = `blue: hit rate · green: input bytes saved (max ${human(maxSaved)})`;
+}
+
+// ---- evolve: a search's score curve, best recipe and genes (live: the history's size is streamed)
+$("evolve-select").addEventListener("change", () => loadEvolve());
+async function loadEvolve() {
+  const sel = $("evolve-select");
+  const e = await api("/api/evolve" + (sel.value ? "?folder=" + encodeURIComponent(sel.value) : ""));
+  if (!e.folder) {
+    text($("evolve-note"), "no evolve search in this recipe's cache (mergebuild ui --evolve DIR shows a storage path)");
+    return;
+  }
+  sel.textContent = "";
+  e.folders.forEach(f => sel.appendChild(new Option(f.split("/").slice(-2).join("/"), f)));
+  sel.value = e.folder;
+  const best = e.best;
+  text($("evolve-note"), `${e.evaluations} evaluations` + (best ? `, best score ${best.score} (evaluation ${best.n})` : ""));
+  drawEvolveChart(e.curve);
+  text($("best-recipe"), e.best_recipe || "(no best candidate yet)");
+  drawGenes(best ? best.genes : {});
+}
+function drawEvolveChart(curve) {
+  const box = $("evolve-chart");
+  box.textContent = "";
+  const pts = curve.filter(c => c.score !== null);
+  if (!pts.length) { box.appendChild(h("p", "muted", "no scored evaluation yet")); return; }
+  const W = 520, H = 200, L = 44, B = 22, T = 8;
+  const lo = Math.min(...pts.map(p => p.score)), hi = Math.max(...pts.map(p => p.score));
+  const n = Math.max(2, curve.length);
+  const x = i => L + (W - L - 8) * (i - 1) / (n - 1);
+  const y = v => hi > lo ? T + (H - B - T) * (hi - v) / (hi - lo) : (H - B + T) / 2;
+  const svg = el("svg", { viewBox: `0 0 ${W} ${H}` }, box);
+  el("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#c5cbd4" }, svg);
+  text(el("text", { x: 2, y: T + 8 }, svg), hi.toPrecision(3));
+  text(el("text", { x: 2, y: H - B }, svg), lo.toPrecision(3));
+  text(el("text", { x: L, y: H - 6 }, svg), "1");
+  text(el("text", { x: W - 30, y: H - 6 }, svg), String(curve.length));
+  const line = curve.filter(c => c.best !== null).map(c => `${x(c.n)},${y(c.best)}`).join(" ");
+  el("polyline", { points: line, fill: "none", stroke: "#2a7a2a", "stroke-width": 2, class: "best-line" }, svg);
+  for (const p of pts) {
+    const dot = el("circle", { cx: x(p.n), cy: y(p.score), r: 3, fill: "#3b5bdb", class: "eval" }, svg);
+    text(el("title", {}, dot), `evaluation ${p.n} (generation ${p.generation}): ${p.score}`);
+  }
+}
+function drawGenes(genes) {
+  const box = $("genes");
+  box.textContent = "";
+  const names = Object.keys(genes);
+  if (!names.length) return;
+  const rows = names.map(k => [].concat(genes[k]));
+  const vals = rows.flat().filter(v => typeof v === "number"), lo = Math.min(...vals), hi = Math.max(...vals);
+  const table = h("table"), head = h("tr");
+  head.appendChild(h("th"));
+  rows[0].forEach((_, j) => head.appendChild(h("th", "", "g" + j)));
+  table.appendChild(head);
+  rows.forEach((row, i) => {
+    const tr = h("tr");
+    tr.appendChild(h("th", "", names[i]));
+    row.forEach(v => {
+      const td = h("td", "cell", typeof v === "number" ? v.toFixed(2) : String(v));
+      if (typeof v === "number") {
+        const f = hi > lo ? (v - lo) / (hi - lo) : 0.5;
+        td.style.background = `hsl(${220 - 200 * f}, 70%, ${88 - 30 * f}%)`;
+        td.dataset.value = v;
+      }
+      tr.appendChild(td);
+    });
+    table.appendChild(tr);
+  });
+  box.appendChild(table);
 }
 
 // ---- start

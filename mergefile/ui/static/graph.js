@@ -4,7 +4,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const NODE_W = 180, NODE_H = 54, COL_GAP = 50, ROW_GAP = 16, PAD = 10;
+const NODE_W = 192, NODE_H = 54, COL_GAP = 46, ROW_GAP = 16, PAD = 10;
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(SVG_NS, name);
@@ -74,7 +74,7 @@ function drawGraph(container, view, states, onClick) {
     if (!a || !b) continue;
     const x1 = a.x + NODE_W, y1 = a.y + NODE_H / 2, x2 = b.x, y2 = b.y + NODE_H / 2, mx = (x1 + x2) / 2;
     el("path", { class: "edge", d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "marker-end": "url(#arrow)" }, svg);
-    if (label) el("text", { class: "edge-label", x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, svg).textContent = label;
+    if (label) el("text", { class: "edge-label", x: x1 + 6, y: y1 - 4 }, svg).textContent = label;
   }
   for (const n of nodes) {
     const p = pos.get(n.id);
