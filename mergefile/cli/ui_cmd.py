@@ -47,7 +47,7 @@ def make_session(args: argparse.Namespace):
                             hint="give the --storage-path of a mergebuild evolve run")
     cache = resolve_cache_dir(args.cache_dir, Path.cwd()).absolute()
     return RecipeSession(path.absolute(), cache, target, args.cache_size, args.allow_pickle, args.lenient,
-                         [Path(f).absolute() for f in args.evolve])
+                         [Path(f).absolute() for f in args.evolve], Path.cwd() if args.config else None)
 
 
 def run(args: argparse.Namespace) -> int:

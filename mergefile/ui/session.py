@@ -8,7 +8,6 @@ compared by :func:`mergefile.run.build.build` with ``dry_run=True``, and explain
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 from collections import Counter
@@ -37,6 +36,7 @@ class RecipeSession:
     allow_pickle: bool = False
     lenient: bool = False
     evolve_dirs: list[Path] = field(default_factory=list)  # search storage folders (mergebuild ui --evolve)
+    base_dir: Path | None = None  # with a YAML: where outputs go, as the CLI's cwd (default: the YAML's folder)
     out_dirs: dict[str, Path] = field(default_factory=dict)  # target -> folder, from the last plan
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -71,20 +71,29 @@ class RecipeSession:
             return self._load_file()
         if self.config_target is not None:
             from mergefile.syntax import yaml_text_to_targets
-            from mergefile.syntax.ast import Mergefile
 
-            targets = yaml_text_to_targets(text, str(self.path), self.config_target, lenient=self.lenient)
-            return Mergefile(str(self.folder / "Mergefile"), tuple(targets))
+            return self._as_mergefile(yaml_text_to_targets(text, str(self.path), self.config_target,
+                                                           lenient=self.lenient))
         return _parse_draft(text, self.path, self.lenient)
 
     def _load_file(self):
-        from mergefile.cli.main import load_recipe
+        """The saved recipe, read as ``mergebuild -f FILE`` / ``--config YAML TARGET`` read it."""
+        if self.config_target is None:
+            from mergefile.syntax import parse_mergefile
 
-        args = argparse.Namespace(config=str(self.path) if self.config_target else None,
-                                  file=None if self.config_target else str(self.path),
-                                  targets=[self.config_target] if self.config_target else [],
-                                  lenient=self.lenient, target_prefix=None)
-        return load_recipe(args)
+            return parse_mergefile(self.path, lenient=self.lenient)
+        if not self.path.is_file():
+            raise UserError(f"config file '{self.path}' not found")
+        from mergefile.targets.moe_yaml import moe_yaml_to_target  # a mergekit-moe config (it has experts:)
+
+        moe = moe_yaml_to_target(self.path, self.config_target)
+        return self._as_mergefile((moe,)) if moe else self.load(self.read_text())
+
+    def _as_mergefile(self, targets):
+        """YAML targets as the CLI's one-file recipe: outputs relative to ``base_dir``."""
+        from mergefile.syntax.ast import Mergefile
+
+        return Mergefile(str((self.base_dir or self.folder) / "Mergefile"), tuple(targets))
 
     def plan_view(self, text: str | None = None) -> dict[str, Any]:
         """The page's picture of a draft: graph, per-target state and explanation, or the error."""

@@ -284,3 +284,37 @@ def test_evolve_view_shows_the_score_curve_best_recipe_and_genes_live(client: Cl
     assert e["evaluations"] == 4 and e["curve"][-1]["best"] == 0.7
     code, r = client.request(f"/api/evolve?folder={demo}")  # only search folders are readable
     assert code == 400 and "is not an evolve folder" in r["error"]
+
+
+YAML = """merge_method: linear
+models:
+  - model: models/math
+    parameters:
+      weight: 0.5
+  - model: models/code
+    parameters:
+      weight: 0.5
+dtype: float32
+"""
+
+
+def test_a_mergekit_config_is_seen_edited_and_built_as_with_config(demo: Path, tmp_path: Path, demo_models):
+    from mergefile.ui.server import UiServer
+    from mergefile.ui.session import RecipeSession
+
+    (demo / "merge.yml").write_text(YAML)
+    srv = UiServer(RecipeSession(demo / "merge.yml", demo / "cache", config_target="out/linear")).start()
+    try:
+        client = Client(srv)
+        _, r = client.request("/api/recipe")
+        assert r["config"] and [t["name"] for t in r["view"]["targets"]] == ["out/linear"]
+        _, view = client.request("/api/plan", {"text": YAML.replace("weight: 0.5\n  - model", "weight: [0.5\n  - model", 1)})
+        assert not view["ok"] and view["error"]["line"] == 6 and view["error"]["in_this_file"]
+        code, b = client.request("/api/build", {"target": "out/linear"})
+        assert wait_build(client, b["build"]["id"])["state"] == "done"
+    finally:
+        srv.stop()
+    other = copy_demo(tmp_path / "cli", demo_models).parent
+    (other / "merge.yml").write_text(YAML)
+    assert cli("-C", str(other), "--quiet", "--config", "merge.yml", "out/linear")[0] == 0
+    assert _tree(demo / "out" / "linear") == _tree(other / "out" / "linear")
