@@ -11,6 +11,7 @@ the current directory when printing (``mergebuild import sub/merge.yml > Mergefi
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,19 +40,20 @@ def write_file(path: Path, text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from mergefile.syntax import load_yaml_targets
     from mergefile.syntax.convert import yaml_to_mergefile
-    from mergefile.syntax.render_mergefile import is_name, render_mergefile
+    from mergefile.syntax.ast import normalize_name
+    from mergefile.syntax.render_mergefile import render_mergefile
 
     enter_directory(args)
     config = Path(args.config)
     if not config.is_file():
         raise UserError(f"config file '{args.config}' not found")
-    target = args.target or f"out/{config.stem}"
-    if not is_name(target):
-        raise UserError(f"'{target}' cannot be a target name", hint="letters, digits, '_', '.', '-' and '/'")
+    target = normalize_name(args.target or f"out/{config.stem}")
+    if target in ("", ".", "..") or "\n" in target:
+        raise UserError(f"'{args.target}' cannot be a target name", hint="name an output folder, e.g. out/x or /scratch/x")
     targets = load_yaml_targets(config, target, prefix=args.target_prefix, lenient=args.lenient)
     out_path = Path(args.output) if args.output else Path.cwd() / "Mergefile"
     mf = yaml_to_mergefile(targets, str(out_path.resolve()))
-    header = f"# Imported from {args.config} by `mergebuild import`.\n# Build it: mergebuild {target}\n\n"
+    header = f"# Imported from {args.config} by `mergebuild import`.\n# Build it: mergebuild {shlex.quote(target)}\n\n"
     text = header + render_mergefile(mf)
     if args.output:
         write_file(out_path, text)

@@ -7,15 +7,9 @@ from collections.abc import Iterator, Sequence
 import networkx as nx
 
 from mergefile.errors import ConfigError, unknown
-from mergefile.syntax.ast import Mergefile, Param, Phony, Slice, Source, Sym, Target
+from mergefile.syntax.ast import Mergefile, Param, Phony, Slice, Source, Sym, Target, normalize_name
 
-
-def normalize_name(name: str) -> str:
-    """``./out/x/`` and ``out/x`` name the same target."""
-    name = name.strip()
-    while name.startswith("./"):
-        name = name[2:]
-    return name.rstrip("/") or name
+__all__ = ["build_graph", "build_order", "default_goal", "normalize_name", "target_refs"]
 
 
 def _syms(value) -> Iterator[Sym]:

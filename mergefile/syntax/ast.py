@@ -60,6 +60,14 @@ class AutoRef:
     architecture: str | None = None  # override_architecture: the class the model is read as
 
 
+def normalize_name(name: str) -> str:
+    """``./out/x/`` and ``out/x`` name the same target (and ``"/scratch/x/"`` is ``/scratch/x``)."""
+    name = name.strip()
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/") or name
+
+
 Ref = Union[Sym, HfRef, PathRef, AutoRef]
 Value = Union[int, float, str, bool, tuple, Sym, HfRef, PathRef, AutoRef]
 

@@ -34,8 +34,10 @@ from mergefile.syntax.ast import (
     Sym,
     Target,
     Value,
+    normalize_name,
 )
 from mergefile.syntax.grammar import parse_tree
+from mergefile.syntax.target_paths import link_target_paths
 from mergefile.syntax.yaml_import import load_yaml_targets
 
 _Children = list[Any]  # a rule's children, already transformed (tokens or AST values)
@@ -261,8 +263,17 @@ class _ToAst(Transformer):
     def block(self, meta: Meta, children: _Children) -> _Block:
         return _Block(tuple(children))
 
+    def _target_name(self, tok: Token) -> str:
+        """A target's folder as written: bare, or quoted when it is absolute, ``../x`` or ``.x``."""
+        if tok.type != "STRING":
+            return str(tok)
+        name = normalize_name(self._unquote(tok))
+        if name in ("", ".", "..") or "\n" in name:
+            raise ConfigError(f"target name {tok} is not an output folder", self._loc(tok))
+        return name
+
     def target(self, meta: Meta, children: _Children) -> Target:
-        name, method, rest = children[0], children[1], children[2:]
+        name, method, rest = self._target_name(children[0]), children[1], children[2:]
         call = next((c for c in rest if isinstance(c, _Call)), _Call((), ()))
         block = next((c for c in rest if isinstance(c, _Block)), _Block(()))
         block_params = tuple(i for i in block.items if isinstance(i, Param))
@@ -282,14 +293,14 @@ class _ToAst(Transformer):
             )
         origin = self.text[meta.start_pos : meta.end_pos]
         return Target(
-            str(name), str(method), params, sources, slices, call.args,
-            self._loc(name), self._loc(method), origin, modules,
+            name, str(method), params, sources, slices, call.args,
+            self._loc(children[0]), self._loc(method), origin, modules,
         )  # fmt: skip
 
     def phony(self, meta: Meta, children: _Children) -> Phony:
         name, deps = children[0], children[1:]
         return Phony(
-            str(name), tuple(str(d) for d in deps), self._loc(name),
+            str(name), tuple(self._target_name(d) for d in deps), self._loc(name),
             tuple(self._loc(d) for d in deps),
         )  # fmt: skip
 
@@ -375,7 +386,7 @@ def tree_to_mergefile(tree: Tree, text: str, path: str) -> Mergefile:
             raise e.orig_exc from None
         raise
     check_definitions(statements)
-    return Mergefile(path, tuple(statements))
+    return Mergefile(path, tuple(link_target_paths(statements, path)))
 
 
 def check_definitions(statements: list[Statement] | tuple[Statement, ...]) -> None:
@@ -412,7 +423,7 @@ def parse_mergefile(path: str | os.PathLike[str], **yaml_options: Any) -> Mergef
     files: list[str] = []
     statements = _load(path, (), None, yaml_options, files)
     check_definitions(statements)
-    return Mergefile(path, tuple(statements), tuple(dict.fromkeys(files)))
+    return Mergefile(path, tuple(link_target_paths(statements, path)), tuple(dict.fromkeys(files)))
 
 
 def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_options: dict,

@@ -61,6 +61,11 @@ def quote(text: str) -> str:
     return '"' + "".join(_ESCAPE.get(c, c) for c in text) + '"'
 
 
+def name_text(name: str) -> str:
+    """A target or model name: bare when it can be, else quoted (``"/scratch/x"``, ``"../out/x"``)."""
+    return name if is_name(name) else quote(name)
+
+
 def value_text(v: Value) -> str:
     """A value as Mergefile text (``true``, ``0.5``, ``"s"``, ``[0, 1]``, ``hf("o/x")``...)."""
     if isinstance(v, bool):
@@ -76,7 +81,7 @@ def value_text(v: Value) -> str:
     if isinstance(v, tuple):
         return "[" + ", ".join(value_text(x) for x in v) + "]"
     if isinstance(v, Sym):
-        return v.name
+        return name_text(v.name)
     if isinstance(v, (HfRef, PathRef)):
         return ref_text(v)
     raise ValueError(f"cannot write {v!r} in a Mergefile (an AutoRef needs a model declaration)")
@@ -90,7 +95,7 @@ def ref_text(ref: HfRef | PathRef | Sym | AutoRef) -> str:
         rev = f", revision={quote(ref.revision)}" if ref.revision else ""
         text = f"hf({quote(ref.repo)}{rev})"
     elif isinstance(ref, Sym):
-        return ref.name
+        return name_text(ref.name)
     else:
         raise ValueError(f"cannot write {ref!r} in a Mergefile")
     if ref.architecture is not None:
@@ -196,7 +201,7 @@ def _statement(w: _Writer, st: Statement, blank: bool) -> None:
     elif isinstance(st, Assign):
         w.line(st, 0, f"{st.name} = {value_text(st.value)}", blank)
     elif isinstance(st, Phony):
-        w.line(st, 0, f"{st.name}: " + " ".join(st.deps), blank)
+        w.line(st, 0, f"{st.name}: " + " ".join(name_text(d) for d in st.deps), blank)
     elif isinstance(st, Include):
         as_part = f" as {st.as_target}" if st.as_target else ""
         w.line(st, 0, f"include {quote(st.path)}{as_part}", blank)
@@ -228,7 +233,7 @@ def _target(w: _Writer, t: Target, blank: bool) -> None:
     call, block = _split_params(w, t, has_items)
     items: list[object] = [*t.sources, *t.slices, *t.modules, *block]
     open_block = bool(items) or owned("block", t) in w.layout.closing
-    head = f"{t.name}: {t.method}"
+    head = f"{name_text(t.name)}: {t.method}"
     args = [value_text(a) for a in t.args] + [param_text(p) for p in call]
     multiline = any(
         node_key(p) in w.layout.leading or node_key(p) in w.layout.trailing for p in call

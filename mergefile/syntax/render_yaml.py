@@ -16,6 +16,7 @@ its equivalent is ``mergekit-yaml --random-seed``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,22 @@ def _model_values(t: Target) -> list[Value]:
     return out
 
 
+def _stage_name(stage: str, prefix: str, taken: set[str]) -> str:
+    """A stage's ``name:`` for mergekit-multi: its folder below the target's, or, for a folder
+    elsewhere (``/scratch/x``, ``../x``), its last component (made unique)."""
+    from mergefile.syntax.render_mergefile import is_name
+
+    name = stage[len(prefix):] if prefix and stage.startswith(prefix) else stage
+    if is_name(name) and not name.startswith("../"):
+        return name
+    base = re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.basename(name)).lstrip(".") or "stage"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def export_configs(mf: Mergefile, target: str, out_dir: str = ".") -> list[dict[str, Any]]:
     """The mergekit config dicts for ``target``: its stages (with ``name``) first, it last."""
     ex = _Exporter(mf, out_dir)
@@ -290,7 +307,7 @@ def export_configs(mf: Mergefile, target: str, out_dir: str = ".") -> list[dict[
     order = ex.stages(name, [])
     prefix = stage_prefix(name)
     for stage in order[:-1]:
-        ex.stage_names[stage] = stage[len(prefix):] if prefix and stage.startswith(prefix) else stage
+        ex.stage_names[stage] = _stage_name(stage, prefix, set(ex.stage_names.values()))
     docs = []
     for stage in order:
         rule = ex.rules[stage]

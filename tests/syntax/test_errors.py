@@ -87,7 +87,7 @@ CASES = [
     Bad("empty quoted filter", 'out/a: ties { weight[""] = 1 }\n', 1, 22, "empty filter"),
     Bad("phony with number", "all: out/a 3\n", 1, 12, "unexpected number 3"),
     Bad("phony with commas", "all: out/a, out/b\n", 1, 11, "separate names with spaces"),
-    Bad("phony with string", 'all: out/a "out/b"\n', 1, 12, 'unexpected string "out/b"'),
+    Bad("quoted group name", '"g": out/a out/b\n', 1, 12, "unexpected name 'out/b'; expected '(' or '{'"),
     Bad("nothing after colon", "out/a:\n", 1, 7, "expected a name"),
     Bad("two blocks", "out/a: ties { m weight=1 } { n weight=1 }\n", 1, 28, "a target has only one block"),
     Bad("block on next line", "out/a: ties(base=b)\n{\n  m weight=1\n}\n", 2, 1, "same line as its target"),
