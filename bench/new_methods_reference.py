@@ -5,7 +5,8 @@ Run in the throwaway FusionBench virtualenv (never the project's):
     python3 -m venv bench/.venv-fusionbench
     bench/.venv-fusionbench/bin/pip install torch==2.13.0
     bench/.venv-fusionbench/bin/pip install fusion-bench torch==2.13.0
-    bench/.venv-fusionbench/bin/python bench/new_methods_reference.py
+    git clone https://github.com/duguodong7/pcb-merging /tmp/pcb-merging   # at 5897888
+    bench/.venv-fusionbench/bin/python bench/new_methods_reference.py /tmp/pcb-merging/pcb-merging.py
 
 It writes ``tests/data/new_methods_reference.safetensors``: the inputs (``base.W``, ``task{t}.W``)
 and FusionBench's merged tensor for each method (``{method}.W``), for a 24 x 16 matrix and a
@@ -13,10 +14,13 @@ and FusionBench's merged tensor for each method (``{method}.W``), for a 24 x 16 
 mergebuild's methods with them, so CI needs no FusionBench. Consensus merging has no one-call
 FusionBench algorithm: its pieces (``generate_task_masks``, the mask count of
 ``construct_consensus_mask``, ``ties_merging``) are composed here as the TALL-masks paper does.
+PCB is not in FusionBench: the paper's ``PCB_merge`` (``pcb-merging.py`` of its repository, the
+part before its evolutionary-search script) is loaded from the path given and run as it is.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -57,7 +61,16 @@ def consensus(base: torch.Tensor, fts: list[torch.Tensor], ties: bool, key: str)
     return (base.reshape(-1) + merged * keep).reshape(base.shape)
 
 
+def paper_pcb(path: str):
+    """The paper's ``PCB_merge`` function, run from its own file (never copied here)."""
+    code = Path(path).read_text().split("### With Evolutionary Strategies")[0]
+    namespace: dict = {}
+    exec(compile(code, path, "exec"), namespace)
+    return namespace["PCB_merge"]
+
+
 def main() -> None:
+    pcb = paper_pcb(sys.argv[1])
     base, tasks = inputs()
     tvs = [{k: t[k] - base[k] for k in base} for t in tasks]
     out: dict[str, torch.Tensor] = {}
@@ -77,6 +90,8 @@ def main() -> None:
     for k in base:
         out[f"consensus_ta.{k}"] = consensus(base[k], [t[k] for t in tasks], False, k)
         out[f"consensus_ties.{k}"] = consensus(base[k], [t[k] for t in tasks], True, k)
+        merged_tv, _, _ = pcb(torch.stack([tv[k].reshape(-1) for tv in tvs]), pcb_ratio=0.1)
+        out[f"pcb.{k}"] = base[k] + merged_tv.reshape(base[k].shape)
     save_file({k: v.contiguous() for k, v in out.items()}, str(OUT), metadata={"generator": "bench/new_methods_reference.py"})
     print(f"wrote {len(out)} tensors to {OUT}")
 

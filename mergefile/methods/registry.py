@@ -16,6 +16,7 @@ from mergefile.methods import (
     nearswap,
     nuslerp,
     passthrough,
+    pcb,
     ram,
     sce,
     slerp,
@@ -41,6 +42,7 @@ _ALL: tuple[Method, ...] = (
     *iso.METHODS,  # iso_c, iso_cts
     *consensus.METHODS,  # consensus_ta, consensus_ties
     magmax.METHOD,
+    pcb.METHOD,
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}

@@ -1,4 +1,4 @@
-"""Differential tests: the issue-19 methods against FusionBench's implementations.
+"""Differential tests: the issue-19 methods against FusionBench's implementations (PCB: the paper's).
 
 The reference outputs were recorded by ``bench/new_methods_reference.py`` in a throwaway
 FusionBench virtualenv (see its docstring) into ``tests/data/new_methods_reference.safetensors``;
@@ -19,7 +19,8 @@ DATA = load_file(str(Path(__file__).resolve().parent.parent / "data" / "new_meth
 TASKS = 3
 # the reference's parameters (bench/new_methods_reference.py), spelled as mergebuild's
 PARAMS = {"magmax": {}, "tsv": {}, "iso_c": {}, "iso_cts": {"common_space_fraction": 0.8},
-          "consensus_ta": {"k": 2, "mask_lambda": 0.6}, "consensus_ties": {"k": 2, "mask_lambda": 0.6}}
+          "consensus_ta": {"k": 2, "mask_lambda": 0.6}, "consensus_ties": {"k": 2, "mask_lambda": 0.6},
+          "pcb": {"pcb_ratio": 0.1}}
 
 
 @pytest.mark.parametrize("key", ["W", "b"])

@@ -54,6 +54,7 @@ RECIPES: dict[str, str] = {
     "consensus_ta": "consensus_ta(base=base, k=1) { a weight=0.7 ; b weight=0.5 }",
     "consensus_ties": "consensus_ties(base=base) { a density=0.5 ; b density=0.4 }",
     "magmax": "magmax(base=base) { a ; b }",
+    "pcb": "pcb(base=base, pcb_ratio=0.2) { a weight=1.2 ; b }",
 }
 NAMES = sorted(RECIPES)
 LAYER = "model.layers.1.mlp.down_proj.weight"
