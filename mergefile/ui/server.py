@@ -11,7 +11,7 @@ import socket
 import threading
 
 from mergefile.errors import UserError
-from mergefile.ui.app import make_app
+from mergefile.ui.app import UiApp
 from mergefile.ui.builds import BuildManager
 
 LOOPBACK = "127.0.0.1"
@@ -38,7 +38,8 @@ class UiServer:
             raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", hint="choose another --port") from None
         self.sock.listen(64)
         self.host, self.port = self.sock.getsockname()[:2]
-        self.app = make_app(session, self.manager, self.token, self.port)
+        self.routes = UiApp(session, self.manager, self.token, self.port)
+        self.app = self.routes.starlette()
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -59,7 +60,7 @@ class UiServer:
         try:
             self._uvicorn().run(sockets=[self.sock])
         finally:
-            self.app.state.stopping.set()
+            self.routes.stopping.set()
 
     def start(self) -> UiServer:
         """Serve from a background thread (tests, notebooks); returns once it accepts requests."""
@@ -72,7 +73,7 @@ class UiServer:
         return self
 
     def stop(self) -> None:
-        self.app.state.stopping.set()
+        self.routes.stopping.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

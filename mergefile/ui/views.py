@@ -130,3 +130,13 @@ def cache_view(session, last: int = 30) -> dict[str, Any]:
     unused = by_kind.get("unused", {"entries": 0, "bytes": 0})
     data["gc_preview"] = {"error": gc_error, "would_drop": unused["entries"], "would_drop_bytes": unused["bytes"]}
     return data
+
+
+def log_records(session, spec: str | None) -> dict[str, Any]:
+    """One logged run's records (``mergebuild log RUN``: an id, a prefix, ``-N`` or the last)."""
+    from mergefile.run.history import find_run, summarize
+
+    with session.store() as store:
+        run_id = find_run(store.log, spec)
+        records = store.log.read(run_id)
+    return {"run_id": run_id, "summary": summarize(run_id, records).to_json(), "records": records[:2000]}
