@@ -365,7 +365,7 @@ class _JobFactory:
             if n not in s.model.tensors:
                 raise ConfigError(f"tensor '{n}' is missing from model '{s.model.label}' (needed for '{out_name}')", s.ast.loc or self.t.loc)
         shapes = [tuple(s.model.tensors[n].shape) for s, n in zip(srcs, names)]
-        embed = is_embedding(out_name) if embed is None else embed
+        embed = (is_embedding(out_name) or _vocab_bias(srcs, names)) if embed is None else embed
         keep = list(range(len(srcs)))
         if len(set(shapes)) > 1:
             keep = self._check_shapes(out_name, srcs, shapes, embed, base_index)
@@ -441,6 +441,17 @@ def _result_shape(method: Method, shapes: list[tuple], base_index: int | None) -
     if len(set(shapes)) == 1:
         return shapes[0]
     return tuple(min(d) for d in zip(*shapes))
+
+
+def _vocab_bias(srcs, names) -> bool:
+    """A head's vocabulary-sized 1-D bias (BERT's ``cls.predictions.bias``, mergekit's
+    ``vocabulary_axis: 0``): its rows are token ids, as an embedding's are."""
+    for s, n in zip(srcs, names):
+        shape = tuple(s.model.tensors[n].shape)
+        size = s.model.config.get(s.model.get_layout().vocab_key)
+        if not (n.endswith("bias") and len(shape) == 1 and shape[0] == size and "norm" not in n.lower()):
+            return False
+    return True
 
 
 def _unknown_param(p: Param, method: Method, allowed: set[str]) -> ConfigError:

@@ -285,7 +285,22 @@ def _job_remap(job: Any, c: _Ctx) -> JobRemap | None:
 
 
 def _is_vocab_job(job: Any, inputs: Sequence[Any]) -> bool:
-    return job.group[0] in ("pre", "post") and all(r.tensor in inputs[r.model].get_layout().vocab for r in job.inputs)
+    return job.group[0] in ("pre", "post") and all(_token_rows(inputs[r.model], r.tensor) for r in job.inputs)
+
+
+def _token_rows(model: Any, name: str) -> bool:
+    """Whether ``name``'s rows are token ids: a vocabulary tensor of the layout whose first
+    dimension is the model's vocabulary size (not BERT's ``embeddings.LayerNorm`` or
+    ``token_type_embeddings``, which only look like one), or a vocabulary-sized 1-D head bias
+    (BERT's ``cls.predictions.bias``)."""
+    lay = model.get_layout()
+    size = model.config.get(lay.vocab_key)
+    shape = tuple(model.tensors[name].shape)
+    if not isinstance(size, int) or not shape:
+        return name in lay.vocab
+    if name in lay.vocab:
+        return shape[0] == size
+    return len(shape) == 1 and shape[0] == size and name.endswith("bias") and name in lay.post and "norm" not in name.lower()
 
 
 def _vocab_of(planner: Any, model: Any, base_vocab: ModelVocab | None, warnings: list[str]) -> ModelVocab:

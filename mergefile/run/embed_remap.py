@@ -42,12 +42,15 @@ def remap_inputs(tensors: Sequence[torch.Tensor], r: JobRemap) -> list[torch.Ten
     """The inputs of one embedding/head job, each re-indexed to the output vocabulary.
 
     Args:
-        tensors: one ``[rows, hidden]`` matrix per job input (compute dtype and device).
+        tensors: one ``[rows, ...]`` tensor per job input (compute dtype and device): a matrix,
+            or a vector with one entry per token (a head's bias).
         r: the job's remap (tables in job input order).
 
     Returns:
-        One ``[r.size, hidden]`` matrix per input, in the input dtype.
+        One ``[r.size, ...]`` tensor per input, in the input dtype.
     """
+    shapes = [tuple(x.shape[1:]) for x in tensors]
+    tensors = [x.reshape(x.shape[0], -1) for x in tensors]  # a vocab-sized bias (BERT's MLM head) is 1-D
     device = tensors[0].device
     idx = [_index(t, device) for t in r.tables]
     has = [i >= 0 for i in idx]
@@ -57,11 +60,11 @@ def remap_inputs(tensors: Sequence[torch.Tensor], r: JobRemap) -> list[torch.Ten
     if r.force:
         force[list(r.force)] = True
     out = []
-    for x, g, h in zip(tensors, gathered, has):
+    for x, g, h, shape in zip(tensors, gathered, has, shapes):
         m = torch.where((h & ~force)[:, None], g.float(), default)
         if r.size > r.real:
             m = torch.cat([m, m.mean(dim=0, keepdim=True).expand(r.size - r.real, -1)])
-        out.append(m.to(x.dtype))
+        out.append(m.to(x.dtype).reshape(r.size, *shape))
     return out
 
 
