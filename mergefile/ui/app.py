@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from mergefile.errors import LockedError, UserError
 
-STATIC = {"app.js": "text/javascript", "graph.js": "text/javascript", "style.css": "text/css"}
+STATIC = {name: "text/javascript" for name in ("util.js", "graph.js", "views.js", "app.js")} | {"style.css": "text/css"}
 HEADER = "x-mergebuild-token"
 EVENT_PERIOD_S = 0.25
 KEEP_ALIVE_S = 15.0
