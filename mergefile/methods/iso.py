@@ -11,7 +11,7 @@ concatenated, orthogonalized by their polar factors, and the concatenated spectr
 its mean.
 
 Matrices only: other tensors (norms, biases) and embeddings (vocab x hidden) take the mean of the
-weighted task vectors, as the paper's code does for non-matrices and its LLM port for
+weighted task vectors, as the paper's code does for non-matrices and LLM ports of it do for
 ``embed_tokens``/``lm_head`` (flattening a vocabulary's spectrum needs its full SVD and would give
 rare tokens' rows the weight of common ones). Nothing here is per model, so there is no stage:
 the SVD is of the tasks' sum. Computed in float32 for half-precision inputs.
