@@ -14,8 +14,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from mergefile.cli.main import add_recipe_options, enter_directory, open_store, parse_size
+from mergefile.cli.main import (
+    add_recipe_options,
+    enter_directory,
+    open_store,
+    parse_size,
+)
 from mergefile.errors import UserError
+
+ADAPTER_FILE = "adapter_model.safetensors"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--memory-budget", type=parse_size, default=None, help="bytes of tensors in flight")
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars")
+    from mergefile.cli.mergekit_options import add_mergekit_options
+
+    add_mergekit_options(p)  # mergekit-extract-lora takes every merge option too
 
 
 def lora_target(args: argparse.Namespace, base_dir: Path):
@@ -58,7 +68,7 @@ def lora_target(args: argparse.Namespace, base_dir: Path):
     if not (ft and base and out):
         raise UserError("extract-lora needs FINETUNED BASE OUT (or --model, --base-model, --out-path)")
     loc = Loc("<extract-lora>", 1, 1)
-    ref = lambda text: AutoRef(text, str(base_dir), loc)  # noqa: E731
+    ref = lambda text: AutoRef(text, str(base_dir), loc)
     params = [Param("finetuned", ref(ft), None, loc), Param("base", ref(base), None, loc)]
     options = {"rank": args.rank, "sv_epsilon": args.sv_epsilon, "distribute_scale": args.distribute_scale,
                "embed_lora": args.embed_lora, "skip_undecomposable": args.skip_undecomposable or None}
@@ -99,18 +109,46 @@ def _as_text(out: str, params) -> str:
     return f"{out}: lora({call})" + (f" {{{block}\n}}" if block else "")
 
 
+def _mergekit_settings(args: argparse.Namespace) -> dict:
+    """mergekit's merge options as this verb uses them, their notes printed (unless --quiet)."""
+    from mergefile.cli import mergekit_options as mk
+
+    values = mk.given(args)
+    settings = mk.build_settings(values)
+    args.quiet = args.quiet or bool(values.get("quiet"))
+    lines = mk.notes(values)
+    if "out_shard_size" in values:
+        lines.append(f"note: --out-shard-size changes nothing: an adapter is one file ({ADAPTER_FILE})")
+    if "random_seed" in values:
+        lines.append("note: --random-seed changes nothing: the extraction (an SVD) uses no random numbers")
+    if settings.get("hub_cache"):
+        mk.set_hub_cache(str(settings["hub_cache"]))
+    settings["device"], note = mk.resolve_device(str(settings.get("device", args.device)))
+    for line in (*lines, *([note] if note else [])) if not args.quiet else ():
+        print(f"mergebuild: {line}", file=sys.stderr)
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     from mergefile.cli.progress import make_progress
-    from mergefile.cli.render import build_line, dry_run_lines, explain_lines, report_json
+    from mergefile.cli.render import (
+        build_line,
+        dry_run_lines,
+        explain_lines,
+        report_json,
+    )
     from mergefile.run.build import BuildOptions, build, default_memory_budget
     from mergefile.syntax.ast import Mergefile
 
     enter_directory(args)
     target = lora_target(args, Path.cwd())
     mf = Mergefile(str(Path.cwd() / "Mergefile"), (target,))
-    options = BuildOptions(jobs=max(1, args.jobs), device=args.device, force=args.always_make,
-                           dry_run=args.dry_run, memory_budget=args.memory_budget or default_memory_budget(),
-                           allow_pickle=args.allow_pickle)
+    settings = _mergekit_settings(args)
+    options = BuildOptions(jobs=max(1, int(settings.get("jobs", args.jobs))), device=str(settings.get("device", args.device)),
+                           force=args.always_make, dry_run=args.dry_run,
+                           memory_budget=args.memory_budget or default_memory_budget(), allow_pickle=args.allow_pickle,
+                           copy_tokenizer=bool(settings["copy_tokenizer"]), write_card=bool(settings["write_card"]),
+                           allow_crimes=bool(settings.get("allow_crimes", False)))
     quiet = args.quiet or args.json or not sys.stderr.isatty()
     with open_store(args) as store, make_progress(quiet) as progress:
         report = build(mf, [target.name], store, options, progress, ["extract-lora"])

@@ -42,6 +42,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("mergefile.cli.export_cmd", "print a target as an equivalent mergekit YAML config"),
     "fmt": ("mergefile.cli.fmt_cmd", "rewrite a Mergefile canonically, comments kept (--check for CI)"),
     "evolve": ("mergefile.cli.evolve_cmd", "evolutionary merge search (CMA-ES, lm-eval, Ray) from a mergekit-evolve YAML"),
+    "yaml": ("mergefile.cli.yaml_cmd", "mergekit-yaml CONFIG OUT [options], built through the cache (docs/mergekit.md)"),
+    "multi": ("mergefile.cli.multi_cmd", "mergekit-multi CONFIG -I DIR --out-path OUT [options]"),
+    "moe": ("mergefile.cli.moe_cmd", "mergekit-moe CONFIG OUT [options]"),
     "extract-lora": ("mergefile.cli.extract_lora_cmd", "extract a PEFT LoRA adapter from a fine-tune (like mergekit-extract-lora)"),
     "server": ("mergefile.cli.server_cmd", "start|stop|status: a resident build server that keeps torch imported"),
     "ui": ("mergefile.cli.ui_cmd", "a local web page to see, edit and build the recipe (needs the ui extra)"),
@@ -109,7 +112,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow-crimes", action="store_true", help="merge models of different architectures (refused by default)")
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in explanations")
+    p.add_argument("--out-shard-size", type=shard_size, default=None, metavar="SIZE",
+                   help="pack whole layers into shards of at most SIZE (5B = 5e9 bytes; default: one shard per layer)")
     return p
+
+
+def shard_size(text: str) -> int:
+    """``--out-shard-size`` as mergekit reads it (decimal: 1B = 10**9 bytes)."""
+    from mergefile.io.shards import parse_shard_size
+
+    try:
+        return parse_shard_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shard size: {text!r} (e.g. 5B, 500M)") from None
 
 
 def load_recipe(args) -> "object":
@@ -127,7 +142,7 @@ def load_recipe(args) -> "object":
 
         moe = moe_yaml_to_target(path, args.targets[0])
         targets = (moe,) if moe else load_yaml_targets(path, args.targets[0], prefix=getattr(args, "target_prefix", None), lenient=lenient)
-        return Mergefile(str(Path.cwd() / "Mergefile"), targets)
+        return Mergefile(str(Path.cwd() / "Mergefile"), with_settings(targets, getattr(args, "target_settings", None)))
     path = Path(args.file or "Mergefile")
     if not path.is_file():
         where = f"'{path}'" if args.file else f"in {Path.cwd()}"
@@ -135,8 +150,24 @@ def load_recipe(args) -> "object":
     return parse_mergefile(path, lenient=getattr(args, "lenient", False))
 
 
-def run_verb(name: str, argv: list[str], given: dict[str, tuple[str, object]] | None = None) -> int:
-    """Run verb ``name``; ``given``: global options written before it (dest -> (flag, value))."""
+def with_settings(targets: tuple, settings: dict | None) -> tuple:
+    """Every target as if its config said ``settings`` (mergekit's ``--random-seed N`` is
+    ``seed: N``): each replaces the target's own."""
+    if not settings:
+        return tuple(targets)
+    from dataclasses import replace
+
+    from mergefile.syntax.ast import Param
+
+    return tuple(replace(t, params=(*(p for p in t.params if p.name not in settings),
+                                    *(Param(k, v, None, t.loc) for k, v in settings.items())))
+                 for t in targets)
+
+
+def run_verb(name: str, argv: list[str], given: dict[str, tuple[str, object]] | None = None,
+             command_line: list[str] | None = None) -> int:
+    """Run verb ``name``; ``given``: global options written before it (dest -> (flag, value));
+    ``command_line``: the whole command, which a verb may alias (cli/noop.py)."""
     import importlib
 
     module_name, help = VERBS[name]
@@ -145,7 +176,9 @@ def run_verb(name: str, argv: list[str], given: dict[str, tuple[str, object]] | 
     module.add_arguments(p)
     if given:
         _apply_global_options(p, name, given)
-    return module.run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    args.command_line = command_line
+    return module.run(args)
 
 
 def _leading_options(argv: list[str]) -> int:
@@ -192,10 +225,10 @@ def _apply_global_options(p: argparse.ArgumentParser, verb: str, given: dict[str
 def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in VERBS:
-        return run_verb(argv[0], argv[1:])
+        return run_verb(argv[0], argv[1:], command_line=argv)
     verb = split_global_options(argv)
     if verb is not None:
-        return run_verb(*verb)
+        return run_verb(*verb, command_line=argv)
     args = make_parser().parse_args(argv)
     try:
         args.start_cwd = os.getcwd()  # for the command's alias (cli/noop.py)
@@ -232,7 +265,14 @@ def stamp_request(args) -> dict:
         "allow_pickle": args.allow_pickle,
         "allow_crimes": args.allow_crimes,
         "cache": os.path.realpath(resolve_cache_dir(args.cache_dir, Path.cwd())),
+        **output_settings(args),
     }
+
+
+def output_settings(args) -> dict:
+    """Flags that change what an output holds (its shards, small files, random numbers)."""
+    return {"out_shard_size": args.out_shard_size, "copy_tokenizer": getattr(args, "copy_tokenizer", True),
+            "write_card": getattr(args, "write_card", True), "settings": getattr(args, "target_settings", None)}
 
 
 def stamped_noop(args, request: dict, argv: Sequence[str]) -> int | None:
@@ -293,6 +333,9 @@ def build_command(args, mf, argv: Sequence[str], request: dict | None = None, st
         wait_for_lock=not args.no_wait,
         executor=args.executor,
         read_to_device=args.read_to_device,
+        out_shard_size=args.out_shard_size,
+        copy_tokenizer=getattr(args, "copy_tokenizer", True),
+        write_card=getattr(args, "write_card", True),
     )
     quiet = args.quiet or args.question or args.json or not sys.stderr.isatty()
     with open_store(args) as store, make_progress(quiet) as progress, contextlib.ExitStack() as stack:

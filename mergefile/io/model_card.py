@@ -17,7 +17,6 @@ import yaml
 
 from mergefile.syntax.ast import AutoRef, HfRef, Param, PathRef, Source, Sym, Target
 
-MERGEBUILD_URL = "https://github.com/mergebuild/mergebuild"
 # Target settings that are not method parameters (planner.SETTINGS), rendered on their own.
 _SETTINGS = {"base", "dtype", "out_dtype", "seed", "tokenizer_source", "tokenizer", "chat_template"}
 
@@ -46,11 +45,13 @@ class CardData:
     dtype: str | None
     recipe: str | None  # the recipe text that built it (Target.origin)
     recipe_format: str = "mergefile"  # or "yaml"
+    lineage: tuple[str, ...] = ()  # Hub ids behind the inputs that are other targets' outputs
 
 
-def base_models(inputs: tuple[CardInput, ...]) -> list[str]:
-    """``base_model`` metadata: the hub id of each hub input, the recipe's name of the others."""
-    return list(dict.fromkeys(i.hub or i.label for i in inputs))
+def base_models(inputs: tuple[CardInput, ...], lineage: tuple[str, ...] = ()) -> list[str]:
+    """``base_model`` metadata: Hub ids only (the Hub rejects local names such as ``out/x``):
+    each Hub input's, then ``lineage`` (the Hub ids upstream targets were made from)."""
+    return list(dict.fromkeys([i.hub for i in inputs if i.hub] + list(lineage)))
 
 
 def _input_line(i: CardInput) -> str:
@@ -66,11 +67,14 @@ def _input_line(i: CardInput) -> str:
 
 def render_card(d: CardData) -> str:
     """README.md text: YAML front matter, then what was merged, how, and the recipe."""
-    meta = {"base_model": base_models(d.inputs), "library_name": "transformers", "tags": ["merge", "mergebuild"]}
+    meta: dict[str, Any] = {"library_name": "transformers", "tags": ["merge", "mergebuild"]}
+    bases = base_models(d.inputs, d.lineage)
+    if bases:
+        meta["base_model"] = bases
     front = yaml.safe_dump(meta, sort_keys=True, default_flow_style=False, allow_unicode=True)
     title = d.name.rstrip("/").rsplit("/", 1)[-1]
     lines = ["---", front.rstrip("\n"), "---", "", f"# {title}", "",
-             f"This model is a merge of pre-trained language models, built with [mergebuild]({MERGEBUILD_URL}).", "",
+             "This model is a merge of pre-trained language models, built with mergebuild.", "",
              "## Merge method", "",
              f"**{d.method}**" + (f": {d.summary}" if d.summary else "") + (f" ([paper]({d.reference}))" if d.reference else ""), "",
              "## Models merged", ""]

@@ -8,6 +8,7 @@ import networkx as nx
 
 from mergefile.errors import ConfigError, unknown
 from mergefile.syntax.ast import Mergefile, Param, Phony, Slice, Source, Sym, Target, normalize_name
+from mergefile.syntax.target_paths import MODEL_PARAMS
 
 __all__ = ["build_graph", "build_order", "default_goal", "normalize_name", "target_refs"]
 
@@ -32,7 +33,7 @@ def target_refs(target: Target) -> Iterator[Sym]:
         if isinstance(src.ref, Sym):
             yield src.ref
     for p in params:
-        if p.name in ("base", "tokenizer_source", "tokenizer", "token", "finetuned", "models"):  # finetuned: lora(...), models: evolve(...)
+        if p.name in MODEL_PARAMS:  # finetuned: lora(...), models: evolve(...)
             yield from _syms(p.value)
     for a in target.args:
         yield from _syms(a)

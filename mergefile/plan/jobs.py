@@ -75,6 +75,7 @@ class TargetPlan:
     # write_files(folder, config) writes its config files once the weights are in the folder,
     # card_texts(plan) -> {file: text}, dynamic_shapes: tensor shapes are known only once computed.
     layout: Any = None
+    hub_lineage: tuple[str, ...] = ()  # Hub ids it derives from, through upstream targets (card base_model)
 
     def assign_shards(self) -> None:
         """Layer-stable shards: one file for pre-layer tensors, one per layer, one for post."""

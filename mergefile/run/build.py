@@ -28,7 +28,7 @@ from mergefile.run.deferred import (SharedDigests, defer_keys, deferrable, read_
                                     readahead_window)
 from mergefile.run.executor import Executor, LocalExecutor, WorkItem
 from mergefile.run.keys import KeyedPlan, key_plan
-from mergefile.run.publish import OutputWriter, aux_files
+from mergefile.run.publish import OutputWriter, aux_files, hub_lineage
 from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
 from mergefile.run.tasks import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_task
@@ -51,6 +51,9 @@ class BuildOptions:
     wait_for_lock: bool = True
     executor: str = "local"  # "local" | "ray" (Ray must be initialized: ray_executor.ray_session)
     read_to_device: bool = False  # inputs go to the device as read, cast there
+    out_shard_size: int | None = None  # bytes per output shard (whole layers packed); None: one per layer
+    copy_tokenizer: bool = True  # tokenizer files in the output (mergekit's --no-copy-tokenizer)
+    write_card: bool = True  # README.md and mergebuild_config.yml (mergekit's --no-write-model-card)
 
 
 @dataclass
@@ -142,6 +145,9 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
     try:
         for name in order:
             plan = planner.plan(name)
+            plan.hub_lineage = hub_lineage(plan, {p.name: p.hub_lineage for p, *_ in out})
+            if options.out_shard_size and plan.layout is None:
+                plan.shard_names = pack_shards(plan, options.out_shard_size)
             if others is not None and deferrable(plan, name, others):
                 kp = defer_keys(plan, store.stat, shared, mode)
                 if kp.deferred is not None and not started:
@@ -153,7 +159,7 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
             else:
                 kp = key_plan(plan, store.stat, keyed)
             keyed[plan.name] = kp
-            aux = aux_files(plan)
+            aux = aux_files(plan, options.copy_tokenizer, options.write_card)
             status = compare(kp, aux.key, force=options.force)
             if not status.up_to_date and not options.dry_run:  # it will compute: import torch meanwhile
                 preload("torch")
@@ -170,6 +176,17 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
     watched.paths += [str(lock_path(mf.path)), *planner.resolver.folders]
     watched.stampable = watched.stampable and not planner.resolver.unpinned_hub
     return out
+
+
+def pack_shards(plan: TargetPlan, max_bytes: int) -> dict:
+    """``plan``'s layer groups (in shard order) packed into shards of at most ``max_bytes``."""
+    from mergefile.io.shards import pack_groups
+
+    sizes: dict = {}
+    for j in plan.jobs:
+        sizes[j.group] = sizes.get(j.group, 0) + j.nbytes
+    order = sorted(plan.shard_names, key=plan.shard_names.__getitem__)
+    return pack_groups([(g, sizes.get(g, 0)) for g in order], max_bytes)
 
 
 def _warning_lines(plan: TargetPlan) -> list[str]:
@@ -295,7 +312,7 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
         progress.message(f"waiting: {plan.out_dir} is being built by another mergebuild (pid {pid})")
 
     with output_lock(plan.out_dir, wait=options.wait_for_lock, on_wait=on_wait):
-        aux2 = aux_files(plan)
+        aux2 = aux_files(plan, options.copy_tokenizer, options.write_card)
         st = compare(kp, aux2.key, force=options.force)  # someone may have built it while we waited
         report.status = st
         if st.up_to_date:

@@ -14,7 +14,7 @@ import ctypes.util
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,9 @@ class AuxFiles:
     tokenizer: object = None  # plan.vocab.TokenizerSpec: a merged tokenizer written instead of copied
 
 
-def aux_files(plan: TargetPlan) -> AuxFiles:
+def aux_files(plan: TargetPlan, copy_tokenizer: bool = True, write_card: bool = True) -> AuxFiles:
+    """The small files of ``plan``'s output; without the tokenizer's or the card's when told
+    (mergekit's ``--no-copy-tokenizer``, ``--no-write-model-card``): the key follows."""
     from mergefile.io.hf_folder import TOKENIZER_FILES
     from mergefile.io.header import code_name
 
@@ -54,17 +56,31 @@ def aux_files(plan: TargetPlan) -> AuxFiles:
     copies: dict[str, str] = {}
     src = Path(plan.donor.path)
     spec = plan.vocab.tokenizer if plan.vocab is not None else None
-    for name in (*(() if spec else TOKENIZER_FILES), "generation_config.json"):
+    for name in (*(() if spec or not copy_tokenizer else TOKENIZER_FILES), "generation_config.json"):
         p = src / name
         if p.is_file():
             copies[name] = str(p)
     digests = {name: xxhash.xxh3_128_hexdigest(Path(p).read_bytes()) for name, p in copies.items()}
     texts = plan.layout.card_texts(plan) if plan.layout is not None else card_texts(plan)
+    if not write_card:
+        texts = {k: v for k, v in texts.items() if k not in ("README.md", "mergebuild_config.yml")}
     digests.update({name: xxhash.xxh3_128_hexdigest(text.encode()) for name, text in texts.items()})
     payload = {"config": config, "files": digests, "recipe": plan.target.origin or ""}
     if spec is not None:
         payload["tokenizer"] = spec.key
     return AuxFiles(config, copies, key_of("aux", payload), texts, spec)
+
+
+def hub_lineage(plan: TargetPlan, upstream: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The Hub ids ``plan`` derives from: its Hub inputs', and those of the targets it reads
+    (``upstream``: target name -> its lineage), so a multi-stage merge's card names real bases."""
+    ids: list[str] = []
+    for m in plan.inputs:
+        if m.hub:
+            ids.append(m.hub[0])
+        elif m.target is not None:
+            ids.extend(upstream.get(m.target, ()))
+    return tuple(dict.fromkeys(ids))
 
 
 def card_texts(plan: TargetPlan) -> dict[str, str]:
@@ -84,7 +100,7 @@ def card_texts(plan: TargetPlan) -> dict[str, str]:
     t = plan.target
     is_yaml = bool(t.loc and str(t.loc.file).endswith((".yml", ".yaml")))
     card = CardData(plan.name, plan.method.name, plan.method.reference, plan.method.summary, tuple(inputs), dtype,
-                    t.origin, "yaml" if is_yaml else "mergefile")
+                    t.origin, "yaml" if is_yaml else "mergefile", plan.hub_lineage)
     namer = ref_namer({m.label: m.hub[0] for m in plan.inputs if m.hub})
     config = render_mergekit_yaml(t, namer, dtype, source_yaml=t.origin if is_yaml else None)
     return {"README.md": render_card(card), "mergebuild_config.yml": config}

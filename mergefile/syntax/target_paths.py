@@ -13,7 +13,16 @@ import os
 from dataclasses import replace
 
 from mergefile.errors import Loc
-from mergefile.syntax.ast import Param, PathRef, Slice, Source, Statement, Sym, Target, Value
+from mergefile.syntax.ast import (
+    Param,
+    PathRef,
+    Slice,
+    Source,
+    Statement,
+    Sym,
+    Target,
+    Value,
+)
 
 # Parameters whose value names a model (the graph follows these).
 MODEL_PARAMS = frozenset({"base", "tokenizer_source", "tokenizer", "token", "finetuned", "models"})

@@ -84,7 +84,7 @@ class LoraKind:
         options = {"rank": kp.get("max_rank") if rank is None else rank, "per-module ranks": len(kp.filters("rank")),
                    **{k: kp.get(k) for k in ("sv_epsilon", "distribute_scale", "embed_lora")}}
         layout = AdapterLayout(static, tuple((m.name, m.role == "embedding") for m in lora_mods),
-                               card(t.name, ft.label, base.label, options, t.origin))
+                               card(t.name, ft.label, base.label, options, t.origin, base.hub[0] if base.hub else None))
         plan = TargetPlan(
             name=t.name, out_dir=planner.base_dir / t.name, target=t, method=METHOD, inputs=[ft, base],
             jobs=jobs, config=static, donor=ft, num_layers=0, layer_key=None, warnings=warnings,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from mergefile.cli.main import main, split_global_options
 from tests.helpers import mergefile_for
 

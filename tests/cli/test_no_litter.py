@@ -29,7 +29,7 @@ def test_build_and_noop_leave_only_the_output(tiny_models, tmp_path):
 
 
 def test_failed_build_leaves_nothing_beside_the_output(tiny_models, tmp_path, monkeypatch):
-    import mergefile.io.writer as writer
+    from mergefile.io import writer
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

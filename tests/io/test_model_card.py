@@ -43,7 +43,10 @@ def test_card_front_matter_and_sections():
     text = render_card(d)
     assert text.startswith("---\n")
     meta = yaml.safe_load(text.split("---")[1])
-    assert meta == {"base_model": ["m", "org/base", "out/y"], "library_name": "transformers", "tags": ["merge", "mergebuild"]}
+    # Hub ids only: local models and other targets are not valid base_model metadata
+    assert meta == {"base_model": ["org/base"], "library_name": "transformers", "tags": ["merge", "mergebuild"]}
+    assert "](http" not in text.replace("(https://arxiv.org/abs/2306.01708)", "").replace(
+        "(https://huggingface.co/org/base)", "")  # nothing else is linked
     assert "# x\n" in text and "**ties**" in text and "(https://arxiv.org/abs/2306.01708)" in text
     assert "[org/base](https://huggingface.co/org/base) (revision main, commit cccccccccccc) — base model" in text
     assert "```\nout/x: ties(base=base) {\n  m weight=1\n}\n```" in text
@@ -72,14 +75,14 @@ def test_card_change_rewrites_aux_files_only(tiny_models, tmp_path, capsys):
     assert cli_json(tmp_path, cache=cache, capsys=capsys)["exit"] == 0
     shards = shard_bytes(tmp_path / "out/x")
     inodes = {p.name: p.stat().st_ino for p in (tmp_path / "out/x").glob("*.safetensors")}
-    assert "base_model:\n- a\n- b\n" in (tmp_path / "out/x/README.md").read_text()
+    assert "base_model" not in (tmp_path / "out/x/README.md").read_text()  # local models only
     # renaming a model changes no tensor key, only the card and the YAML
     mf.write_text(mf.read_text().replace("model a ", "model alpha ").replace("{ a weight", "{ alpha weight"))
     r = cli_json(tmp_path, cache=cache, capsys=capsys)["targets"][0]
     assert r["built"] and r["computed"] == 0 and r["shards_write"] == [] and not r["stale"]
     assert shard_bytes(tmp_path / "out/x") == shards
     assert {p.name: p.stat().st_ino for p in (tmp_path / "out/x").glob("*.safetensors")} == inodes  # hard links
-    assert "- alpha\n" in (tmp_path / "out/x/README.md").read_text()
+    assert "- `alpha` (local model)\n" in (tmp_path / "out/x/README.md").read_text()
     assert "model: alpha" in (tmp_path / "out/x/mergebuild_config.yml").read_text()
     assert cli_json(tmp_path, cache=cache, capsys=capsys)["targets"][0]["up_to_date"]
 
@@ -111,3 +114,12 @@ out/vlm: linear {
     assert mods["vision_tower"]["slices"][0]["sources"][0]["layer_range"] == [0, 2]
     assert mods["multi_modal_projector"]["parameters"] == {"weight": 0.25}
     assert yaml.safe_load(render_mergekit_yaml(t, ref_namer({})))["modules"] == mods
+
+
+def test_lineage_follows_upstream_targets():
+    from mergefile.io.model_card import base_models
+
+    inputs = (CardInput("m"), CardInput("out/y", target=True), CardInput("b", hub="org/b"))
+    assert base_models(inputs, ("org/base", "org/b")) == ["org/b", "org/base"]
+    card = render_card(CardData("x", "linear", "", "", (CardInput("m"),), None, None))
+    assert "base_model" not in card.split("---")[1]
