@@ -192,7 +192,8 @@ function connect() {
 // ---- start
 (async function init() {
   const r = await api("/api/recipe");
-  text($("recipe-path"), r.path);
+  text($("recipe-path"), r.path.split("/").slice(-2).join("/"));
+  $("recipe-path").title = r.path;
   $("source").value = r.text;
   state.saved = r.text;
   markDirty();
