@@ -210,14 +210,14 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) only this benchmark's section of bench/RESULTS.md."""
+def write_section(text: str, heading: str = HEADING) -> None:
+    """Replace (or append) only this benchmark's section (``heading``) of bench/RESULTS.md."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = old.find(HEADING)
+    start = old.find(heading)
     if start < 0:
         new = old.rstrip("\n") + "\n\n" + text
     else:
-        nxt = old.find("\n## ", start + len(HEADING))
+        nxt = old.find("\n## ", start + len(heading))
         new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
     RESULTS.write_text(new)
 

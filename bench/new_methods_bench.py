@@ -129,18 +129,6 @@ def table(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) only this benchmark's section of bench/RESULTS.md."""
-    old = mb.RESULTS.read_text()
-    start = old.find(HEADING)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
-    mb.RESULTS.write_text(new)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=8)
@@ -160,7 +148,7 @@ def main() -> int:
     print(text)
     (mb.WORK / "new_methods_last_run.json").write_text(json.dumps(result, indent=2))
     if not args.quick:
-        write_section(text)
+        mb.write_section(text, HEADING)
     return 0
 
 
