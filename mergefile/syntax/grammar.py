@@ -11,6 +11,7 @@ import functools
 import os
 import logging
 import importlib.resources
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,6 +227,10 @@ def _char_error(e: UnexpectedCharacters, text: str, path: str) -> MergefileSynta
         return MergefileSyntaxError(
             "unterminated string", loc, 'a string must end with \'"\' on the same line'
         )
+    path_text = re.match(r"(\.{1,2}/|/|\.[A-Za-z_])[^\s:{}()\[\]=,;\"]*", text[e.pos_in_stream:])
+    if path_text:  # a folder written bare: ../out/x, /scratch/x, .hidden
+        word = path_text.group(0)
+        return MergefileSyntaxError(f"a path must be quoted: {word}", loc, f'write "{word}"')
     if ch.isdigit() or ch in "+-.":
         end = e.pos_in_stream + 1
         while end < len(text) and (text[end].isalnum() or text[end] in "._+-"):

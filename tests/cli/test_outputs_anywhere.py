@@ -120,3 +120,12 @@ def test_a_quoted_name_that_is_no_folder_is_refused(name, tmp_path, capsys):
     (tmp_path / "Mergefile").write_text(f'model a = "./a"\n{name}: linear {{ a }}\n')
     assert main(["-C", str(tmp_path), "-n"]) == 2
     assert "is not an output folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, word", [("../out/x: linear { a }", "../out/x"), ("/scratch/x: linear { a }", "/scratch/x"),
+                                        (".h: linear { a }", ".h"), ("x: linear { ../out/y weight=1 }", "../out/y")])
+def test_a_bare_path_says_to_quote_it(line, word, tmp_path, capsys):
+    (tmp_path / "Mergefile").write_text(f'model a = "./a"\n{line}\n')
+    assert main(["-C", str(tmp_path), "-n"]) == 2
+    err = capsys.readouterr().err
+    assert f"a path must be quoted: {word}" in err and f'write "{word}"' in err and "Traceback" not in err
