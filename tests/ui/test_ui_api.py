@@ -318,3 +318,19 @@ def test_a_mergekit_config_is_seen_edited_and_built_as_with_config(demo: Path, t
     (other / "merge.yml").write_text(YAML)
     assert cli("-C", str(other), "--quiet", "--config", "merge.yml", "out/linear")[0] == 0
     assert _tree(demo / "out" / "linear") == _tree(other / "out" / "linear")
+
+
+def test_a_failed_build_marks_its_target_failed_until_it_builds(client: Client, demo: Path):
+    text = (demo / "Mergefile").read_text()
+    client.request("/api/save", {"text": text.replace('model chat = "models/chat"', 'model chat = "models/gone"')})
+    code, r = client.request("/api/build", {"target": "out/final"})
+    assert code == 202  # the saved recipe parses; planning it fails in the build, as on the CLI
+    b = wait_build(client, r["build"]["id"])
+    status, _, stderr = cli("-C", str(demo), "-f", str(demo / "Mergefile"), "--quiet", "out/final")
+    assert b["state"] == "failed" and status == 2 and b["error"] == stderr.strip()
+    _, snap = client.request("/api/builds")
+    assert snap["failed"] == {"out/final": b["error"]}
+    client.request("/api/save", {"text": text})
+    code, r = client.request("/api/build", {"target": "out/final"})
+    assert wait_build(client, r["build"]["id"])["state"] == "done"
+    assert client.request("/api/builds")[1]["failed"] == {}
