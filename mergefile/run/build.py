@@ -146,7 +146,7 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
         for name in order:
             plan = planner.plan(name)
             plan.hub_lineage = hub_lineage(plan, {p.name: p.hub_lineage for p, *_ in out})
-            if options.out_shard_size and plan.layout is None:
+            if options.out_shard_size and all(n.startswith("model") for n in plan.shard_names.values()):  # model folders
                 plan.shard_names = pack_shards(plan, options.out_shard_size)
             if others is not None and deferrable(plan, name, others):
                 kp = defer_keys(plan, store.stat, shared, mode)

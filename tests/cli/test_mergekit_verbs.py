@@ -198,6 +198,8 @@ experts:
     assert "same model" not in err and "--load-in-4bit/8bit changes nothing" in err
     cfg = json.loads((work / "moe-out" / "config.json").read_text())
     assert cfg["num_local_experts"] == 2 and (work / "moe-out" / "mergekit_moe_config.yml").exists()
+    # mergekit-moe's default shard size: the MoE model folder is packed like any other (one file here)
+    assert sorted(p.name for p in (work / "moe-out").glob("*.safetensors")) == ["model.safetensors"]
 
 
 def test_extract_lora_with_mergekit_flags_gives_an_adapter_peft_loads(work, tiny_models, capsys):
