@@ -15,7 +15,7 @@ import hmac
 import json
 import threading
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +24,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from mergefile.errors import LockedError, UserError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from mergefile.ui.builds import BuildManager
+    from mergefile.ui.session import RecipeSession
 
 STATIC = {name: "text/javascript" for name in ("util.js", "graph.js", "views.js", "app.js")} | {"style.css": "text/css"}
 HEADER = "x-mergebuild-token"
@@ -57,7 +61,7 @@ def _text(data: dict[str, Any]) -> str:
 class UiApp:
     """Routes of one recipe session; ``port`` names the cookie and the accepted Host."""
 
-    def __init__(self, session, manager, token: str, port: int):
+    def __init__(self, session: RecipeSession, manager: BuildManager, token: str, port: int):
         self.session, self.manager, self.token = session, manager, token
         self.cookie = f"mergebuild_ui_{port}"
         self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}

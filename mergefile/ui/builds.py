@@ -16,10 +16,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergefile.errors import LockedError, UserError
 from mergefile.run.build import Progress
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from mergefile.syntax.ast import Mergefile
+    from mergefile.ui.session import RecipeSession
 
 
 class BuildCancelled(UserError):
@@ -96,7 +100,7 @@ def pid_alive(pid: int) -> bool:
 class BuildManager:
     """Starts, cancels and reports page builds of one :class:`~mergefile.ui.session.RecipeSession`."""
 
-    def __init__(self, session, jobs: int = 1):
+    def __init__(self, session: RecipeSession, jobs: int = 1):
         self.session = session
         self.jobs = max(1, jobs)
         self.builds: list[PageBuild] = []
@@ -136,7 +140,7 @@ class BuildManager:
         threading.Thread(target=self._run, args=(job, mf), name=f"mergebuild-ui-build-{job.id}", daemon=True).start()
         return job
 
-    def _run(self, job: PageBuild, mf) -> None:
+    def _run(self, job: PageBuild, mf: Mergefile) -> None:
         from mergefile.cli.render import build_line
         from mergefile.run.build import BuildOptions, build, default_memory_budget
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergefile.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from mergefile.ui.session import RecipeSession
 
 HISTORY = "history.jsonl"
 
 
-def evolve_folders(session) -> list[Path]:
+def evolve_folders(session: RecipeSession) -> list[Path]:
     """Search folders the page may show: the ones given with ``--evolve``, then the cache's."""
     found = [Path(p) for p in session.evolve_dirs]
     root = session.cache_dir / "evolve"
@@ -27,7 +30,7 @@ def evolve_folders(session) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in found))
 
 
-def evolve_stamps(session) -> dict[str, int]:
+def evolve_stamps(session: RecipeSession) -> dict[str, int]:
     """Folder -> size of its history (the live stream notices a new evaluation by it)."""
     out = {}
     for p in evolve_folders(session):
@@ -38,7 +41,7 @@ def evolve_stamps(session) -> dict[str, int]:
     return out
 
 
-def evolve_view(session, folder: str | None) -> dict[str, Any]:
+def evolve_view(session: RecipeSession, folder: str | None) -> dict[str, Any]:
     """The score curve (each evaluation and the best so far), the best recipe and its genes.
 
     Raises:

@@ -13,6 +13,7 @@ import threading
 from mergefile.errors import UserError
 from mergefile.ui.app import UiApp
 from mergefile.ui.builds import BuildManager
+from mergefile.ui.session import RecipeSession
 
 LOOPBACK = "127.0.0.1"
 
@@ -25,7 +26,7 @@ class UiServer:
         >>> print(server.url); server.serve()   # doctest: +SKIP
     """
 
-    def __init__(self, session, host: str = LOOPBACK, port: int = 0, jobs: int = 1, token: str | None = None):
+    def __init__(self, session: RecipeSession, host: str = LOOPBACK, port: int = 0, jobs: int = 1, token: str | None = None):
         self.session = session
         self.token = token or secrets.token_urlsafe(24)
         self.manager = BuildManager(session, jobs)

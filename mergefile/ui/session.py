@@ -14,9 +14,13 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mergefile.errors import UserError
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from mergefile.run.build import BuildReport
+    from mergefile.syntax.ast import Mergefile
 
 
 @dataclass
@@ -61,7 +65,7 @@ class RecipeSession:
         with Store(self.cache_dir, self.cache_size or DEFAULT_SIZE_LIMIT) as store:
             yield store
 
-    def load(self, text: str | None = None):
+    def load(self, text: str | None = None) -> Mergefile:
         """The recipe AST of ``text`` (default: the file on disk), as the CLI would parse it.
 
         Raises:
@@ -76,7 +80,7 @@ class RecipeSession:
                                                            lenient=self.lenient))
         return _parse_draft(text, self.path, self.lenient)
 
-    def _load_file(self):
+    def _load_file(self) -> Mergefile:
         """The saved recipe, read as ``mergebuild -f FILE`` / ``--config YAML TARGET`` read it."""
         if self.config_target is None:
             from mergefile.syntax import parse_mergefile
@@ -89,7 +93,7 @@ class RecipeSession:
         moe = moe_yaml_to_target(self.path, self.config_target)
         return self._as_mergefile((moe,)) if moe else self.load(self.read_text())
 
-    def _as_mergefile(self, targets):
+    def _as_mergefile(self, targets) -> Mergefile:
         """YAML targets as the CLI's one-file recipe: outputs relative to ``base_dir``."""
         from mergefile.syntax.ast import Mergefile
 
@@ -106,7 +110,7 @@ class RecipeSession:
             self.out_dirs = {r.name: Path(r.status.kp.plan.out_dir) for r in report.targets}
         return {"ok": True, **graph_json(mf, report)}
 
-    def _dry_run(self, mf):
+    def _dry_run(self, mf: Mergefile) -> BuildReport:
         """``mergebuild -n --explain`` over every merge target: the same ``build`` call."""
         from mergefile.run.build import BuildOptions, build
         from mergefile.run.usage import all_targets
@@ -115,7 +119,7 @@ class RecipeSession:
             return build(mf, all_targets(mf), store, BuildOptions(dry_run=True, allow_pickle=self.allow_pickle))
 
 
-def _parse_draft(text: str, path: Path, lenient: bool):
+def _parse_draft(text: str, path: Path, lenient: bool) -> Mergefile:
     """Parse unsaved Mergefile text as if it were ``path``; its includes are read from disk
     by the parser's own functions (a Mergefile include, or ``include "x.yml" as out/x``)."""
     from mergefile.syntax import load_yaml_targets, parse_mergefile, parse_text
@@ -166,7 +170,7 @@ def target_note(st) -> tuple[str, str]:
     return "stale", f"stale: {len(st.stale)}/{len(st.kp.plan.jobs)} tensors ({reason})"
 
 
-def graph_json(mf, report) -> dict[str, Any]:
+def graph_json(mf: Mergefile, report: BuildReport) -> dict[str, Any]:
     """Nodes and edges of models -> targets -> groups, with each target's state and explanation."""
     from mergefile.cli.render import dry_run_lines, explain_lines
     from mergefile.plan.graph import normalize_name

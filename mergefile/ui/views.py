@@ -10,9 +10,14 @@ the build log recorded for each computed tensor; cache figures are ``cache stats
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergefile.errors import unknown
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from mergefile.plan.jobs import TargetPlan
+    from mergefile.store.log import BuildLog
+    from mergefile.ui.session import RecipeSession
 
 _LAYER = re.compile(r"\.(\d+)\.")
 MAX_TIMES = 400  # per-tensor rows sent to the page (slowest first)
@@ -27,7 +32,7 @@ def _column(group: tuple) -> str:
     return f"L{group[1]}" if group[0] == "layer" else group[0]
 
 
-def heat_map(plan) -> dict[str, Any]:
+def heat_map(plan: TargetPlan) -> dict[str, Any]:
     """Numeric parameters per (tensor kind, layer) as the planner resolved them.
 
     Returns:
@@ -59,7 +64,7 @@ def _put(cells: dict, name: str, at: tuple[str, str], v: Any) -> None:
     cells.setdefault(name, {})[at] = float(v)
 
 
-def last_times(log, target: str) -> dict[str, Any]:
+def last_times(log: BuildLog, target: str) -> dict[str, Any]:
     """Per-tensor records of the latest logged run that computed or fetched ``target``'s tensors."""
     for run_id in reversed(log.runs()):
         rows = [r for r in log.read(run_id) if r.get("target") == target and r.get("tensor")]
@@ -71,7 +76,7 @@ def last_times(log, target: str) -> dict[str, Any]:
     return {"run_id": None, "total": 0, "tensors": []}
 
 
-def target_view(session, name: str) -> dict[str, Any]:
+def target_view(session: RecipeSession, name: str) -> dict[str, Any]:
     """Everything the target page shows: recipe text, explanation, heat map, last build's times."""
     from mergefile.cli.render import dry_run_lines, explain_lines
     from mergefile.plan.graph import normalize_name
@@ -100,7 +105,7 @@ def target_view(session, name: str) -> dict[str, Any]:
             "heat": heat_map(plan), "times": times}
 
 
-def cache_view(session, last: int = 30) -> dict[str, Any]:
+def cache_view(session: RecipeSession, last: int = 30) -> dict[str, Any]:
     """``cache stats``, the per-build history, entries by kind and a ``gc`` preview."""
     from mergefile.run.history import recent, totals
     from mergefile.run.usage import current_usage
@@ -132,7 +137,7 @@ def cache_view(session, last: int = 30) -> dict[str, Any]:
     return data
 
 
-def log_records(session, spec: str | None) -> dict[str, Any]:
+def log_records(session: RecipeSession, spec: str | None) -> dict[str, Any]:
     """One logged run's records (``mergebuild log RUN``: an id, a prefix, ``-N`` or the last)."""
     from mergefile.run.history import find_run, summarize
 
