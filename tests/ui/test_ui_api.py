@@ -60,6 +60,8 @@ def test_index_turns_the_token_into_a_strict_cookie(client: Client):
         cookie = r.headers["set-cookie"]
     assert f"mergebuild_ui_{client.srv.port}={client.srv.token}" in cookie
     assert "samesite=strict" in cookie.lower() and "httponly" in cookie.lower()
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+    assert r.headers["referrer-policy"] == "no-referrer"  # the tokened URL is never sent on
     req = urllib.request.Request(client.base + "/static/app.js", headers={"cookie": cookie.split(";")[0]})
     with urllib.request.urlopen(req) as r:
         assert b"EventSource" in r.read()

@@ -17,6 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("no Chromium installed (apt-get install chromium; .ci/run installs it)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+expect = sync_api.expect  # waits through Playwright's own script (the page's CSP forbids eval)
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -36,11 +37,12 @@ def page(browser, server):
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP refusals included
     pg.goto(server.url)
     pg.wait_for_selector("body[data-ready='1']")
     yield pg
     ctx.close()
-    assert errors == [], errors  # no script error on the page
+    assert errors == [], errors  # no script error or refused resource on the page
 
 
 def shot(page, tmp_path: Path, name: str) -> Path:
@@ -84,8 +86,7 @@ def build_on_page(page, n: int) -> str:
     """Click Build in the target view and wait for page build ``n`` to end; its messages."""
     page.click(".tab[data-view='target']")
     page.click("#build")
-    page.wait_for_function(f"document.getElementById('progress').textContent.includes('build {n}: done')",
-                           timeout=60_000)
+    expect(page.locator("#progress")).to_contain_text(f"build {n}: done", timeout=60_000)
     return page.inner_text("#progress")
 
 
@@ -94,7 +95,7 @@ def edit_and_save(page, old: str, new: str) -> None:
     src = page.locator("#source")
     src.fill(src.input_value().replace(old, new, 1))
     page.click("#save")
-    page.wait_for_function("document.getElementById('dirty').textContent === 'saved'")
+    expect(page.locator("#dirty")).to_have_text("saved")
 
 
 def test_build_from_the_page_reaches_100_percent(page, server, tmp_path: Path):
@@ -122,9 +123,9 @@ def test_build_from_the_page_reaches_100_percent(page, server, tmp_path: Path):
     edit_and_save(page, "math  weight=0.5", "math  weight=0.6")  # back: every tensor is in the cache
     assert "0 computed, 39 from cache" in build_on_page(page, 3)
     page.click(".tab[data-view='cache']")
-    page.wait_for_function("document.querySelectorAll('#log tr.run').length === 3")
+    expect(page.locator("#log tr.run")).to_have_count(3)
     page.click("#log tr.run")  # the newest run
-    page.wait_for_function("document.getElementById('log-records').textContent.includes('39 tensor records')")
+    expect(page.locator("#log-records")).to_contain_text("39 tensor records")
     assert "hit" in page.inner_text("#log-records")
     assert "tensor" in page.inner_text("#kinds") and "would drop" in page.inner_text("#gc")
     assert page.locator("#chart svg rect").count() == 6  # hit rate and bytes saved, per build
@@ -143,5 +144,5 @@ def test_evolve_view(page, server, tmp_path: Path):
     assert page.locator("#genes td.cell[data-value]").count() == 4
     assert page.inner_text("#best-recipe").startswith("# evaluation 6: score 0.52")
     write_search(server.session.cache_dir / "evolve" / "out_best-0123456789ab", [0.6])  # live: a new evaluation
-    page.wait_for_function("document.querySelectorAll('#evolve-chart circle.eval').length === 7")
+    expect(page.locator("#evolve-chart circle.eval")).to_have_count(7)
     shot(page, tmp_path, "ui-evolve")

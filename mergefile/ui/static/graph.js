@@ -64,8 +64,10 @@ function drawGraph(container, view, states, onClick) {
   ];
   const { pos, width, height } = layout(nodes, view.edges);
   container.textContent = "";
-  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img",
-                         style: `width: 100%; max-width: ${width}px; height: auto` }, container);
+  const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" }, container);
+  svg.style.width = "100%";  // scaled down to the pane, never up (CSSOM: allowed by the page's CSP)
+  svg.style.maxWidth = `${width}px`;
+  svg.style.height = "auto";
   const defs = el("defs", {}, svg);
   const marker = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" }, defs);
   el("path", { d: "M0,0 L10,5 L0,10 z", fill: "#8b95a5" }, marker);
