@@ -146,3 +146,19 @@ def test_evolve_view(page, server, tmp_path: Path):
     write_search(server.session.cache_dir / "evolve" / "out_best-0123456789ab", [0.6])  # live: a new evaluation
     expect(page.locator("#evolve-chart circle.eval")).to_have_count(7)
     shot(page, tmp_path, "ui-evolve")
+
+
+def test_a_build_held_elsewhere_shows_up_live(page, server):
+    from mergefile.store.lock import output_lock
+    from mergefile.store.log import BuildLog
+
+    demo = server.session.folder
+    argv = ["-C", str(demo), "out/frank"]
+    with output_lock(demo / "out" / "frank"), BuildLog(server.session.cache_dir / "logs").start_run(argv) as run:
+        run.record(target="out/frank", tensor="model.norm.weight", key="k1", status="computed", seconds=0.01)
+        page.wait_for_selector(".node.target[data-id='target:out/frank'][data-state='building']")
+        expect(page.locator("#runs")).to_contain_text(f"running elsewhere: pid {os.getpid()} "
+                                                      f"(mergebuild {' '.join(argv)}) — out/frank: 1 tensor done")
+        assert page.locator(".trow[data-target='out/frank'] button").is_disabled()
+    page.wait_for_selector(".node.target[data-id='target:out/frank'][data-state='stale']")
+    expect(page.locator("#runs")).to_have_text("")

@@ -117,7 +117,7 @@ function renderRuns() {
   const others = state.live.runs.filter(r => !r.page);
   box.textContent = "";
   for (const r of others) {
-    const counts = Object.entries(r.tensors).map(([t, n]) => `${t}: ${n} tensors`).join(", ") || "planning";
+    const counts = Object.entries(r.tensors).map(([t, n]) => `${t}: ${n} tensor${n === 1 ? "" : "s"} done`).join(", ") || "planning";
     box.appendChild(h("div", "", `running elsewhere: pid ${r.pid} (mergebuild ${r.argv.join(" ")}) — ${counts}`));
   }
 }
