@@ -7,11 +7,10 @@ import contextlib
 import io
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
-from conftest import Client, copy_demo
+from tests.ui.ui_support import Client, copy_demo, write_search
 
 from mergefile.cli.main import main as cli_main
 from mergefile.store.lock import output_lock
@@ -245,28 +244,6 @@ def test_cache_view_matches_cache_stats_and_gc(client: Client, demo: Path):
     assert c["gc_preview"]["would_drop"] == json.loads(out)["dropped"] > 0
     _, log = client.request(f"/api/log?run={c['runs'][-1]['run_id']}")
     assert sum(1 for rec in log["records"] if rec.get("status") == "computed") == 39
-
-
-def write_search(folder: Path, scores: list[float]) -> None:
-    """An evolve storage folder as the search writes it: history lines, best.json, best.mf."""
-    from mergefile.targets.evolve.outputs import append_history, write_text
-
-    from mergefile.targets.evolve.outputs import read_history
-
-    folder.mkdir(parents=True, exist_ok=True)
-    history = read_history(folder / "history.jsonl")
-    best = max(history, key=lambda h: h["score"]) if history else None
-    for i, score in enumerate(scores, start=len(history)):
-        line = {"n": i + 1, "generation": i // 2, "member": i % 2, "score": score, "results": {"t": {"acc,none": score}},
-                "params": {"math.weight": [0.1 * i, 0.5], "code.weight": [0.5, 1 - 0.1 * i]}, "key": f"k{i}"}
-        append_history(folder / "history.jsonl", line)
-        if best is None or score > best["score"]:
-            best = line
-            write_text(folder / "best.json", json.dumps(best))
-            genes = best["params"]
-            write_text(folder / "best.mf", f"# evaluation {best['n']}: score {score}\n"
-                       'model math = "models/math"\nmodel code = "models/code"\n\nfinal_model: linear {\n'
-                       f"    math weight={genes['math.weight']}\n    code weight={genes['code.weight']}\n}}\n")
 
 
 def test_evolve_view_shows_the_score_curve_best_recipe_and_genes_live(client: Client, demo: Path):

@@ -133,7 +133,7 @@ def test_build_from_the_page_reaches_100_percent(page, server, tmp_path: Path):
 
 
 def test_evolve_view(page, server, tmp_path: Path):
-    from test_ui_api import write_search
+    from tests.ui.ui_support import write_search
 
     write_search(server.session.cache_dir / "evolve" / "out_best-0123456789ab", [0.31, 0.42, 0.38, 0.47, 0.45, 0.52])
     page.click(".tab[data-view='evolve']")

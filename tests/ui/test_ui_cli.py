@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import Client
+from tests.ui.ui_support import Client
 
 from mergefile.cli.main import main as cli_main
 
