@@ -9,8 +9,8 @@ Run in the throwaway FusionBench virtualenv (never the project's):
     bench/.venv-fusionbench/bin/python bench/new_methods_reference.py /tmp/pcb-merging/pcb-merging.py
 
 It writes ``tests/data/new_methods_reference.safetensors``: the inputs (``base.W``, ``task{t}.W``)
-and FusionBench's merged tensor for each method (``{method}.W``), for a 24 x 16 matrix and a
-16-entry vector, three tasks. ``tests/methods/test_new_methods_reference.py`` compares
+and FusionBench's merged tensor for each method (``{method}.W``), for a 24 x 16 and a 12 x 20
+matrix and a 16-entry vector, three tasks. ``tests/methods/test_new_methods_reference.py`` compares
 mergebuild's methods with them, so CI needs no FusionBench. Consensus merging has no one-call
 FusionBench algorithm: its pieces (``generate_task_masks``, the mask count of
 ``construct_consensus_mask``, ``ties_merging``) are composed here as the TALL-masks paper does.
@@ -31,14 +31,15 @@ from fusion_bench.method.magmax.magmax import _magmax_select
 from fusion_bench.method.tall_mask.utils import generate_task_masks
 from fusion_bench.method.task_singular_vector.utils.TSVM_utils import compute_and_sum_svd_mem_reduction
 from fusion_bench.method.ties_merging.ties_merging_utils import ties_merging
+from fusion_bench.method.wudi.wudi import wudi_merging
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "new_methods_reference.safetensors"
 TASKS = 3
-SHAPES = {"W": (24, 16), "b": (16,)}
+SHAPES = {"W": (24, 16), "V": (12, 20), "b": (16,)}
 MASK_LAMBDA, K = 0.6, 2
 # FusionBench's TIES trim keeps the entries >= the (n - int(n*K))-th smallest: int(n*K) + 1 of
 # them; mergebuild keeps int(n * density). This K keeps 76 of 384 = int(384 * 0.2).
-TIES_K = {"W": 75.5 / 384, "b": 2.5 / 16}  # 'b': keeps 3 = int(16 * 0.2)
+TIES_K = {"W": 75.5 / 384, "V": 47.5 / 240, "b": 2.5 / 16}  # V: 48 = int(240 * 0.2); b: 3
 
 
 def inputs() -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -83,6 +84,7 @@ def main() -> None:
         "iso_c": iso_c([dict(tv) for tv in tvs], accelerator="cpu"),
         "iso_cts": iso_cts([dict(tv) for tv in tvs], common_space_fraction=0.8, accelerator="cpu"),
         "magmax": {k: 0.5 * v for k, v in _magmax_select([dict(tv) for tv in tvs]).items()},
+        "wudi": {k: v.detach() for k, v in wudi_merging([dict(tv) for tv in tvs], accelerator="cpu", iter_num=300).items()},
     }
     for name, tv in merged.items():
         for k in base:

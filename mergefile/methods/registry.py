@@ -21,6 +21,7 @@ from mergefile.methods import (
     sce,
     slerp,
     tsv,
+    wudi,
 )
 from mergefile.methods.base import Method
 
@@ -43,6 +44,7 @@ _ALL: tuple[Method, ...] = (
     *consensus.METHODS,  # consensus_ta, consensus_ties
     magmax.METHOD,
     pcb.METHOD,
+    wudi.METHOD,
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}

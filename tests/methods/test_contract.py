@@ -18,7 +18,7 @@ SHAPES = [(16, 24), (40,)]
 
 STAGED = {"ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "tsv"}
 PACKED_STAGE = {"tsv"}  # the stage output is a packed SVD, not a tensor of the input's shape
-EXTENSIONS = {"tsv", "iso_c", "iso_cts", "consensus_ta", "consensus_ties", "magmax", "pcb"}  # issue 19
+EXTENSIONS = {"tsv", "iso_c", "iso_cts", "consensus_ta", "consensus_ties", "magmax", "pcb", "wudi"}  # issue 19
 RANDOM_STAGE = {"dare_ties", "dare_linear", "della", "della_linear"}
 
 EMBED = {

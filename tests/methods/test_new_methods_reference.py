@@ -2,7 +2,7 @@
 
 The reference outputs were recorded by ``bench/new_methods_reference.py`` in a throwaway
 FusionBench virtualenv (see its docstring) into ``tests/data/new_methods_reference.safetensors``;
-this test needs no FusionBench. Inputs: a 24 x 16 matrix and a 16-entry vector, three tasks.
+this test needs no FusionBench. Inputs: a 24 x 16 and a 12 x 20 matrix and a 16-entry vector, three tasks.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ TASKS = 3
 # the reference's parameters (bench/new_methods_reference.py), spelled as mergebuild's
 PARAMS = {"magmax": {}, "tsv": {}, "iso_c": {}, "iso_cts": {"common_space_fraction": 0.8},
           "consensus_ta": {"k": 2, "mask_lambda": 0.6}, "consensus_ties": {"k": 2, "mask_lambda": 0.6},
-          "pcb": {"pcb_ratio": 0.1}}
+          "pcb": {"pcb_ratio": 0.1}, "wudi": {"iterations": 300}}
 
 
-@pytest.mark.parametrize("key", ["W", "b"])
+@pytest.mark.parametrize("key", ["W", "V", "b"])
 @pytest.mark.parametrize("method", sorted(PARAMS))
 def test_matches_fusionbench(method: str, key: str):
     tensors = [DATA[f"base.{key}"]] + [DATA[f"task{t}.{key}"] for t in range(TASKS)]

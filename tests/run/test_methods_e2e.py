@@ -55,6 +55,7 @@ RECIPES: dict[str, str] = {
     "consensus_ties": "consensus_ties(base=base) { a density=0.5 ; b density=0.4 }",
     "magmax": "magmax(base=base) { a ; b }",
     "pcb": "pcb(base=base, pcb_ratio=0.2) { a weight=1.2 ; b }",
+    "wudi": "wudi(base=base, iterations=50) { a ; b }",
 }
 NAMES = sorted(RECIPES)
 LAYER = "model.layers.1.mlp.down_proj.weight"

@@ -25,6 +25,7 @@ EDITS = {
     "consensus_ties": ("consensus_ties(base=base) { a ; b }", "consensus_ties(base=base) { a weight=0.4 ; b }"),
     "magmax": ("magmax(base=base) { a ; b }", "magmax(base=base, lambda=0.8) { a ; b }"),
     "pcb": ("pcb(base=base) { a ; b }", "pcb(base=base) { a weight=1.2 ; b weight=0.9 }"),
+    "wudi": ("wudi(base=base, iterations=50) { a ; b }", "wudi(base=base, iterations=50, lr=2e-5) { a ; b }"),
 }
 STAGES = {"tsv": 2 * N}  # one SVD stage per tensor and fine-tune
 
@@ -118,6 +119,7 @@ def test_export_marks_the_method_as_a_mergebuild_extension(tiny_models, tmp_path
     ("consensus_ties(base=base) { a density=3 ; b }", ["model 'a'", "density must lie in [0, 1]"]),
     ("magmax { a ; b }", ["magmax", "base"]),
     ("pcb(base=base, pcb_ratio=0) { a ; b }", ["pcb_ratio must lie in (0, 1]"]),
+    ("wudi(base=base, lr=0) { a ; b }", ["lr must be > 0"]),
 ])
 def test_bad_parameters_fail_cleanly_before_reading(body, words, tiny_models, tmp_path, capsys):
     d = tmp_path / "w"
