@@ -7,6 +7,11 @@ and a CUDA build of the same node start from the same numbers and the global RNG
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
 from mergefile._lazy import torch
 
 # Randomized SVD (Halko, Martinsson & Tropp 2011, §4.4): test vectors beyond the rank asked for
@@ -19,9 +24,47 @@ POWER_ITERS = 4
 RANDOMIZED_SHARE = 0.25
 
 
+_T = TypeVar("_T")
+# MKL's SVD and QR give different bits at different thread counts (a Ray task has one thread, a
+# local build as many as cores), so on the CPU they always run on one thread. The thread count
+# is partly process-wide (MKL's), hence one lock: while a factorization runs, no other thread
+# can raise it; other threads' matmuls only run slower meanwhile, never differently.
+_ONE_THREAD = threading.Lock()
+
+
+@contextmanager
+def _one_thread(t: torch.Tensor) -> Iterator[None]:
+    if t.device.type != "cpu":
+        yield
+        return
+    with _ONE_THREAD:
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
+
+
+def _pinned(f: Callable[[torch.Tensor], _T], m: torch.Tensor) -> _T:
+    with _one_thread(m):
+        return f(m)
+
+
+def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(m, full_matrices=False)``, the same bits on every executor."""
+    u, s, vh = _pinned(lambda x: torch.linalg.svd(x, full_matrices=False), m)
+    return u, s, vh
+
+
+def orthonormal_basis(m: torch.Tensor) -> torch.Tensor:
+    """The ``Q`` of a reduced QR of ``m``, the same bits on every executor."""
+    return _pinned(lambda x: torch.linalg.qr(x).Q, m)
+
+
 def thin_svd(m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top ``k`` singular triplets ``(U, S, Vh)`` of ``m`` from an exact thin SVD."""
-    u, s, vh = torch.linalg.svd(m, full_matrices=False)
+    u, s, vh = svd(m)
     return u[:, :k], s[:k], vh[:k, :]
 
 
@@ -39,17 +82,17 @@ def randomized_svd(m: torch.Tensor, k: int, gen: torch.Generator | None) -> tupl
     if gen is None:
         gen = torch.Generator().manual_seed(0)
     omega = torch.randn((cols, q), generator=gen, dtype=torch.float32).to(device=m.device, dtype=m.dtype)
-    basis = torch.linalg.qr(m @ omega).Q
+    basis = orthonormal_basis(m @ omega)
     for _ in range(POWER_ITERS):
-        basis = torch.linalg.qr(m.T @ basis).Q
-        basis = torch.linalg.qr(m @ basis).Q
-    ub, s, vh = torch.linalg.svd(basis.T @ m, full_matrices=False)
+        basis = orthonormal_basis(m.T @ basis)
+        basis = orthonormal_basis(m @ basis)
+    ub, s, vh = svd(basis.T @ m)
     return (basis @ ub)[:, :k], s[:k], vh[:k, :]
 
 
 def polar(a: torch.Tensor) -> torch.Tensor:
     """The orthogonal factor ``P Q^T`` of ``a = P D Q^T``: the nearest matrix with orthonormal columns (or rows)."""
-    p, _, qh = torch.linalg.svd(a, full_matrices=False)
+    p, _, qh = svd(a)
     return p @ qh
 
 

@@ -26,13 +26,13 @@ from typing import Any
 from mergefile._lazy import torch
 
 from mergefile.methods._common import finish, others, require_base, up
-from mergefile.methods._svd import polar
+from mergefile.methods._svd import polar, svd
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
 
 def iso_c(taus: Sequence[torch.Tensor]) -> torch.Tensor:
     """``mean(S) U V^T`` of the sum of ``taus`` (2-D)."""
-    u, s, vh = torch.linalg.svd(sum(taus[1:], taus[0]), full_matrices=False)
+    u, s, vh = svd(sum(taus[1:], taus[0]))
     return (u * s.mean()) @ vh
 
 
@@ -45,12 +45,12 @@ def spaces(r: int, tasks: int, fraction: float) -> tuple[int, int]:
 
 def iso_cts(taus: Sequence[torch.Tensor], fraction: float) -> torch.Tensor:
     """Common subspace of the sum plus each task's own directions, orthogonalized and flattened."""
-    u, s, vh = torch.linalg.svd(sum(taus[1:], taus[0]), full_matrices=False)
+    u, s, vh = svd(sum(taus[1:], taus[0]))
     common, per_task = spaces(s.shape[0], len(taus), fraction)
     us, ss, vs = [u[:, :common]], [s[:common]], [vh[:common]]
     uc = u[:, :common]
     for tau in taus:
-        ut, st, vt = torch.linalg.svd(tau - uc @ (uc.T @ tau), full_matrices=False)
+        ut, st, vt = svd(tau - uc @ (uc.T @ tau))
         us.append(ut[:, :per_task])
         ss.append(st[:per_task])
         vs.append(vt[:per_task])
@@ -87,7 +87,7 @@ def _build(cts: bool) -> Method:
     extra = (ParamSpec("common_space_fraction", 0.8, doc="share of the rank given to the common space"),) if cts else ()
     return Method(
         name="iso_cts" if cts else "iso_c",
-        version=1,
+        version=2,  # 2: factorizations on one CPU thread (the same bits on Ray)
         reference="https://arxiv.org/abs/2502.04959",
         params=(
             ParamSpec("weight", 1.0, per_model=True, doc="scale of this model's task vector"),

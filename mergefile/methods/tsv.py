@@ -87,7 +87,7 @@ def _check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], ba
 
 METHOD = Method(
     name="tsv",
-    version=1,
+    version=2,  # 2: factorizations on one CPU thread (the same bits on Ray)
     reference="https://arxiv.org/abs/2412.00081",
     params=(
         ParamSpec("weight", 1.0, per_model=True, doc="scale of this model's singular values"),

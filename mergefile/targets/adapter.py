@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mergefile._lazy import torch
+from mergefile.methods._svd import svd
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec, Stage
 
 __all__ = ["ADAPTER_WEIGHTS", "AdapterLayout", "METHOD", "PREFIX"]
@@ -43,7 +44,7 @@ def svd_factors(x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any], 
         return delta
     if params["transpose"]:
         delta = delta.T
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    u, s, vh = svd(delta)
     rank = min(int(params["rank"]), s.numel())
     eps = float(params["sv_epsilon"])
     if eps > 0:
@@ -72,7 +73,7 @@ def _part(tensors: Sequence[torch.Tensor], per_model, params: Mapping[str, Any],
 
 METHOD = Method(
     name="lora:extract",
-    version=1,
+    version=2,  # 2: factorizations on one CPU thread (the same bits on Ray)
     reference="https://arxiv.org/abs/2106.09685 (LoRA); mergekit-extract-lora",
     params=(
         ParamSpec("part", "A", type=str, doc="A, B, bias or full"),
