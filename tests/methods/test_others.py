@@ -108,17 +108,29 @@ def test_arcee_fusion_mask_formula():
     assert 0 < (out != base).sum() < base.numel()  # a real selection, not all or nothing
 
 
-def test_arcee_fusion_scores_in_float64_for_float32_inputs():
-    """A float32 case where float32 scores put one entry on the wrong side of the cut (found by
-    search, seed 42): float64 scores agree with the formula in Python floats, so last-bit
-    differences between devices' reductions no longer decide the mask (issue 9, seen on an H100)."""
+def _fusion_as_mergekit(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """mergekit 0.1.5's arcee_fusion expressions, in the inputs' dtype (no sampling below 1e6)."""
+    p = torch.nn.functional.softmax(other, dim=-1) + 1e-8
+    q = torch.nn.functional.softmax(base, dim=-1) + 1e-8
+    scores = (other - base).abs() * (p * torch.log(p / q)).sum(dim=-1).unsqueeze(-1)
+    ordered = torch.sort(scores.reshape(-1)).values
+    n = ordered.numel() - 1
+    thr = ordered[int(0.5 * n)] + 1.5 * (ordered[int(0.75 * n)] - ordered[int(0.25 * n)])
+    return base + (other - base) * (scores >= thr).float()
+
+
+def test_arcee_fusion_scores_in_the_compute_dtype_as_mergekit():
+    """A float32 case (seed 42) where float32 scores put one entry on the other side of the cut
+    than exact ones: the result keeps mergekit's float32 selection, bit for bit (version 3; version
+    2 scored in float64 and differed from mergekit here)."""
     g = torch.Generator().manual_seed(42)
     base = torch.randn(24, 16, generator=g)
     other = base + 0.3 * torch.randn(24, 16, generator=g)
     out = run("arcee_fusion", [base, other], base_index=0)
-    expected = torch.tensor(_fusion_by_formula(base.double().tolist(), other.double().tolist()))
+    exact = torch.tensor(_fusion_by_formula(base.double().tolist(), other.double().tolist()))
     assert out.dtype == torch.float32
-    assert torch.equal(out != base, expected.float() != base)
+    assert torch.equal(out, _fusion_as_mergekit(base, other))
+    assert not torch.equal(out != base, exact.float() != base)  # the case still tells the two apart
 
 
 def test_arcee_fusion_large_tensor_sample_is_seeded():
