@@ -70,6 +70,9 @@ class MergeContext:
     is_embed: bool = False
     base_index: int | None = None
     generator: torch.Generator | None = None
+    # the caller hands over its list of (stage) inputs: a method may drop entries it has copied,
+    # to lower its peak memory (compute.py does; a direct call keeps its tensors)
+    consume_inputs: bool = False
 
 
 # merge(tensors, per_model, params, ctx) -> tensor

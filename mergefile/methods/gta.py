@@ -138,8 +138,11 @@ def _combine_sum(weighted: torch.Tensor, weights: torch.Tensor, normalize: bool)
 
     Exact zeros never agree with a ±1 majority, so they leave the element-wise divisor too.
     """
-    majority = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
-    mask = torch.sign(weighted) == majority
+    one = torch.ones((), dtype=weighted.dtype, device=weighted.device)
+    majority = torch.where(weighted.sum(dim=0) >= 0, one, -one)
+    # 0/1 in the deltas' dtype (mergekit's mask dtype): same-dtype products are several times
+    # faster on CPU than bool-promoting ones, and give the same values
+    mask = (torch.sign(weighted) == majority).to(weighted.dtype)
     mixed = weighted.mul_(mask).sum(dim=0)
     if normalize:
         divisor = (weights * mask).sum(dim=0)
@@ -153,6 +156,25 @@ COMBINERS: dict[Consensus, Callable[[torch.Tensor, torch.Tensor, bool], torch.Te
 }
 
 
+def _stack_deltas(tensors: Sequence[torch.Tensor], idx: list[int], base: torch.Tensor,
+                  staged: bool, consume: bool) -> torch.Tensor:
+    """The task vectors stacked (N, ...), in the base's compute dtype.
+
+    Staged inputs already are task vectors; with ``consume`` (``ctx.consume_inputs``) a list's
+    entries are dropped once copied, so the peak holds one stack rather than the stage outputs
+    and their stack. Unstaged inputs are subtracted straight into the stack.
+    """
+    out = torch.empty((len(idx), *base.shape), dtype=base.dtype, device=base.device)
+    for j, i in enumerate(idx):
+        if staged:
+            out[j].copy_(native(tensors[i]))
+            if consume and isinstance(tensors, list):
+                tensors[i] = None
+        else:
+            torch.sub(native(tensors[i]), base, out=out[j])
+    return out
+
+
 def _merge(row: GTARow, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
            params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
     """Combine the (staged) task vectors and add them back to the base."""
@@ -161,11 +183,8 @@ def _merge(row: GTARow, tensors: Sequence[torch.Tensor], per_model: Sequence[Map
     if not idx:
         return base
     base_w = native(base)
-    if row.sparsifier is None:
-        deltas = torch.stack([native(tensors[i]) - base_w for i in idx])
-    else:
-        deltas = torch.stack([native(tensors[i]) for i in idx])
     w = [model_param(row.name, per_model[i], "weight", i, ctx) for i in idx]
+    deltas = _stack_deltas(tensors, idx, base_w, row.sparsifier is not None, ctx.consume_inputs)
     weights = torch.tensor(w, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
     mixed = COMBINERS[row.consensus](deltas.mul_(weights), weights, bool(params["normalize"]))
     lam = float(params["lambda"])

@@ -29,7 +29,7 @@ def kth_smallest(v: torch.Tensor, r: int) -> torch.Tensor:
     kthvalue on 16 M entries here).
     """
     if _is_half(v) and not bool(torch.signbit(v).any()):
-        counts = torch.bincount(v.view(torch.int16).to(torch.int32), minlength=1 << 15)
+        counts = torch.bincount(v.view(torch.int16), minlength=1 << 15)
         pattern = int(torch.searchsorted(counts.cumsum(0), r))
         return torch.tensor(pattern, dtype=torch.int16).view(v.dtype).to(v.device)
     return torch.kthvalue(v.float() if _is_half(v) else v, r).values.to(v.dtype)

@@ -63,7 +63,7 @@ class Keep:
         """The sparsified delta: ``x * mask`` (times ``scale``), as mergekit computes it."""
         if self.mask is None and self.scale is None:
             return x
-        masked = x * self.mask.to(x.dtype) if self.mask is not None else x
+        masked = x * self.mask if self.mask is not None else x  # bool promotes in the kernel
         if self.scale is None:
             return masked
         if self.scale.dtype == x.dtype:
@@ -111,7 +111,7 @@ def _l1_scale(x: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.
     """
     xs = x.to(dtype)
     before = xs.abs().sum()
-    after = (xs * mask.to(dtype)).abs().sum()
+    after = (xs * mask).abs().sum()
     if not (torch.isfinite(before) and torch.isfinite(after)) and dtype != torch.float32:
         return _l1_scale(x, mask, torch.float32)
     if before < _NORM_EPS or after < _NORM_EPS:

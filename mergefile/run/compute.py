@@ -164,7 +164,9 @@ def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, devic
     tensors = align(tensors, method.embed, job.base_index)
     if method.stage is not None and job.base_index is not None and len(tensors) > 1:
         tensors = _run_stages(method, job, tensors, stage_inputs(job, kp), blobs, device, res)
-    ctx = MergeContext(job.name, job.is_embed, job.base_index, _generator(key, job.seed))
+        # the merge reads stage outputs, not these inputs: let their mapped pages go now
+        loader.release([r for k, r in enumerate(job.inputs) if k != job.base_index])
+    ctx = MergeContext(job.name, job.is_embed, job.base_index, _generator(key, job.seed), consume_inputs=True)
     result = method.merge(tensors, [dict(p) for p in job.per_model], dict(job.params), ctx)
     if job.out_dtype:
         from mergefile.io.header import parse_dtype
