@@ -105,24 +105,6 @@ def _config_layers(config: Mapping, keys: Iterable[str] = LAYER_COUNT_KEYS) -> t
     return None, None
 
 
-def layer_layout(names: Iterable[str], config: Mapping, arch: str | None = None) -> LayerLayout:
-    """Group tensor names by layer; use the family table when the config names a known family.
-
-    ``arch`` (a model's ``override_architecture``) picks the family by class name. A
-    multi-module architecture gets one layout of all its tensors with no layer stack
-    (``mergefile.arch.modular`` lays out each module).
-    """
-    from mergefile.arch.families import modular_for
-    from mergefile.arch.modular import combined_layout, model_modules
-
-    names = sorted(names)
-    mod = modular_for(config, arch)
-    if mod is not None:
-        return combined_layout(model_modules(names, config, mod), names)
-    fam = family_for(config, arch)
-    return family_layout(fam, names, config) if fam else generic_layout(names, config)
-
-
 def generic_layout(names: list[str], config: Mapping) -> LayerLayout:
     """Unknown architecture: layers from ``…layers.N…`` names, loose embeddings 'pre', the rest 'post'."""
     layers: dict[int, list[LayerName]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from mergefile.arch.families import Modular, ModuleSpec, part_for
+from mergefile.arch.families import Modular, ModuleSpec, family_for, modular_for, part_for
 from mergefile.arch.generic import LayerLayout, LayerName, family_layout, generic_layout
 from mergefile.arch.slicing import config_get
 
@@ -111,3 +111,18 @@ def combined_layout(mm: ModelModules, names: Iterable[str]) -> LayerLayout:
         vocab_key=mm.arch.vocab_size_key,
         names=frozenset(names),
     )
+
+
+def layer_layout(names: Iterable[str], config: Mapping, arch: str | None = None) -> LayerLayout:
+    """Group tensor names by layer; use the family table when the config names a known family.
+
+    ``arch`` (a model's ``override_architecture``) picks the family by class name. A
+    multi-module architecture gets one layout of all its tensors with no layer stack
+    (this module lays out each module).
+    """
+    names = sorted(names)
+    mod = modular_for(config, arch)
+    if mod is not None:
+        return combined_layout(model_modules(names, config, mod), names)
+    fam = family_for(config, arch)
+    return family_layout(fam, names, config) if fam else generic_layout(names, config)

@@ -54,15 +54,27 @@ if len(METHODS) != len(_ALL):
 _LOOKUP: dict[str, Method] = {**{a: m for m in _ALL for a in m.aliases}, **METHODS}
 
 
+# The tensor work of target kinds ("lora:extract", "moe:assemble"): registered by the kinds'
+# modules (mergefile.plan.kinds), never spelled in a recipe, so never suggested either.
+_HIDDEN: dict[str, Method] = {}
+
+
+def register_hidden(method: Method) -> None:
+    """Make a plug-in's method known by its name, which must contain ``:``."""
+    if ":" not in method.name:
+        raise ValueError(f"a plug-in's method name needs a ':' (it is not a merge method): {method.name}")
+    _HIDDEN[method.name] = method
+
+
 def get_method(name: str, loc: Loc | None = None) -> Method:
     """The method called ``name`` (or one of its aliases), or a located error with a suggestion."""
     try:
         return _LOOKUP[name]
     except KeyError:
-        if ":" in name:  # the tensor work of a target kind ("lora:extract"), never spelled in a recipe
-            from mergefile.targets import target_method
+        if ":" in name:  # a task shipped to a process that has not loaded the plug-ins yet
+            from mergefile import plugins
 
-            method = target_method(name)
-            if method is not None:
-                return method
+            plugins.load()
+            if name in _HIDDEN:
+                return _HIDDEN[name]
         raise unknown("merge method", name, METHODS, loc) from None

@@ -14,6 +14,7 @@ from typing import Any
 
 from mergefile.errors import ConfigError, Loc, UserError, did_you_mean, unknown
 from mergefile.syntax.ast import AutoRef, HfRef, PathRef, Ref, Sym
+from mergefile.plan.kinds import on_load
 
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -200,8 +201,6 @@ class ModelResolver:
         """``BASE + ADAPTER``: the base with a PEFT LoRA applied on load (mergefile.targets.lora_input)."""
         from dataclasses import replace
 
-        from mergefile.targets.lora_input import apply_lora
-
         here = getattr(lora, "loc", None) or ref.loc or loc
         base = self.resolve(replace(ref, lora=None), loc, label)
         if base.source is not None:
@@ -226,7 +225,7 @@ class ModelResolver:
         self.folders.append(os.path.realpath(folder))
         key = f"{os.path.realpath(base.path)}+{os.path.realpath(folder)}"
         if key not in self._dirs:
-            self._dirs[key] = apply_lora(base, str(folder), label or f"{base.label}+{folder.name}", here)
+            self._dirs[key] = on_load("lora")(base, str(folder), label or f"{base.label}+{folder.name}", here)
         return self._dirs[key]
 
     def _local(self, ref: AutoRef, name: str) -> Path | None:

@@ -25,8 +25,10 @@ from mergefile.arch.generic import LayerLayout
 from mergefile.arch.slicing import check_architectures, config_get, config_set, rewrite_config
 from mergefile.errors import ConfigError, Loc, did_you_mean
 from mergefile.methods.base import BaseRule, Method
+from mergefile.plan.card import card_texts
 from mergefile.plan.inputs import InputModel
 from mergefile.plan.jobs import TargetPlan, TensorJob
+from mergefile.plan.pool import Inputs, check_unique
 from mergefile.plan.vocab import fit_config, plan_vocab
 from mergefile.syntax.ast import Module, Target
 
@@ -124,8 +126,6 @@ def _set_tie(config: dict, lay: LayerLayout, head_in_output: bool) -> None:
 
 def plan_modules(p: Planner, t: Target, method: Method, base: InputModel | None, arch: Modular) -> TargetPlan:
     """Plan a target of a multi-module architecture, module by module (see the module docstring)."""
-    from mergefile.plan.planner import Inputs, check_unique
-
     label = arch.architectures[0] if arch.architectures else arch.name
     holders = _holders(t, arch, label)
     if method.base is BaseRule.REQUIRED and base is None and any(not h.slices for h in holders.values()):
@@ -194,8 +194,6 @@ class ModularFiles:
         write_config(config, folder)
 
     def card_texts(self, plan: TargetPlan) -> Mapping[str, str]:
-        from mergefile.run.publish import card_texts
-
         texts = dict(card_texts(plan))
         for name in self.files:
             f = Path(self.folder) / name

@@ -21,6 +21,9 @@ from mergefile.plan.checks import check_params, density_warnings
 from mergefile.plan.graph import normalize_name
 from mergefile.plan.inputs import InputModel, ModelResolver, ResolveOptions
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
+from mergefile.plan.kinds import kind
+from mergefile.plan.modules import modular_arch, plan_modules
+from mergefile.plan.pool import Inputs, check_unique
 from mergefile.plan.params import Level, layer_t, resolve, substitute
 from mergefile.plan.tokenizer_recipe import TOKENIZER_SETTINGS
 from mergefile.plan.vocab import fit_config, plan_vocab
@@ -121,7 +124,8 @@ class Planner:
                         p.loc,
                     )
 
-    def _setting(self, t: Target, name: str) -> Param | None:
+    def setting(self, t: Target, name: str) -> Param | None:
+        """The target's unfiltered ``name`` parameter (its last), else the file's global one."""
         for p in reversed(t.params):
             if p.name == name and p.filter is None:
                 return p
@@ -130,10 +134,11 @@ class Planner:
                 return p
         return None
 
-    def _dtype(self, t: Target, name: str) -> str | None:
+    def dtype_setting(self, t: Target, name: str) -> str | None:
+        """The dtype named by setting ``name`` (``dtype``, ``out_dtype``) as a code name, or None."""
         from mergefile.io.header import code_name, dtype_code
 
-        p = self._setting(t, name)
+        p = self.setting(t, name)
         if p is None:
             return None
         value = substitute(p.value, self.variables)
@@ -145,7 +150,8 @@ class Planner:
         except UserError as e:
             raise ConfigError(e.message, p.loc, e.hint) from None
 
-    def _model_setting(self, p: Param | None) -> InputModel | None:
+    def model_setting(self, p: Param | None) -> InputModel | None:
+        """The input model a parameter names (``base=``, ``finetuned=``), resolved; None for no parameter."""
         if p is None:
             return None
         value = substitute(p.value, self.variables)
@@ -215,7 +221,7 @@ class Planner:
         if len(lengths) > 1:
             raise ConfigError("all sources of a slice must span the same number of layers", sl.loc)
         slice_base = next((p for p in sl.params if p.name == "base"), None)
-        b = self._model_setting(slice_base) if slice_base else base
+        b = self.model_setting(slice_base) if slice_base else base
         base_index = next((i for i, x in enumerate(srcs) if b is not None and x.model is b), None)
         if method.base is BaseRule.IGNORED:
             base_index = None
@@ -228,15 +234,13 @@ class Planner:
 
     # -- the plan -----------------------------------------------------------------------
     def _plan(self, t: Target) -> TargetPlan:
-        from mergefile.plan.modules import modular_arch, plan_modules
-        from mergefile.targets import TARGET_KINDS
-
-        if t.method in TARGET_KINDS:  # lora(...), moe(...): not merges; the kind plans jobs and layout
-            return TARGET_KINDS[t.method].plan(self, t)
+        target_kind = kind(t.method)
+        if target_kind is not None:  # lora(...), moe(...): not merges; the kind plans jobs and layout
+            return target_kind.plan(self, t)
 
         method = get_method(t.method, t.method_loc or t.loc)
         self._check_names(t, method)
-        base = self._model_setting(self._setting(t, "base"))
+        base = self.model_setting(self.setting(t, "base"))
         arch = modular_arch(self, t, base)
         if arch is not None:  # mergekit "modules:" (VLMs, encoder-decoders): one stack per module
             return plan_modules(self, t, method, base, arch)
@@ -283,8 +287,8 @@ class Planner:
         return plan
 
     def job_factory(self, t: Target, method: Method, warnings: list[str], inputs: Inputs) -> _JobFactory:
-        dtype, out_dtype = self._dtype(t, "dtype"), self._dtype(t, "out_dtype")
-        seed_p = self._setting(t, "seed")
+        dtype, out_dtype = self.dtype_setting(t, "dtype"), self.dtype_setting(t, "out_dtype")
+        seed_p = self.setting(t, "seed")
         seed = int(substitute(seed_p.value, self.variables)) if seed_p else 0
         return _JobFactory(self, t, method, dtype, out_dtype, seed, warnings, inputs.index_of)
 
@@ -320,28 +324,6 @@ class Planner:
         for name, names in loose_inputs([layout_of(s.model) for s in last.sources], last.template, "post"):
             jobs.append(ctx.job(name, ("post", *tag), last, names, 0.0, embed(name, last)))
         return jobs, layer_map
-
-
-class Inputs:
-    """A plan's input models in first-use order (job ``InputRef.model`` indexes them)."""
-
-    def __init__(self) -> None:
-        self.models: list[InputModel] = []
-
-    def index_of(self, m: InputModel) -> int:
-        for i, x in enumerate(self.models):
-            if x is m:
-                return i
-        self.models.append(m)
-        return len(self.models) - 1
-
-
-def check_unique(jobs: list[TensorJob], t: Target) -> None:
-    seen: set[str] = set()
-    for j in jobs:
-        if j.name in seen:
-            raise ConfigError(f"two recipes write tensor '{j.name}'", t.loc)
-        seen.add(j.name)
 
 
 class _JobFactory:

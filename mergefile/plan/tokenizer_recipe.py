@@ -73,7 +73,7 @@ class TokenizerRecipe:
 
 
 def _model(planner: Any, p: Param, value: Any) -> Any:
-    return planner._model_setting(Param(p.name, value, None, p.loc))
+    return planner.model_setting(Param(p.name, value, None, p.loc))
 
 
 def _is_enum(planner: Any, value: Any, word: str) -> bool:
@@ -129,13 +129,13 @@ def _tokens(planner: Any, t: Any) -> tuple[dict[str, TokenSource], set[str]]:
 
 def read_recipe(planner: Any, t: Any) -> TokenizerRecipe | None:
     """The target's tokenizer recipe, or None when it sets no tokenizer option."""
-    src, alt = planner._setting(t, "tokenizer"), planner._setting(t, "tokenizer_source")
+    src, alt = planner.setting(t, "tokenizer"), planner.setting(t, "tokenizer_source")
     if src is not None and alt is not None and src.value != alt.value:
         raise ConfigError("'tokenizer' and 'tokenizer_source' are the same setting; give one", alt.loc)
     src = src or alt
     tokens, force = _tokens(planner, t)
-    pad = _pad(planner, planner._setting(t, "pad_to_multiple_of"))
-    chat = planner._setting(t, "chat_template")
+    pad = _pad(planner, planner.setting(t, "pad_to_multiple_of"))
+    chat = planner.setting(t, "chat_template")
     if src is None and not tokens and not force and pad is None and chat is None:
         return None
     recipe = TokenizerRecipe(None, None, tokens, force, pad, chat)
@@ -144,7 +144,7 @@ def read_recipe(planner: Any, t: Any) -> TokenizerRecipe | None:
         if _is_enum(planner, value, "base") or _is_enum(planner, value, "union"):
             recipe.mode = value.name
         else:
-            recipe.mode, recipe.source = "model", planner._model_setting(src)
+            recipe.mode, recipe.source = "model", planner.model_setting(src)
     elif tokens or force or pad is not None:
         recipe.mode = "union"
     return recipe

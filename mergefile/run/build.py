@@ -28,6 +28,7 @@ from mergefile.run.deferred import (SharedDigests, defer_keys, deferrable, read_
                                     readahead_window)
 from mergefile.run.executor import Executor, LocalExecutor, WorkItem
 from mergefile.run.keys import KeyedPlan, key_plan
+from mergefile.plan.kinds import generators
 from mergefile.run.publish import OutputWriter, aux_files, hub_lineage
 from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
@@ -125,12 +126,10 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
     (``run/deferred.py``), so a cold build reads its inputs once.
     """
     watched = watched if watched is not None else Watched()
-    if any(getattr(s, "method", None) == "evolve" for s in mf.statements):
-        from mergefile.targets.evolve.target import expand_evolve_targets
-
-        watched.stampable = False
-
-        mf = expand_evolve_targets(mf, requested, store, options, progress)
+    for method, expand in generators().items():  # evolve(...): a search's best candidate
+        if any(getattr(s, "method", None) == method for s in mf.statements):
+            watched.stampable = False
+            mf = expand(mf, requested, store, options, progress)
     g = build_graph(mf)
     order = build_order(mf, g, requested)
     lock = lock_for(mf)  # Mergefile.lock: hub references resolve to their pinned commits

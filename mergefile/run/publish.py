@@ -21,6 +21,7 @@ from pathlib import Path
 from mergefile._lazy import torch
 import xxhash
 
+from mergefile.plan.card import card_texts
 from mergefile.plan.jobs import TargetPlan
 from mergefile.store.keys import key_of
 from mergefile.store.manifest import MANIFEST, Manifest, shard_stat
@@ -81,29 +82,6 @@ def hub_lineage(plan: TargetPlan, upstream: Mapping[str, tuple[str, ...]]) -> tu
         elif m.target is not None:
             ids.extend(upstream.get(m.target, ()))
     return tuple(dict.fromkeys(ids))
-
-
-def card_texts(plan: TargetPlan) -> dict[str, str]:
-    """README.md (model card) and mergebuild_config.yml of an output, from its plan."""
-    from mergefile.io.header import code_name
-    from mergefile.io.hub import snapshot_of
-    from mergefile.io.model_card import CardData, CardInput, ref_namer, render_card, render_mergekit_yaml
-
-    bases = {j.inputs[j.base_index].model for j in plan.jobs if j.base_index is not None}
-    inputs = []
-    for i, m in enumerate(plan.inputs):
-        snap = snapshot_of(m.path) if m.hub else None
-        inputs.append(CardInput(m.label, m.hub[0] if m.hub else None, m.hub[1] if m.hub else None,
-                                snap[1] if snap else None, m.target is not None, i in bases))
-    codes = {j.result_dtype for j in plan.jobs}
-    dtype = code_name(codes.pop()) if len(codes) == 1 else None
-    t = plan.target
-    is_yaml = bool(t.loc and str(t.loc.file).endswith((".yml", ".yaml")))
-    card = CardData(plan.name, plan.method.name, plan.method.reference, plan.method.summary, tuple(inputs), dtype,
-                    t.origin, "yaml" if is_yaml else "mergefile", plan.hub_lineage)
-    namer = ref_namer({m.label: m.hub[0] for m in plan.inputs if m.hub})
-    config = render_mergekit_yaml(t, namer, dtype, source_yaml=t.origin if is_yaml else None)
-    return {"README.md": render_card(card), "mergebuild_config.yml": config}
 
 
 def _exchange(a: Path, b: Path) -> bool:

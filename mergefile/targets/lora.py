@@ -25,6 +25,7 @@ from mergefile.io.header import code_name, dtype_code
 from mergefile.methods.base import ParamSpec
 from mergefile.plan.inputs import InputModel
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
+from mergefile.plan.kinds import register_kind
 from mergefile.syntax.ast import Target
 from mergefile.targets._params import KindParams
 from mergefile.targets.adapter import ADAPTER_WEIGHTS, METHOD, PREFIX, AdapterLayout, card
@@ -65,18 +66,19 @@ class LoraKind:
     """The ``lora`` target kind."""
 
     name = "lora"
+    method = METHOD
 
     def plan(self, planner, t: Target) -> TargetPlan:
         if t.sources or t.slices:
             raise ConfigError("lora() takes no model lines: use lora(finetuned=..., base=...)", t.loc)
         kp = KindParams(planner, t, SPECS, filtered=("rank",))
-        ft_p, base_p = kp.param("finetuned"), planner._setting(t, "base")
+        ft_p, base_p = kp.param("finetuned"), planner.setting(t, "base")
         if ft_p is None or base_p is None:
             raise ConfigError("lora() needs finetuned=MODEL and base=MODEL", t.method_loc or t.loc)
-        ft, base = planner._model_setting(ft_p), planner._model_setting(base_p)
+        ft, base = planner.model_setting(ft_p), planner.model_setting(base_p)
         if ft is base:
             raise ConfigError("lora(): finetuned and base are the same model", ft_p.loc)
-        out_dtype = planner._dtype(t, "out_dtype") or planner._dtype(t, "dtype")
+        out_dtype = planner.dtype_setting(t, "out_dtype") or planner.dtype_setting(t, "dtype")
         builder = _Builder(t, kp, ft, base, out_dtype)
         jobs, lora_mods, saved, warnings = builder.jobs()
         static = builder.static_config(lora_mods, saved)
@@ -315,4 +317,4 @@ def _order(name: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in name.split("."))
 
 
-KIND = LoraKind()
+KIND = register_kind(LoraKind())

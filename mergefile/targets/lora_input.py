@@ -27,6 +27,7 @@ from mergefile._lazy import torch
 from mergefile.errors import ConfigError, Loc, UserError
 from mergefile.io.header import TensorInfo, read_header
 from mergefile.plan.inputs import InputModel
+from mergefile.plan.kinds import register_on_load
 from mergefile.store.keys import key_of
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LoraApplied", "apply_lora", "merge_count"]
@@ -192,3 +193,6 @@ def _plain(model: InputModel, name: str, key: str, blobs, reader) -> tuple[torch
 
     info = ModelDir.open(model.path).tensors[name]
     return reader.get(info), info.nbytes
+
+
+register_on_load("lora", apply_lora)

@@ -32,6 +32,7 @@ from mergefile.methods.base import (
 )
 from mergefile.plan.inputs import InputModel, TensorMeta
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
+from mergefile.plan.kinds import register_kind
 from mergefile.plan.params import substitute
 from mergefile.syntax.ast import Target
 from mergefile.targets._params import KindParams, source_value
@@ -99,15 +100,16 @@ class MoeKind:
     """The ``moe`` target kind."""
 
     name = "moe"
+    method = METHOD
 
     def plan(self, planner, t: Target) -> TargetPlan:
         kp = KindParams(planner, t, SPECS)
         if t.slices:
             raise ConfigError("moe() takes expert lines (model prompts=[...]), not slices", t.slices[0].loc)
-        base_p = planner._setting(t, "base")
+        base_p = planner.setting(t, "base")
         if base_p is None:
             raise ConfigError("moe() needs base=MODEL (attention, norms and embeddings come from it)", t.method_loc or t.loc)
-        base = planner._model_setting(base_p)
+        base = planner.model_setting(base_p)
         b = _Builder(planner, t, kp, base)
         return b.plan()
 
@@ -133,8 +135,8 @@ class _Builder:
                     for n, spec in SOURCE_SPECS.items()}
             model = planner.resolver.resolve(s.ref, s.loc)
             (self.shared if vals["shared"] else self.experts).append((model, vals, s.loc))
-        self.out_dtype = planner._dtype(t, "out_dtype") or planner._dtype(t, "dtype")
-        seed_p = planner._setting(t, "seed")
+        self.out_dtype = planner.dtype_setting(t, "out_dtype") or planner.dtype_setting(t, "dtype")
+        seed_p = planner.setting(t, "seed")
         self.seed = int(substitute(seed_p.value, planner.variables)) if seed_p is not None else 0
 
     def _check(self) -> None:
@@ -294,4 +296,4 @@ class _Builder:
         return jobs
 
 
-KIND = MoeKind()
+KIND = register_kind(MoeKind())

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mergefile.errors import ConfigError, Loc, unknown
+from mergefile.plan.kinds import register_generator
 from mergefile.syntax.ast import HfRef, Mergefile, ModelDecl, Param, PathRef, Sym, Target
 from mergefile.targets.evolve.config import METHOD_PARAMS, EvolveConfig, GenomeDef, TaskSpec, check_benchmarks, validate
 
@@ -324,3 +325,6 @@ def _current_best(config, evo, storage: Path, state, progress, name: str, search
         return genome.target(best["x"], "final_model")
     progress.message(f"{name}: evolve search not run yet: showing its initial candidate")
     return genome.target(genome.initial(), "final_model")
+
+
+register_generator(EVOLVE, expand_evolve_targets)
