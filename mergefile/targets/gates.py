@@ -8,11 +8,16 @@ model and its tokenizer for ``hidden``/``hidden_avg``, the embedding and tokeniz
 these, so editing one expert's prompts recomputes that expert's vectors and the routers, and
 nothing else.
 
-Modes (reference §7): ``hidden`` runs every prompt through the base model with transformers
-(BOS prepended, one prompt at a time) and takes each layer's input hidden state at the last
-token, averaged over the prompts (``hidden_avg``: averaged over positions too); ``cheap_embed``
-sums the prompt's token embeddings. Negative prompts are subtracted; each layer's vector is
-L2-normalised. An expert without prompts (a shared expert) gets zeros.
+Modes (reference §7), computed as mergekit 0.1.5's ``mergekit-moe`` computes them, so the routers
+are its tensors bit for bit on the CPU: each expert's prompts are tokenized together as one batch
+(the BOS token's text prepended to each prompt, no other special tokens, left padding with BOS).
+``hidden`` runs that batch through the base model loaded in bfloat16 and takes each layer's input
+hidden state at the last position (``hidden_avg``: summed over every position, padding included,
+and divided by the length), summed over the prompts and divided by their number, all in bfloat16;
+``cheap_embed`` sums the float32 embeddings of the batch's unpadded tokens (over positions, then
+prompts) and L2-normalises the sum, the same vector for every layer. Negative prompts' vector is
+subtracted; each layer's vector is L2-normalised (in bfloat16 for ``hidden``). An expert without
+prompts (a shared expert) gets zeros.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from mergefile.store.keys import key_of
 
 __all__ = ["GATE_MODES", "ExpertPrompts", "GateVectors", "computed_count", "hidden_state_vectors"]
 
-VERSION = 1
+VERSION = 2  # 2: mergekit's batched bfloat16 hidden states and summed cheap embeddings
 _computed = 0  # expert vector stacks computed in this process (tests check what an edit recomputes)
 
 
@@ -140,34 +145,45 @@ class GateVectors:
         return torch.rand((self.layers, self.hidden), generator=g) * (2 * bound) - bound
 
     def _cheap_embed(self, todo: list[ExpertPrompts]) -> dict[str, torch.Tensor]:
-        from transformers import AutoTokenizer
-
         from mergefile.io.model_dir import ModelDir
         from mergefile.io.reader import TensorReader
 
-        tok = AutoTokenizer.from_pretrained(self._tokenizer_dir or self.base.path)
+        tok = gate_tokenizer(self._tokenizer_dir or self.base.path)
         with TensorReader() as reader:
             embed = reader.get(ModelDir.open(self.base.path).tensors[self.embedding]).float().clone()
 
         def vec(prompts: tuple[str, ...]) -> torch.Tensor:
-            acc = torch.zeros(embed.shape[1])
-            for p in prompts:
-                e = embed[torch.tensor(_ids(tok, p))].sum(dim=0)
-                acc += e / e.norm().clamp(min=1e-8)
-            return acc / len(prompts)
+            batch = tokenize_prompts(tok, prompts)
+            mask = batch["attention_mask"]
+            # embedding rows as a one-hot product gives them (+ 0.0: a product never yields -0.0)
+            rows = embed[batch["input_ids"]] + 0.0  # (prompts, seq, hidden)
+            total = (rows * mask.unsqueeze(-1)).sum(dim=1).sum(dim=0)
+            return total / total.norm(dim=-1, keepdim=True).clamp(min=1e-8)
 
         return {e.name: _finish(vec, e, (self.layers, self.hidden)) for e in todo}
 
 
-def _ids(tok, prompt: str) -> list[int]:
-    """Token ids of a prompt with BOS prepended (once), as mergekit tokenizes gate prompts."""
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    bos = tok.bos_token_id
-    return ([bos] if bos is not None else []) + list(ids)
+def gate_tokenizer(folder: str):
+    """The base's tokenizer set up as mergekit-moe sets it: left padding, BOS (else EOS) as padding."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    own_pad = tok.pad_token
+    tok.padding_side = "left"
+    tok.pad_token_id = tok.bos_token_id
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else own_pad
+    return tok
+
+
+def tokenize_prompts(tok, prompts: tuple[str, ...]):
+    """One batch of an expert's prompts: the BOS token's text prepended, no special tokens added."""
+    bos = tok.bos_token or ""
+    return tok([bos + p for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
 
 
 def _finish(vec, e: ExpertPrompts, shape: tuple[int, int]) -> torch.Tensor:
-    """Positive minus negative, L2-normalised per layer; zeros without prompts.
+    """Positive minus negative, L2-normalised per layer (in ``vec``'s dtype); zeros without prompts.
 
     ``vec(prompts)`` gives ``(layers, hidden)``, or ``(hidden,)`` for a vector every layer shares.
     """
@@ -178,40 +194,32 @@ def _finish(vec, e: ExpertPrompts, shape: tuple[int, int]) -> torch.Tensor:
         v = v - vec(e.negative)
     if v.ndim == 1:
         v = v.unsqueeze(0).expand(shape).clone()
-    return v / v.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return v / v.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
 
 
 def hidden_state_vectors(model_dir: str, tokenizer_dir: str, experts: list[ExpertPrompts],
                          average: bool = False) -> dict[str, torch.Tensor]:
     """``hidden`` gate vectors ``(layers, hidden)`` of each expert, from the model in ``model_dir``.
 
-    For each prompt (BOS prepended, run alone, so no padding is involved): the input hidden
-    state of every layer (``hidden_states[:-1]``) at the last token (``average``: the mean over
-    positions); averaged over the prompts, minus the same for the negative prompts, normalised.
+    As mergekit-moe: the model in bfloat16 on the CPU; an expert's prompts one left-padded batch;
+    the input hidden state of every layer (``hidden_states[:-1]``) at the last position
+    (``average``: the sum over all positions divided by the length); the sum over prompts divided
+    by their number, minus the same for the negative prompts, normalised: each step in bfloat16.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from mergefile.io.model_dir import ModelDir
-
-    from mergefile.io.header import parse_dtype
     from mergefile.targets._hf import quiet_transformers
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dtypes = {i.dtype for i in ModelDir.open(model_dir).tensors.values()}
-    dtype = parse_dtype(dtypes.pop()) if len(dtypes) == 1 else torch.float32
+    tok = gate_tokenizer(tokenizer_dir)
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     model.eval()
 
     def vec(prompts: tuple[str, ...]) -> torch.Tensor:
-        acc = None
-        for p in prompts:
-            with torch.no_grad():
-                out = model(torch.tensor([_ids(tok, p)]), output_hidden_states=True, return_dict=True)
-            hs = torch.stack(out.hidden_states[:-1])[:, 0].float()  # (layers, seq, hidden)
-            v = hs.mean(dim=1) if average else hs[:, -1]
-            acc = v if acc is None else acc + v
-        return acc / len(prompts)
+        with torch.no_grad():
+            out = model(**tokenize_prompts(tok, prompts), output_hidden_states=True, return_dict=True)
+        hs = torch.stack(out.hidden_states[:-1])  # (layers, prompts, seq, hidden), bfloat16
+        hs = hs.sum(dim=2) / hs.shape[2] if average else hs[:, :, -1]
+        return hs.sum(dim=1) / hs.shape[1]
 
-    shape = (model.config.num_hidden_layers, model.config.hidden_size)
-    return {e.name: _finish(vec, e, shape) for e in experts}
+    return {e.name: _finish(vec, e, (model.config.num_hidden_layers, model.config.hidden_size)) for e in experts}

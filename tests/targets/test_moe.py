@@ -43,22 +43,23 @@ def load_checked(path: Path, cls: str):
 
 
 def hidden_gates(model_dir: Path, prompts: list[str], negative: list[str] = ()) -> torch.Tensor:
-    """Independent reference: each layer's input hidden state at the last token, per prompt."""
+    """Independent reference, mergekit-moe's recipe: the prompts as one batch (BOS text prepended,
+    left-padded with BOS) through the model in bfloat16; each layer's input hidden state at the
+    last position, summed over prompts and divided by their number; normalised, all in bfloat16."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    tok.pad_token = tok.bos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
 
     def mean(ps):
-        rows = []
-        for p in ps:
-            ids = torch.tensor([[tok.bos_token_id, *tok(p, add_special_tokens=False)["input_ids"]]])
-            with torch.no_grad():
-                hs = model(ids, output_hidden_states=True).hidden_states
-            rows.append(torch.stack([h[0, -1] for h in hs[:-1]]))
-        return torch.stack(rows).mean(0)
+        batch = tok([tok.bos_token + p for p in ps], padding=True, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            hs = model(**batch, output_hidden_states=True).hidden_states
+        last = torch.stack([h[:, -1] for h in hs[:-1]])  # (layers, prompts, hidden)
+        return last.sum(1) / len(ps)
 
-    v = mean(prompts) - (mean(negative) if negative else 0)
+    v = mean(prompts) - mean(negative) if negative else mean(prompts)
     return v / v.norm(dim=-1, keepdim=True)
 
 
@@ -89,7 +90,7 @@ def test_mixtral_from_llama_experts(tiny_models, work, capsys):
     want = torch.stack([hidden_gates(tiny_models["base"], ["solve the math", "prove it"], ["hello"]),
                         hidden_gates(tiny_models["base"], ["def class", "return value"]),
                         hidden_gates(tiny_models["base"], ["hello there", "thanks"])], dim=1)
-    torch.testing.assert_close(routers(out, 4), want, rtol=1e-5, atol=1e-5)
+    assert routers(out, 4).equal(want.to(out["model.layers.0.mlp.gate.weight"].dtype))
     assert "experts:" in (out_dir / "mergekit_moe_config.yml").read_text()
 
 
@@ -113,7 +114,7 @@ out/moe: moe(base=base, architecture=qwen2_moe, experts_per_token=1) {
     assert out["model.layers.1.mlp.shared_expert.up_proj.weight"].equal(c["model.layers.1.mlp.up_proj.weight"])
     torch.testing.assert_close(out["model.layers.1.mlp.shared_expert.down_proj.weight"], c["model.layers.1.mlp.down_proj.weight"] * 0.5)
     shared = routers(out, 2, "shared_expert_gate.weight")[:, 0]
-    torch.testing.assert_close(shared, hidden_gates(qwen2_models["base"], ["hello there"]), rtol=1e-5, atol=1e-5)
+    assert shared.equal(hidden_gates(qwen2_models["base"], ["hello there"]).to(shared.dtype))
 
 
 def test_qwen3_moe_cheap_embed(qwen3_models, work, capsys):
@@ -135,9 +136,9 @@ out/moe: moe(base=base, gate_mode=cheap_embed) {
     assert out["model.layers.0.self_attn.q_norm.weight"].equal(base["model.layers.0.self_attn.q_norm.weight"])
     tok, emb = AutoTokenizer.from_pretrained(qwen3_models["base"]), base["model.embed_tokens.weight"]
 
-    def vec(ps):
-        rows = [emb[[tok.bos_token_id, *tok(p, add_special_tokens=False)["input_ids"]]].sum(0) for p in ps]
-        return torch.stack([r / r.norm() for r in rows]).mean(0)
+    def vec(ps):  # mergekit's: every token of every prompt (BOS prepended) summed, then normalised
+        total = sum(emb[[tok.bos_token_id, *tok(p, add_special_tokens=False)["input_ids"]]].float().sum(0) for p in ps)
+        return total / total.norm()
 
     want = torch.stack([vec(["solve the math", "prove it"]), vec(["def class"]) - vec(["hello"])])
     want = want / want.norm(dim=-1, keepdim=True)
