@@ -9,30 +9,10 @@ lookup away. Annotations stay plain (``from __future__ import annotations`` keep
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import threading
 from types import ModuleType
 from typing import Any
-
-# PyTorch's CPU allocator asks for transparent huge pages on large blocks when this is set. A
-# merge makes a fresh float32 copy of every input tensor; with 4 KiB pages each copy is faulted
-# in page by page: a cold build of 4 x 3.1 GB bf16 models took 5.6 M page faults and 32 s of
-# kernel time, with 2 MiB pages 0.5 M faults and 18 s (7 s less wall time on the bench VM).
-# Read once, when torch first allocates, so it is set here, before any import of torch by
-# mergebuild; a value the user set wins, and kernels with THP off ignore it.
-ENVIRONMENT_DEFAULTS = {"THP_MEM_ALLOC_ENABLE": "1"}
-
-
-def set_environment_defaults(environ=os.environ) -> None:
-    """Apply ``ENVIRONMENT_DEFAULTS`` where the user set nothing (also in a build forked by the
-    build server, whose environment is replaced by its client's)."""
-    for name, value in ENVIRONMENT_DEFAULTS.items():
-        environ.setdefault(name, value)
-
-
-set_environment_defaults()
-
 
 class LazyModule:
     """A stand-in for a module that is imported when an attribute is first read."""

@@ -80,7 +80,7 @@ def _owners(args, store) -> dict:
 def _stats(args) -> int:
     from mergefile.run.history import recent, totals
 
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         blobs = store.blobs
         runs = recent(store.log, args.last)
         t = totals(runs)
@@ -105,7 +105,7 @@ def _stats(args) -> int:
 
 
 def _ls(args) -> int:
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         owners = _owners(args, store)
         rows = []
         for key in store.blobs.keys():

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             raise unknown("target", r, rules)
     only = selection(g, requested)
     names = [n for n, rule in rules.items() if isinstance(rule, Target) and (only is None or n in only)]
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         plans, states = _states(mf, names, store, args.allow_pickle, not args.no_status)
     render(target_graph_dot(mf, g, plans, states, only), fmt, args.output)
     if args.output:

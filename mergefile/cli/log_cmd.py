@@ -80,5 +80,5 @@ def _show(args, store) -> int:
 
 def run(args: argparse.Namespace) -> int:
     enter_directory(args)
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         return _show(args, store) if args.run_spec is not None else _list(args, store)

@@ -72,12 +72,21 @@ def enter_directory(args) -> None:
             raise UserError(f"cannot change to directory '{args.directory}': {e.strerror}") from None
 
 
-def open_store(args):
-    """The cache named by --cache-dir / $MERGEBUILD_CACHE_DIR / ./cache (a context manager)."""
+def open_store(args, read_only: bool = False):
+    """The cache named by --cache-dir / $MERGEBUILD_CACHE_DIR / ./cache (a context manager).
+
+    ``read_only``: the command computes and writes no tensor (``graph``, ``status``, ``-n``,
+    ``-q``, ``log``): when the cache does not exist it gets a scratch store that leaves nothing
+    behind, instead of creating ``./cache``.
+    """
     from mergefile.store.location import resolve_cache_dir
     from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store
 
-    return Store(resolve_cache_dir(args.cache_dir, Path.cwd()), args.cache_size or DEFAULT_SIZE_LIMIT)
+    root = resolve_cache_dir(args.cache_dir, Path.cwd())
+    size = args.cache_size or DEFAULT_SIZE_LIMIT
+    if read_only and not Path(root).exists():
+        return Store.scratch(size)
+    return Store(root, size)
 
 
 def requested_targets(args, mf) -> list[str]:
@@ -338,7 +347,7 @@ def build_command(args, mf, argv: Sequence[str], request: dict | None = None, st
         write_card=getattr(args, "write_card", True),
     )
     quiet = args.quiet or args.question or args.json or not sys.stderr.isatty()
-    with open_store(args) as store, make_progress(quiet) as progress, contextlib.ExitStack() as stack:
+    with open_store(args, read_only=dry) as store, make_progress(quiet) as progress, contextlib.ExitStack() as stack:
         def ray_executor():  # Ray starts (or is joined) only when something must be computed
             from mergefile.run.build import make_executor
             from mergefile.run.ray_executor import ray_session
@@ -369,6 +378,9 @@ def build_command(args, mf, argv: Sequence[str], request: dict | None = None, st
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: user errors become one paragraph and exit code 2."""
+    from mergefile.server.environment import set_environment_defaults
+
+    set_environment_defaults()  # before anything imports torch (huge pages, server/environment.py)
     try:
         code = run(argv)
     except UserError as e:

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     enter_directory(args)
     mf = load_recipe(args)
-    with open_store(args) as store:
+    with open_store(args, read_only=True) as store:
         report = build(mf, requested_targets(args, mf), store, BuildOptions(dry_run=True, allow_pickle=args.allow_pickle))
     for r in report.targets:
         if args.explain:

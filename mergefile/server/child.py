@@ -31,9 +31,9 @@ def _adopt(state: dict[str, Any]) -> None:
     os.chdir(state["cwd"])
     os.environ.clear()
     os.environ.update(state["env"])
-    from mergefile import _lazy
+    from mergefile.server.environment import set_environment_defaults
 
-    _lazy.set_environment_defaults()
+    set_environment_defaults()
     os.umask(int(state["umask"]))
     for name, (soft, hard) in state.get("limits", {}).items():
         try:  # a limit above the server's hard limit cannot be raised; the server's stays

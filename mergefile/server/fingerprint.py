@@ -20,7 +20,7 @@ import sys
 import xxhash
 
 from mergefile._tree import code_fingerprint
-from mergefile.server.environment import IMPORT_TIME_ENV, import_environment
+from mergefile.server.environment import ENVIRONMENT_DEFAULTS, IMPORT_TIME_ENV, import_environment
 
 __all__ = ["IMPORT_TIME_ENV", "fingerprint", "import_environment"]
 
@@ -50,5 +50,6 @@ def grammar_files() -> list:
 
 def fingerprint(env: dict[str, str]) -> str:
     """A short hex key: equal for a client and a server that would build identically."""
-    text = json.dumps([code_fingerprint(), grammar_files(), interpreter(), import_environment(env)])
+    seen = import_environment({**ENVIRONMENT_DEFAULTS, **env})  # as the build will see it
+    text = json.dumps([code_fingerprint(), grammar_files(), interpreter(), seen])
     return xxhash.xxh3_128_hexdigest(text.encode())

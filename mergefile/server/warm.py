@@ -49,7 +49,9 @@ def single_threaded() -> bool:
 
 def warm() -> None:
     from mergefile import _lazy
+    from mergefile.server.environment import set_environment_defaults
 
+    set_environment_defaults()  # before torch is imported: its allocator reads them once
     for name in WARM_MODULES:
         importlib.import_module(name)
     _lazy.torch._lazy_load()

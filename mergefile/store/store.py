@@ -8,6 +8,8 @@ Layout of a cache root (see ``cache/README.md``)::
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import diskcache
@@ -43,10 +45,22 @@ class Store:
         self.stat = StatCache(self.meta)
         self.log = BuildLog(self.root / "logs")
 
+    _scratch = False
+
+    @classmethod
+    def scratch(cls, size_limit: int = DEFAULT_SIZE_LIMIT) -> Store:
+        """A store in a private temporary folder, deleted on close: what a read-only command
+        (``graph``, ``status``, ``-n``) uses when the cache does not exist, so it creates none."""
+        store = cls(tempfile.mkdtemp(prefix="mergebuild-scratch-"), size_limit)
+        store._scratch = True
+        return store
+
     def close(self) -> None:
         """Close the SQLite connections of this thread (safe to call twice)."""
         self.blobs.close()
         self.meta.close()
+        if self._scratch:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Store:
         return self
