@@ -4,6 +4,10 @@ Each input (a task vector when a base is given) is flattened and projected to th
 the weighted mean direction ``m`` is the tangent point; the weighted mean of the tangent
 vectors is mapped back with the exponential map and scaled by the weighted mean norm.
 Weights summing to 0 under ``normalize_weights`` are an error (mergekit divides by zero).
+
+Computed in the inputs' dtype, as mergekit 0.1.5 does: the weights become a tensor of that
+dtype, and norms, dot products, sums and the exponential map round after each operation, so a
+bf16 merge gives mergekit's bits.
 """
 
 from __future__ import annotations
@@ -13,25 +17,25 @@ from typing import Any
 
 from mergefile._lazy import torch
 
-from mergefile.methods._common import finish, method_error, model_param, others, out_dtype, up
+from mergefile.methods._common import finish, method_error, model_param, native, others, out_dtype
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
 
 def multislerp(xs: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Tensor | None:
-    """Barycentre of the rows of ``xs`` (N, D); None when the weighted unit mean is ~0."""
-    norms = xs.norm(dim=1, keepdim=True)
-    units = xs / (norms + eps)
+    """Barycentre of the rows of ``xs`` (N, D), in their dtype; None when the weighted unit mean is ~0."""
     w = weights.view(-1, 1)
+    norms = xs.norm(dim=-1, keepdim=True)
+    units = xs / (norms + eps)
     mean = (units * w).sum(dim=0)
     mean_norm = mean.norm()
     if mean_norm < eps:
         return None
     mean = mean / mean_norm
-    tangents = units - (units @ mean).unsqueeze(1) * mean
-    tangent = (tangents * w).sum(dim=0)
+    cos = (units * mean).sum(dim=-1, keepdim=True)
+    tangent = ((units - cos * mean) * w).sum(dim=0)
     tn = tangent.norm() + eps
     direction = mean * torch.cos(tn) + tangent * (torch.sin(tn) / tn)
-    return direction * (norms.squeeze(1) * weights).sum()
+    return direction * (norms.squeeze(-1) * weights).sum()
 
 
 def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
@@ -42,8 +46,11 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
         return tensors[idx[0]]
     if not idx:
         return tensors[0]
-    base = up(tensors[ctx.base_index]) if ctx.base_index is not None else None
-    xs = torch.stack([up(tensors[i]) for i in idx])
+    dtype = tensors[0].dtype
+    for x in tensors[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)  # one dtype for all, as mergekit aligns them
+    base = native(tensors[ctx.base_index].to(dtype)) if ctx.base_index is not None else None
+    xs = torch.stack([native(tensors[i].to(dtype)) for i in idx])
     if base is not None:
         xs = xs - base
     w = [model_param("multislerp", per_model[i], "weight", i, ctx) for i in idx]
@@ -74,7 +81,7 @@ def check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], bas
 
 METHOD = Method(
     name="multislerp",
-    version=1,
+    version=2,  # 2: computed in the inputs' dtype, as mergekit 0.1.5 (bf16 bits equal)
     reference="https://goddard.blog/posts/multislerp-wow-what-a-cool-idea",
     params=(
         ParamSpec("weight", per_model=True, doc="this model's weight in the barycentre"),

@@ -3,8 +3,12 @@
 ``t = w2 / (w1 + w2)`` (0.5 when the weights sum to ~0). With a base model (a third model),
 the two task vectors are slerped and added back to the base. ``nuslerp_flatten`` (default)
 treats the tensor as one vector; otherwise each vector along the last dimension is slerped on
-its own, or along dim 0 with ``nuslerp_row_wise``. Entries whose angle has ``|sin| < 1e-8``
-fall back to linear interpolation.
+its own, or along dim 0 with ``nuslerp_row_wise``. Vectors with ``1 - cos²θ <= 1e-16`` (colinear)
+are interpolated linearly.
+
+Everything is computed in the inputs' dtype, as mergekit 0.1.5 does: a bf16 merge takes its
+norms, cosines, angles, sines and sums in bf16, rounding after each operation, so its output
+is mergekit's bit for bit.
 """
 
 from __future__ import annotations
@@ -14,16 +18,23 @@ from typing import Any
 
 from mergefile._lazy import torch
 
-from mergefile.methods._common import finish, method_error, model_param, others, out_dtype, up
+from mergefile.methods._common import finish, method_error, model_param, native, others, out_dtype
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
 _NORM_EPS = 1e-7
-_SIN_EPS = 1e-8
+_COLINEAR_EPS = 1e-8  # colinear when sin²θ = 1 - cos²θ <= this squared
+
+
+def _direction(x: torch.Tensor) -> torch.Tensor:
+    """``x`` over its norm along the last dim (clamped at 1e-7), in ``x``'s dtype."""
+    return x / x.norm(dim=-1, keepdim=True).clamp(min=_NORM_EPS)
 
 
 def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False,
             flatten: bool = True) -> torch.Tensor:
-    """Slerp ``v0 -> v1`` by ``t``: whole tensor (flatten), else per vector along one dim."""
+    """Slerp ``v0 -> v1`` by ``t``: whole tensor (flatten), else per vector along one dim.
+
+    Computed in the tensors' dtype; ``t`` stays a Python float."""
     shape = v0.shape
     if flatten:
         a, b = v0.reshape(-1), v1.reshape(-1)
@@ -31,13 +42,10 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False
         a, b = v0.transpose(0, -1), v1.transpose(0, -1)
     else:
         a, b = v0, v1
-    ua = a / a.norm(dim=-1, keepdim=True).clamp(min=_NORM_EPS)
-    ub = b / b.norm(dim=-1, keepdim=True).clamp(min=_NORM_EPS)
-    theta = torch.acos((ua * ub).sum(dim=-1, keepdim=True).clamp(-1, 1))
-    sin = torch.sin(theta)
-    colinear = sin.abs() < _SIN_EPS
-    safe_sin = torch.where(colinear, torch.ones_like(sin), sin)
-    res = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / safe_sin
+    cos = (_direction(a) * _direction(b)).sum(dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= _COLINEAR_EPS**2
+    theta = torch.acos(torch.where(colinear, 0, cos))  # finite on both branches
+    res = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
     res = torch.where(colinear, (1 - t) * a + t * b, res)
     if row_wise and not flatten:
         res = res.transpose(0, -1)
@@ -55,19 +63,22 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
                            "the base must be a third model; use multislerp for more")
     w1, w2 = (model_param("nuslerp", per_model[i], "weight", i, ctx) for i in idx)
     t = 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
-    a, b = up(tensors[idx[0]]), up(tensors[idx[1]])
+    dtype = tensors[0].dtype
+    for x in tensors[1:]:
+        dtype = torch.promote_types(dtype, x.dtype)  # one dtype for all, as mergekit aligns them
+    a, b = native(tensors[idx[0]].to(dtype)), native(tensors[idx[1]].to(dtype))
     row_wise, flatten = bool(params["nuslerp_row_wise"]), bool(params["nuslerp_flatten"])
     if ctx.base_index is None:
         out = nuslerp(t, a, b, row_wise, flatten)
     else:
-        base = up(tensors[ctx.base_index])
+        base = native(tensors[ctx.base_index].to(dtype))
         out = base + nuslerp(t, a - base, b - base, row_wise, flatten)
     return finish(out, out_dtype(tensors, ctx))
 
 
 METHOD = Method(
     name="nuslerp",
-    version=1,
+    version=2,  # 2: computed in the inputs' dtype as mergekit 0.1.5 (bf16 bits equal), its colinear test
     reference="https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md",
     params=(
         ParamSpec("weight", per_model=True, doc="relative weight; t = w2 / (w1 + w2)"),

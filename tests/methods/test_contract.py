@@ -93,6 +93,8 @@ VERSIONS |= {"tsv": 2, "iso_c": 2, "iso_cts": 2}
 VERSIONS |= {name: 2 for name in ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
                                   "breadcrumbs_ties", "della", "della_linear", "sce", "model_stock",
                                   "nearswap")}
+# the spherical methods step by step in the inputs' dtype, as mergekit 0.1.5 (bf16 bits equal)
+VERSIONS |= {"karcher": 2, "nuslerp": 2, "multislerp": 2}
 
 
 @pytest.mark.parametrize("name", NAMES)

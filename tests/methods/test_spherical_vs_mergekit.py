@@ -1,0 +1,111 @@
+"""karcher, nuslerp and multislerp give mergekit 0.1.5's bf16 tensors bit for bit.
+
+mergekit computes these methods in the inputs' dtype, step by step (bf16 directions, means,
+angles and sums; karcher's norms in float32); so does mergebuild (each method's version 2).
+Two checks: the public corpus configs (tests/data/mergekit_corpus, outputs recorded by
+``bench/mergekit_corpus.py``) built through the CLI, every tensor ``torch.equal``; and seeded
+in-memory inputs against digests of mergekit's outputs for the same inputs (recorded by running
+mergekit 0.1.5's kernels on CPU with torch 2.13, ``sha256`` of the bf16 bits, first 16 hex digits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import torch
+
+from tests.corpus_env import CORPUS, build_world
+from tests.helpers import cli, read_tensors
+
+from .helpers import run
+
+CORPUS_CONFIGS = ("absa-german-karcher-karcher-default", "absa-german-nuslerp-50-50")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus-world")
+    cache = build_world(root)
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
+    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
+    yield root
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.mark.parametrize("name", CORPUS_CONFIGS)
+def test_corpus_config_equals_mergekit(world, name):
+    from safetensors.torch import load_file
+
+    want = {k.split("::", 1)[1]: v for k, v in load_file(str(CORPUS / "reference" / "tensors.safetensors")).items()
+            if k.startswith(f"{name}::")}  # fmt: skip
+    assert cli(world, "--config", str(CORPUS / f"{name}.yml"), f"out/{name}", cache=world / "cache") == 0
+    got = read_tensors(world / "out" / name)
+    assert sorted(got) == sorted(want) and len(want) > 100
+    assert all(v.dtype == torch.bfloat16 for v in want.values())
+    assert [k for k in want if not torch.equal(got[k], want[k])] == []
+
+
+def _inputs(shape: tuple[int, ...]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    base = torch.randn(shape, generator=g) * 0.02
+    xs = [(base + torch.randn(shape, generator=g) * 0.005).to(torch.bfloat16) for _ in range(3)]
+    return xs, base.to(torch.bfloat16)
+
+
+def _digest(x: torch.Tensor) -> str:
+    assert x.dtype == torch.bfloat16
+    return hashlib.sha256(x.contiguous().view(torch.int16).numpy().tobytes()).hexdigest()[:16]
+
+
+# (method, shape, with base, params) -> mergekit 0.1.5's output digest for _inputs(shape)
+MERGEKIT = {
+    ("karcher", (64, 48), False, ()): "f854f165403ec330",
+    ("karcher", (64, 48), True, ()): "78d23f6fa29a3cdc",
+    ("karcher", (48,), False, ()): "d48c2dcea18407e3",
+    ("karcher", (48,), True, ()): "3bd85eb634529acc",
+    ("nuslerp", (64, 48), False, (True, False)): "d408c992658b428c",
+    ("nuslerp", (64, 48), True, (True, False)): "c7648ef950078637",
+    ("nuslerp", (64, 48), False, (False, False)): "874698fb4e5e2fab",
+    ("nuslerp", (64, 48), True, (False, False)): "fd33d66dc99d19e4",
+    ("nuslerp", (64, 48), False, (False, True)): "75f5eff9e6994a24",
+    ("nuslerp", (64, 48), True, (False, True)): "bf805b7acea54a95",
+    ("nuslerp", (48,), False, (True, False)): "efae220011457ba0",
+    ("nuslerp", (48,), True, (True, False)): "1e419fdb1d1aaf6c",
+    ("multislerp", (64, 48), False, ()): "c461d2ea7ad96cd9",
+    ("multislerp", (64, 48), True, ()): "5eda154f7f4653dd",
+    ("multislerp", (48,), False, ()): "5b34797105eb4a06",
+    ("multislerp", (48,), True, ()): "3cbf436ad51ed1a0",
+}
+
+
+@pytest.mark.parametrize("case", sorted(MERGEKIT, key=str), ids=str)
+def test_bf16_kernel_equals_mergekit(case):
+    method, shape, with_base, extra = case
+    xs, base = _inputs(shape)
+    if method == "karcher":  # mergekit: every input (the base too) one point, weights 1/n
+        tensors = [base, *xs[:2]] if with_base else xs
+        out = run("karcher", tensors, [{} for _ in tensors])
+    elif method == "nuslerp":
+        flatten, row_wise = extra
+        params = {"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise}
+        pm = [{"weight": 0.4}, {"weight": 0.6}]
+        if with_base:
+            out = run("nuslerp", [base, *xs[:2]], [{}, *pm], params, base_index=0)
+        else:
+            out = run("nuslerp", xs[:2], pm, params)
+    else:
+        if with_base:
+            out = run("multislerp", [base, *xs[:2]], [{}, {"weight": 1.0}, {"weight": 2.0}], base_index=0)
+        else:
+            out = run("multislerp", xs, [{"weight": w} for w in (1.0, 2.0, 3.0)])
+    assert _digest(out) == MERGEKIT[case]
+
+
+def test_float32_accumulation_would_not_match():
+    """The digests tell the semantics apart: karcher in float32, rounded once, is another tensor."""
+    xs, _ = _inputs((64, 48))
+    out = run("karcher", [x.float() for x in xs], [{} for _ in xs]).to(torch.bfloat16)
+    assert _digest(out) != MERGEKIT[("karcher", (64, 48), False, ())]
