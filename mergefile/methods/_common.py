@@ -1,9 +1,9 @@
 """Helpers shared by the method modules: working dtype, base lookup, seeded draws, errors.
 
 mergekit's ``dtype`` is its compute dtype, and mergebuild computes as mergekit 0.1.5 does: the
-task-arithmetic family, ``sce``, ``model_stock`` and ``nearswap`` compute in the inputs' dtype
-(:func:`native`, rounding after each step as mergekit does, so outputs equal mergekit's), while
-``linear``, ``slerp`` and the spherical methods accumulate half-precision inputs in float32
+task-arithmetic family, ``sce``, ``model_stock``, ``nearswap``, ``nuslerp``, ``multislerp`` and
+``karcher`` compute in the inputs' dtype (:func:`native`, rounding after each step as mergekit
+does, so outputs equal mergekit's), while ``linear`` and ``slerp`` accumulate half-precision inputs in float32
 (:func:`up`), as mergekit 0.1.5 does for those. A user who wants float32 math everywhere writes
 ``dtype = float32`` and ``out_dtype = bfloat16``.
 """

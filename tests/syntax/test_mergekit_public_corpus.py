@@ -23,7 +23,7 @@ from tests.helpers import cli, read_tensors
 
 REFERENCE = CORPUS / "reference"
 STATUS = json.loads((REFERENCE / "status.json").read_text())
-MEASURED = {"builds": 64, "equal": 40, "within_1_ulp": 43}  # floors: the counts when last measured
+MEASURED = {"builds": 64, "equal": 42, "within_1_ulp": 45}  # floors: the counts when last measured
 _INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 
 
