@@ -171,3 +171,17 @@ def build_world(work: Path) -> Path:
 
 if __name__ == "__main__":
     print(build_world(Path(sys.argv[1]).resolve()))
+
+
+def offline_world(tmp_path_factory, name: str):
+    """A fresh world under a temporary folder, with the Hub offline and its cache as the Hugging
+    Face cache while the caller's tests run (a generator for a module-scoped fixture)."""
+    root = tmp_path_factory.mktemp(name)
+    cache = build_world(root)
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
+    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
+    try:
+        yield root
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -11,12 +11,11 @@ mergekit 0.1.5's kernels on CPU with torch 2.13, ``sha256`` of the bf16 bits, fi
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 import torch
 
-from tests.corpus_env import CORPUS, build_world
+from tests.corpus_env import CORPUS, offline_world
 from tests.helpers import cli, read_tensors
 
 from .helpers import run
@@ -26,13 +25,7 @@ CORPUS_CONFIGS = ("absa-german-karcher-karcher-default", "absa-german-nuslerp-50
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus-world")
-    cache = build_world(root)
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
-    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    yield root
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    yield from offline_world(tmp_path_factory, "corpus-world")
 
 
 @pytest.mark.parametrize("name", CORPUS_CONFIGS)

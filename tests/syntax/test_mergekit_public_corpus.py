@@ -12,13 +12,11 @@ from falling below what was measured.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.corpus_env import CORPUS, build_world, configs
+from tests.corpus_env import CORPUS, configs, offline_world
 from tests.helpers import cli, read_tensors
 
 REFERENCE = CORPUS / "reference"
@@ -29,13 +27,7 @@ _INT = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus-world")
-    cache = build_world(root)
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
-    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    yield root
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    yield from offline_world(tmp_path_factory, "corpus-world")
 
 
 @pytest.fixture(scope="module")

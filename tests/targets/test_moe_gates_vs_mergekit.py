@@ -13,13 +13,12 @@ with mergekit's virtualenv (``bench/mergekit_corpus.py``'s ``_run`` and ``_offli
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.corpus_env import CORPUS, build_world
+from tests.corpus_env import CORPUS, offline_world
 from tests.helpers import cli, read_tensors
 
 VARIANTS = Path(__file__).resolve().parents[1] / "data" / "mergekit_moe_gates"
@@ -28,13 +27,7 @@ HERMES = "mergekit-docs-moe-hermes"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("moe-gates-world")
-    cache = build_world(root)
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_CACHE")}
-    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    yield root
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    yield from offline_world(tmp_path_factory, "moe-gates-world")
 
 
 def _recorded(path: Path, name: str) -> dict[str, torch.Tensor]:
