@@ -95,6 +95,7 @@ def test_deferred_keys_and_bytes_equal_a_keyed_build(tiny_models, tmp_path):
         mergefile_for(d, tiny_models, RECIPE)
     assert not any(kp.deferred is None for kp in _planned(one, tmp_path / "c1").values())
     _build(one, tmp_path / "c1", jobs=2)
+    Store(tmp_path / "c2").close()  # a dry run creates no cache, but records digests in one
     assert cli(two, "-n", "all", cache=tmp_path / "c2") == 0  # a dry run hashes: keys up front
     assert all(kp.deferred is None for kp in _planned(two, tmp_path / "c2").values())
     _build(two, tmp_path / "c2", jobs=2)
