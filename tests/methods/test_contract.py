@@ -95,6 +95,8 @@ VERSIONS |= {name: 2 for name in ("task_arithmetic", "ties", "dare_ties", "dare_
                                   "nearswap")}
 # the spherical methods step by step in the inputs' dtype, as mergekit 0.1.5 (bf16 bits equal)
 VERSIONS |= {"karcher": 2, "nuslerp": 2, "multislerp": 2}
+# slerp in chunks with float32 coefficient tensors, as mergekit 0.1.5 (bits equal, bounded scratch)
+VERSIONS |= {"slerp": 2}
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,4 +1,4 @@
-"""karcher, nuslerp and multislerp give mergekit 0.1.5's bf16 tensors bit for bit.
+"""slerp, karcher, nuslerp and multislerp give mergekit 0.1.5's bf16 tensors bit for bit.
 
 mergekit computes these methods in the inputs' dtype, step by step (bf16 directions, means,
 angles and sums; karcher's norms in float32); so does mergebuild (each method's version 2).
@@ -20,7 +20,9 @@ from tests.helpers import cli, read_tensors
 
 from .helpers import run
 
-CORPUS_CONFIGS = ("absa-german-karcher-karcher-default", "absa-german-nuslerp-50-50")
+CORPUS_CONFIGS = ("absa-german-karcher-karcher-default", "absa-german-nuslerp-50-50",
+                  "absa-german-slerp-slerp-balanced-blend", "absa-german-slerp-slerp-gradual-shift",
+                  "mergekit-gradient-slerp")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def test_corpus_config_equals_mergekit(world, name):
     assert cli(world, "--config", str(CORPUS / f"{name}.yml"), f"out/{name}", cache=world / "cache") == 0
     got = read_tensors(world / "out" / name)
     assert sorted(got) == sorted(want) and len(want) > 100
-    assert all(v.dtype == torch.bfloat16 for v in want.values())
+    assert all(v.dtype in (torch.bfloat16, torch.float16) for v in want.values())  # not float32 math
     assert [k for k in want if not torch.equal(got[k], want[k])] == []
 
 
@@ -55,6 +57,16 @@ def _digest(x: torch.Tensor) -> str:
 
 # (method, shape, with base, params) -> mergekit 0.1.5's output digest for _inputs(shape)
 MERGEKIT = {
+    # slerp: t; "same" slerps the base to itself (the linear branch); (1100, 1024) is two chunks
+    ("slerp", (64, 48), True, (0.3,)): "2412c9120c0407c9",
+    ("slerp", (64, 48), True, (0.7,)): "194825ce75fae9ea",
+    ("slerp", (64, 48), True, ("same",)): "1b938f6b3d4b6175",
+    ("slerp", (48,), True, (0.3,)): "24a9513e3dc8ee04",
+    ("slerp", (48,), True, (0.7,)): "ce3508cae6bac9f9",
+    ("slerp", (48,), True, ("same",)): "d4f38eadd2d51d8a",
+    ("slerp", (1100, 1024), True, (0.3,)): "b9f6d3362d4cd8c0",
+    ("slerp", (1100, 1024), True, (0.7,)): "33deaf02947425fa",
+    ("slerp", (1100, 1024), True, ("same",)): "9164fc0a1e11c70d",
     ("karcher", (64, 48), False, ()): "f854f165403ec330",
     ("karcher", (64, 48), True, ()): "78d23f6fa29a3cdc",
     ("karcher", (48,), False, ()): "d48c2dcea18407e3",
@@ -78,7 +90,11 @@ MERGEKIT = {
 def test_bf16_kernel_equals_mergekit(case):
     method, shape, with_base, extra = case
     xs, base = _inputs(shape)
-    if method == "karcher":  # mergekit: every input (the base too) one point, weights 1/n
+    if method == "slerp":
+        (t,) = extra
+        other = base if t == "same" else xs[0]
+        out = run("slerp", [base, other], [{}, {}], {"t": 0.3 if t == "same" else t}, base_index=0)
+    elif method == "karcher":  # mergekit: every input (the base too) one point, weights 1/n
         tensors = [base, *xs[:2]] if with_base else xs
         out = run("karcher", tensors, [{} for _ in tensors])
     elif method == "nuslerp":
