@@ -36,6 +36,33 @@ def test_sce_tiny_deltas_use_uniform_weights():
     assert torch.allclose(out, t(2e-4, 0, 0))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("models", [1, 2, 3, 5])
+def test_sce_variance_is_torch_var_bit_for_bit(monkeypatch, dtype, models):
+    """The chunked float64 Welford update gives torch's half-precision var exactly (SCE's
+    top-k cut reads it, so one flipped bit could keep another entry)."""
+    from mergefile.methods import sce
+
+    monkeypatch.setattr(sce, "_CHUNK", 1000)  # many chunks and a ragged last one
+    g = torch.Generator().manual_seed(models)
+    n = 20_011
+    cases = [
+        torch.randn(models, n, generator=g) * 0.01,
+        torch.randint(-3, 4, (models, n), generator=g).float() * 2**-7,  # exact values, many ties
+        torch.randn(models, n, generator=g) * torch.exp2(torch.randint(-20, 20, (models, n), generator=g).float()),
+        torch.zeros(models, n),
+    ]
+    special = torch.randn(models, 7, generator=g)
+    special[0, :3] = torch.tensor([float("inf"), float("nan"), -float("inf")])
+    cases.append(special)
+    for x in cases:
+        x = x.to(dtype)
+        got, want = sce.variance(x), torch.var(x, dim=0, unbiased=False)
+        assert got.dtype == want.dtype and torch.equal(got.view(torch.int16), want.view(torch.int16))
+    shaped = (torch.randn(models, 3, 5, 7, generator=g)).to(dtype)
+    assert torch.equal(sce.variance(shaped), torch.var(shaped, dim=0, unbiased=False))
+
+
 def test_ram_by_hand():
     base = torch.zeros(4)
     a, b = t(1, 0, 2, 0), t(0, 0, 4, 3)
