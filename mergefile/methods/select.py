@@ -78,9 +78,24 @@ def stable_range(v: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 def stable_ranks(rows: torch.Tensor) -> torch.Tensor:
     """Per row (last dim), each entry's position in a stable ascending sort of the row.
 
-    One sort and a scatter instead of mergekit's argsort of an argsort (two sorts).
+    One sort and a scatter instead of mergekit's argsort of an argsort (two sorts). For
+    non-negative half-precision rows (DELLA's magnitudes) the sort runs on 32-bit keys
+    ``bits << 16 | position``: the bit patterns of non-negative halves order as their values,
+    and the position breaks ties as a stable sort does, so the ranks are the same (~2x faster
+    than a stable argsort of the halves). NaNs, negatives and long rows take the plain path.
     """
-    order = rows.argsort(dim=-1, stable=True)
+    n = rows.shape[-1]
+    inf = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}.get(rows.dtype)  # +inf's bits
+    order = None
+    if inf is not None and n <= 1 << 16 and rows.numel():
+        bits = rows.contiguous().view(torch.int16)
+        lo, hi = torch.aminmax(bits)
+        if int(lo) >= 0 and int(hi) <= inf:  # no negative, no NaN: bits order as values
+            keys = bits.to(torch.int32).bitwise_left_shift_(16)
+            keys.bitwise_or_(torch.arange(n, dtype=torch.int32, device=rows.device))
+            order = keys.sort(dim=-1).values.bitwise_and_(0xFFFF).long()
+    if order is None:
+        order = rows.argsort(dim=-1, stable=True)
     ranks = torch.empty_like(order)
-    pos = torch.arange(rows.shape[-1], device=rows.device).expand_as(order)
+    pos = torch.arange(n, device=rows.device).expand_as(order)
     return ranks.scatter_(-1, order, pos)
