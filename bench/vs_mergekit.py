@@ -126,11 +126,33 @@ def run_mergebuild(case: Path, cfg: Path, jobs: int, fresh: bool) -> tuple[float
     return timed(cmd, case, MB_ENV)
 
 
+FLOOR = """
+import sys, os, pathlib
+out, n, files = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+for f in files:
+    pathlib.Path(f).read_bytes()
+chunk = bytes(16 << 20)
+with open(out, "wb") as fh:
+    while n > 0:
+        fh.write(chunk[:min(n, len(chunk))])
+        n -= len(chunk)
+os.unlink(out)
+"""
+
+
+def disk_floor(case: Path, models: list[Path], nbytes: int) -> float:
+    """The disk floor of one build: a fresh Python process reads every input file (from the page
+    cache) and writes the output's bytes (no torch: the floor of any tool on this machine)."""
+    files = [str(f) for m in models for f in sorted(m.glob("*.safetensors"))]
+    t, _ = timed([sys.executable, "-c", FLOOR, str(case / "floor.bin"), str(nbytes), *files], case)
+    return t
+
+
 def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats: int) -> dict:
     """Alternating cold builds of both tools, then mergebuild's weight and one-layer edits."""
     cfg = case / f"{recipe}.yml"
     runs: dict[str, list[float]] = {k: [] for k in ("mk_s", "mb_s", "mk_rss", "mb_rss", "cache_x", "written_x",
-                                                    "weight_edit_x", "layer_edit_x")}
+                                                    "weight_edit_x", "layer_edit_x", "floor_s")}
     for r in range(repeats):
         cfg.write_text(yaml_for(recipe, models))
         order = ("mk", "mb") if r % 2 == 0 else ("mb", "mk")
@@ -144,12 +166,15 @@ def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats
                 runs["cache_x"].append(cache / ob)
                 runs["written_x"].append((ob + cache) / ob)
                 mb_cold = t
+                used = models if RECIPES[recipe][0] != "linear" else models[1:]
+                runs["floor_s"].append(disk_floor(case, used, ob))
             runs[f"{tool}_s"].append(t)
             runs[f"{tool}_rss"].append(rss)
         cfg.write_text(yaml_for(recipe, models, weight_scale=1.5 + r / 10))
         time.sleep(0.05)
         t, _ = run_mergebuild(case, cfg, jobs, fresh=False)
         runs["weight_edit_x"].append(t / mb_cold)
+        runs.setdefault("weight_edit_floor", []).append(t / runs["floor_s"][-1])
         cfg.write_text(yaml_for(recipe, models, layer_edit=0.05 + r / 100))
         time.sleep(0.05)
         # from the cold state's cache: rebuild cold config first is not needed, a layer edit
@@ -160,7 +185,10 @@ def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats
     rss = [b / a for a, b in zip(runs["mk_rss"], runs["mb_rss"])]
     out = {"recipe": recipe, "repeats": repeats, "mk_s": runs["mk_s"], "mb_s": runs["mb_s"],
            "cold_ratio": _summary(ratio), "rss_ratio": _summary(rss),
-           "mk_rss_mb": max(runs["mk_rss"]) / 1024, "mb_rss_mb": max(runs["mb_rss"]) / 1024}
+           "mk_rss_mb": max(runs["mk_rss"]) / 1024, "mb_rss_mb": max(runs["mb_rss"]) / 1024,
+           "floor_s": runs["floor_s"],
+           "cold_floor": _summary([b / f for b, f in zip(runs["mb_s"], runs["floor_s"])]),
+           "weight_edit_floor": _summary(runs["weight_edit_floor"])}
     for k in ("cache_x", "written_x", "weight_edit_x", "layer_edit_x"):
         out[k] = _summary(runs[k])
     return out
@@ -200,12 +228,14 @@ def main() -> int:
     case.mkdir(parents=True)
     results = []
     print(f"{'recipe':18s} {'cold mb/mk':>18s} {'RSS mb/mk':>18s} {'cache/out':>18s} {'written/out':>18s} "
-          f"{'weight edit/cold':>18s} {'layer edit/cold':>18s}", flush=True)
+          f"{'weight edit/cold':>18s} {'layer edit/cold':>18s} {'cold/floor':>18s} {'w.edit/floor':>18s}",
+          flush=True)
     for recipe in args.recipes:
         res = bench_recipe(recipe, case, models, args.jobs, args.repeats)
         results.append(res)
         print(f"{recipe:18s} {fmt(res['cold_ratio']):>18s} {fmt(res['rss_ratio']):>18s} {fmt(res['cache_x']):>18s} "
               f"{fmt(res['written_x']):>18s} {fmt(res['weight_edit_x']):>18s} {fmt(res['layer_edit_x']):>18s}"
+              f" {fmt(res['cold_floor']):>18s} {fmt(res['weight_edit_floor']):>18s}"
               f"   mk {statistics.median(res['mk_s']):.1f} s {res['mk_rss_mb']:.0f} MB,"
               f" mb {statistics.median(res['mb_s']):.1f} s {res['mb_rss_mb']:.0f} MB", flush=True)
     summary = {"layers": args.layers, "hidden": args.hidden, "jobs": args.jobs, "models": N_MODELS,
