@@ -38,6 +38,7 @@ RECIPES: dict[str, str] = {
     "consensus_ties": "consensus_ties(base=m0) { m1 ; m2 }",
     "magmax": "magmax(base=m0) { m1 ; m2 }",
     "pcb": "pcb(base=m0) { m1 ; m2 }",
+    "wudi": "wudi(base=m0) { m1 ; m2 }",  # the paper's 300 Adam steps per matrix
 }
 
 
