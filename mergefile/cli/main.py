@@ -392,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as e:  # the machine, not the recipe (a full disk, a failing read): exit 1
+        where = f": {e.filename}" if e.filename else ""
+        print(f"mergebuild: error: {e.strerror or e}{where} (nothing half-written was kept; "
+              "rerun to resume from the cache)", file=sys.stderr)
+        code = 1
     if argv is None:
         sys.exit(code)
     return code

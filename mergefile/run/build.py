@@ -242,6 +242,7 @@ def build(
     reports: list[TargetReport] = []
     todo: dict[str, tuple] = {}
     run = None if options.dry_run else store.log.start_run(list(argv))
+    failed: dict[str, str] = {}
     try:
         for plan, kp, st, aux in planned:
             report = TargetReport(plan.name, st)
@@ -261,7 +262,11 @@ def build(
                 executor = executor()
 
             def build_one(name: str, stop: threading.Event) -> None:
-                _build_target(*todo[name][:4], store, options, progress, todo[name][4], run, executor, stop)
+                try:
+                    _build_target(*todo[name][:4], store, options, progress, todo[name][4], run, executor, stop)
+                except BaseException as e:  # the run log says which target failed, and why
+                    failed[name] = failure_line(e)
+                    raise
 
             run_targets(list(todo), _prerequisites(mf, list(todo)), build_one, options.jobs)
     finally:
@@ -277,8 +282,20 @@ def build(
                 stage_misses=sum(r.stage_misses for r in reports),
                 bytes_read=sum(r.bytes_read for r in reports),
                 bytes_written=sum(r.bytes_written for r in reports),
+                failed=dict(failed),
             )
     return BuildReport(reports, watched)
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for the run log: the user error's message, or the exception's type and text."""
+    from mergefile.errors import UserError
+
+    if isinstance(e, UserError):
+        return f"mergebuild: error: {e.render()}".splitlines()[0]
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def make_executor(options: BuildOptions) -> Executor:

@@ -104,7 +104,7 @@ class BuildManager:
         self.session = session
         self.jobs = max(1, jobs)
         self.builds: list[PageBuild] = []
-        self.failed: dict[str, str] = {}  # target -> error of its last page build
+        self.failed: dict[str, tuple[str, float]] = {}  # target -> (error, when) of its last page build
         self._lock = threading.Lock()
 
     def start(self, target: str) -> PageBuild:
@@ -160,7 +160,7 @@ class BuildManager:
         with self._lock:
             job.state, job.error, job.lines, job.ended = state, error, lines, time.time()
             if state == "failed":
-                self.failed[job.target] = error or "failed"
+                self.failed[job.target] = (error or "failed", job.ended)
             elif state == "done":
                 self.failed.pop(job.target, None)
 
@@ -188,14 +188,37 @@ class BuildManager:
     def snapshot(self) -> dict[str, Any]:
         """Page builds, every target's lock holder, the runs other processes are logging, and the
         size of each evolve history (a new evaluation changes it)."""
+        latest = self.logged_outcomes()
         with self._lock:
             builds = [b.to_json() for b in self.builds[-10:]]
-            failed = dict(self.failed)
+            for target, (error, when) in self.failed.items():  # a page build may fail before it logs
+                if when >= latest.get(target, (None, 0.0))[1]:
+                    latest[target] = (error, when)
+        failed = {t: why for t, (why, _) in latest.items() if why is not None}
         holders = {t: pid for t, d in self.session.out_dirs.items() if (pid := lock_holder(d)) is not None}
         from mergefile.ui.evolve_view import evolve_stamps
 
         return {"builds": builds, "building": holders, "failed": failed, "runs": self.live_runs(),
                 "evolve": evolve_stamps(self.session)}
+
+    def logged_outcomes(self, last: int = 20) -> dict[str, tuple[str | None, float]]:
+        """Target -> (the error of its latest logged build, or None when it built; when), from
+        the last ``last`` runs in the cache's log: a terminal's builds as well as this page's."""
+        from mergefile.store.log import BuildLog
+
+        log = BuildLog(self.session.cache_dir / "logs")
+        state: dict[str, tuple[str | None, float]] = {}
+        for run_id in log.runs()[-last:]:
+            summary = next((r for r in log.read(run_id) if r.get("summary")), None)
+            if summary is None:
+                continue
+            when = float(summary.get("time") or 0.0)
+            failed = summary.get("failed") or {}
+            if failed:  # the others of a failed run may not have been tried: left as they were
+                state.update({str(t): (str(why), when) for t, why in failed.items()})
+            else:
+                state.update({str(t): (None, when) for t in summary.get("targets") or ()})
+        return state
 
     def live_runs(self) -> list[dict[str, Any]]:
         """Runs still logging (no summary line yet, their process alive): per-target tensor counts."""

@@ -313,3 +313,23 @@ def test_a_failed_build_marks_its_target_failed_until_it_builds(client: Client, 
     code, r = client.request("/api/build", {"target": "out/final"})
     assert wait_build(client, r["build"]["id"])["state"] == "done"
     assert client.request("/api/builds")[1]["failed"] == {}
+
+
+def test_a_terminal_build_that_fails_shows_failed_until_a_build_succeeds(client: Client, demo: Path, monkeypatch):
+    """The run log's summary names the failed target and why; the page reads it (any process)."""
+    from mergefile.io.reader import TensorReader
+
+    def broken(self, info):
+        raise OSError("disk read error (injected)")
+
+    args = ("-C", str(demo), "-f", str(demo / "Mergefile"), "--quiet", "-B", "out/frank")
+    with monkeypatch.context() as m:
+        m.setattr(TensorReader, "get", broken)
+        status, _, stderr = cli(*args)
+    assert status == 1 and "Traceback" not in stderr and "mergebuild: error: disk read error" in stderr
+    summary = BuildLog(demo / "cache" / "logs").read()[-1]
+    assert "disk read error" in summary["failed"]["out/frank"]
+    _, snap = client.request("/api/builds")
+    assert "disk read error" in snap["failed"]["out/frank"]
+    assert cli(*args)[0] == 0
+    assert "out/frank" not in client.request("/api/builds")[1]["failed"]
