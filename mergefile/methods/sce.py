@@ -76,14 +76,18 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     if not idx:
         return base
     b = native(base)  # in the inputs' dtype, as mergekit 0.1.5
-    tvs = torch.stack([native(tensors[i]) - b for i in idx])
+    # the same values as mergekit's expressions, computed in place: the peak holds two stacks
+    tvs = torch.empty((len(idx), *b.shape), dtype=b.dtype, device=b.device)
+    for j, i in enumerate(idx):
+        torch.sub(native(tensors[i]), b, out=tvs[j])
     topk = float(params["select_topk"])
     if topk < 1:
-        tvs = tvs * select_mask(tvs, topk)
+        tvs.mul_(select_mask(tvs, topk))
     majority = torch.where(tvs.sum(dim=0) >= 0, 1.0, -1.0).to(tvs.dtype)
-    erase = torch.sign(tvs) == majority
-    weights = sce_weights(tvs).view(-1, *[1] * (tvs.dim() - 1)) * erase
-    merged = (tvs * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1e-6)
+    weights = torch.sign(tvs).eq_(majority)  # 1/0 in the stack's dtype: sign(tau) == majority
+    weights.mul_(sce_weights(tvs).view(-1, *[1] * (tvs.dim() - 1)))
+    divisor = weights.sum(dim=0).clamp(min=1e-6)
+    merged = tvs.mul_(weights).sum(dim=0) / divisor
     return finish(b + merged, base.dtype)
 
 
