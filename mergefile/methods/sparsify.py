@@ -199,10 +199,12 @@ def select_della(x: torch.Tensor, opts: SparsifyOptions) -> Keep:
         )
     rows = x if x.dim() >= 2 else x.reshape(1, -1)
     n = rows.shape[1]
-    ranks = stable_ranks(rows.abs()).to(torch.float32)
-    rank_norm = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
-    probs = (d - eps) + 2 * eps * rank_norm
+    ranks = stable_ranks(rows.abs(), torch.float32)
+    # in place, the same operations: rank_norm = ranks / (n-1); probs = (d-eps) + 2*eps*rank_norm
+    rank_norm = ranks.div_(n - 1) if n > 1 else ranks.fill_(0.5)
+    probs = rank_norm.mul_(2 * eps).add_(d - eps)
     mask = (draw_uniform(rows.shape, opts.generator, x.device) < probs).reshape(x.shape)
+    del probs, rank_norm, ranks
     return _keep(x, mask, opts.rescale, _random_dtype(x))
 
 

@@ -74,6 +74,8 @@ def test_stable_ranks_equal_a_stable_argsort_on_half_magnitudes_and_special_valu
     for rows in cases:
         want = rows.argsort(dim=-1, stable=True).argsort(dim=-1)
         assert torch.equal(stable_ranks(rows), want)
+        got = stable_ranks(rows, torch.float32)
+        assert got.dtype == torch.float32 and torch.equal(got, want.float())
 
 
 def _sort_magnitude(x: torch.Tensor, density: float) -> torch.Tensor:
