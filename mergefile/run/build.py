@@ -257,7 +257,11 @@ def build(
             todo[plan.name] = (plan, kp, st, aux, report)
         if todo:
             if executor is None:
-                executor = make_executor(options)
+                peaks = []
+                for plan, _, _, _, report in todo.values():
+                    names = set(report.to_compute)
+                    peaks += [job_peak_bytes(j, plan, options.device) for j in plan.jobs if j.name in names]
+                executor = make_executor(options, concurrent_budget(peaks, options.jobs, options.memory_budget))
             elif not hasattr(executor, "run"):
                 executor = executor()
 
@@ -298,13 +302,29 @@ def failure_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def make_executor(options: BuildOptions) -> Executor:
-    """The executor ``options.executor`` names (Ray imported only for ``ray``)."""
+def concurrent_budget(peaks: Sequence[int], jobs: int, budget: int) -> int:
+    """The local executor's byte budget for one build: the largest job's peak plus ``jobs - 1``
+    typical (median) ones, within ``budget``.
+
+    A quarter of RAM lets ``-j 2`` merge the two largest tensors at once (``embed_tokens`` and
+    ``lm_head``, each several times a layer's matrices), which sets the build's peak RSS; with this
+    cap the largest jobs run beside typical ones but not beside each other, so the peak stays
+    near one large job's while the layers still run ``jobs`` at a time (one job always may run).
+    """
+    if jobs <= 1 or not peaks:
+        return budget
+    ordered = sorted(peaks)
+    return max(1, min(budget, ordered[-1] + (jobs - 1) * ordered[len(ordered) // 2]))
+
+
+def make_executor(options: BuildOptions, memory_budget: int | None = None) -> Executor:
+    """The executor ``options.executor`` names (Ray imported only for ``ray``); a local one holds
+    ``memory_budget`` bytes at once (default ``options.memory_budget``)."""
     if options.executor == "ray":
         from mergefile.run.ray_executor import RayExecutor
 
         return RayExecutor(options.jobs, options.memory_budget, options.device)
-    return LocalExecutor(options.jobs, options.memory_budget)
+    return LocalExecutor(options.jobs, memory_budget or options.memory_budget)
 
 
 def _prerequisites(mf: Mergefile, names: list[str]) -> dict[str, set[str]]:
