@@ -1,6 +1,7 @@
 """Compute one output tensor: load inputs, align shapes, run cached stages, merge, cast.
 
-This is the only place tensors meet methods. Results go to the blob store under their key, so
+The IO around the one way to run a method (``methods.apply.run_method``): the only place a
+build's tensors meet methods. Results go to the blob store under their key, so
 an interrupted build resumes from whatever finished, and a repeated key is never recomputed.
 """
 
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mergefile._lazy import torch
 
+from mergefile.methods.apply import has_stages, run_method
 from mergefile.methods.base import EmbedPolicy, MergeContext, Method
 from mergefile.methods.registry import get_method
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob
@@ -120,32 +122,47 @@ def _keep_stages(method: Method, tensors, b: int, n_staged: int) -> bool:
     return n_staged * (out.numel() + 7) // 8 <= STAGE_SHARE * out.numel() * out.element_size()
 
 
-def _run_stages(method: Method, job: TensorJob, tensors, in_keys, blobs, device, res: JobResult) -> list[torch.Tensor]:
-    b, st = job.base_index, method.stage
-    out = list(tensors)
-    plan = stage_plan(method, job, in_keys)
-    store = _keep_stages(method, tensors, b, len(plan))
-    for i, sp, sk in plan:
-        cached = blobs.get(sk) if store else None
+class KeyedStages:
+    """The build's ``StageRunner``: each stage seeded by its own content key (``keys[i]``).
+
+    With ``blobs`` (and ``store``) a stage whose compact form is cached is rebuilt from it, and a
+    computed one's compact form is kept; ``loader`` lets an input's mapped pages go once its stage
+    is done (the merge reads the stage output, not the input). Counts go to ``res``.
+    """
+
+    def __init__(self, keys: dict[int, str], seed: int, blobs=None, store: bool = False, device: str = "cpu",
+                 res: JobResult | None = None, release=None):
+        self.keys, self.seed, self.blobs, self.store, self.device = keys, seed, blobs, store, device
+        self.res, self.release = res, release
+
+    def __call__(self, method: Method, i: int, x, base, params, ctx: MergeContext):
+        st, sk = method.stage, self.keys[i]
+        cached = self.blobs.get(sk) if self.store else None
         if cached is not None:
-            res.stage_hits += 1
-            out[i] = st.apply(tensors[i], tensors[b], cached) if st.split else cached.to(device)
-            continue
-        ctx = MergeContext(job.name, job.is_embed, b, _generator(sk, job.seed))
-        if st.split is not None:
-            y, compact = st.split(tensors[i], tensors[b], sp, ctx)
+            if self.res is not None:
+                self.res.stage_hits += 1
+            y = st.apply(x, base, cached) if st.split else cached.to(self.device)
         else:
-            y = compact = st.fn(tensors[i], tensors[b], sp, ctx)
-        if compact is not None:  # None: nothing to keep (e.g. density 1)
-            res.stage_misses += 1
-            if store:
-                res.bytes_written += blobs.put(sk, compact.detach().to("cpu").contiguous())
-        out[i] = y
-    return out
+            ctx = replace(ctx, generator=_generator(sk, self.seed))
+            if st.split is not None:
+                y, compact = st.split(x, base, params, ctx)
+            else:
+                y = compact = st.fn(x, base, params, ctx)
+            if compact is not None and self.res is not None:  # None: nothing to keep (e.g. density 1)
+                self.res.stage_misses += 1
+                if self.store:
+                    self.res.bytes_written += self.blobs.put(sk, compact.detach().to("cpu").contiguous())
+        if self.release is not None:
+            self.release(i)
+        return y
 
 
 def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, device: str = "cpu") -> tuple[torch.Tensor, JobResult]:
-    """Merge one tensor; store and return it (on CPU)."""
+    """Merge one tensor; store and return it (on CPU).
+
+    The IO around ``methods.apply.run_method``: load, cast, re-index and align the inputs, key and
+    cache the stages (``KeyedStages``), cast and store the result.
+    """
     t0 = time.perf_counter()
     key = kp.keys[job.name]
     res = JobResult(job.name, key, "computed", 0.0, 0, 0)
@@ -162,12 +179,15 @@ def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, devic
 
         tensors = remap_inputs(tensors, kp.plan.vocab.remaps[job.name])
     tensors = align(tensors, method.embed, job.base_index)
-    if method.stage is not None and job.base_index is not None and len(tensors) > 1:
-        tensors = _run_stages(method, job, tensors, stage_inputs(job, kp), blobs, device, res)
-        # the merge reads stage outputs, not these inputs: let their mapped pages go now
-        loader.release([r for k, r in enumerate(job.inputs) if k != job.base_index])
+    stages = None
+    if has_stages(method, len(tensors), job.base_index):
+        plan = stage_plan(method, job, stage_inputs(job, kp))
+        # the merge reads stage outputs, not these inputs: their mapped pages go once staged
+        stages = KeyedStages({i: sk for i, _, sk in plan}, job.seed, blobs,
+                             _keep_stages(method, tensors, job.base_index, len(plan)), device, res,
+                             release=lambda i: loader.release([job.inputs[i]]))
     ctx = MergeContext(job.name, job.is_embed, job.base_index, _generator(key, job.seed), consume_inputs=True)
-    result = method.merge(tensors, [dict(p) for p in job.per_model], dict(job.params), ctx)
+    result = run_method(method, tensors, [dict(p) for p in job.per_model], dict(job.params), ctx, stages)
     if job.out_dtype:
         from mergefile.io.header import parse_dtype
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergefile.io.hub import hf_blob_sha256
+from mergefile.methods.apply import has_stages, stage_params
 from mergefile.methods.base import Method
 from mergefile.plan.jobs import TargetPlan, TensorJob
 from mergefile.store.keys import input_key, key_of
@@ -93,19 +94,19 @@ def stage_inputs(job: TensorJob, kp: "KeyedPlan") -> list[str]:
 def stage_plan(method: Method, job: TensorJob, in_keys: list[str]) -> list[tuple[int, dict[str, Any], str]]:
     """``(input index, stage parameters, stage key)`` for every non-base input of a staged job.
 
-    The one definition of which parameters reach a stage: the build computes stages with it and
-    ``cache gc`` keeps what it names, so the two can never disagree.
+    Which parameters reach a stage is ``methods.apply.stage_params``, the definition the stage
+    itself runs with; the build keys its stages with this and ``cache gc`` keeps what it names,
+    so none of them can disagree.
     """
-    stage, b = method.stage, job.base_index
-    if stage is None or b is None or len(job.inputs) < 2:
+    b = job.base_index
+    if not has_stages(method, len(job.inputs), b):
         return []
     params = dict(job.params)
     out = []
     for i in range(len(job.inputs)):
         if i == b:
             continue
-        pm = dict(job.per_model[i])
-        sp = {n: pm[n] if n in pm else params.get(n) for n in stage.params}
+        sp = stage_params(method, dict(job.per_model[i]), params)
         out.append((i, sp, stage_key(method, sp, in_keys[i], in_keys[b], job.dtype, job.seed)))
     return out
 

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import torch
 
-from mergefile.methods import METHODS, MergeContext, Method, apply_method, get_method
-from mergefile.methods.apply import with_defaults
+from mergefile.methods import METHODS, MergeContext, Method, get_method, run_method
+from mergefile.methods.apply import stage_params, with_defaults
+from mergefile.run.compute import KeyedStages
 from mergefile.run.keys import stage_key
 from mergefile.store.keys import seed_from_key
 from mergefile.store.log import BuildLog
@@ -138,21 +139,17 @@ def _inputs(models: Mapping[str, Path], rec: Mapping[str, Any]) -> list[torch.Te
     return [read_tensors(models[label])[name] for label, name in zip(rec["models"], rec["tensors"])]
 
 
-def _expected_staged(method: Method, tensors, per_model, params, rec, key: str, tensor: str) -> torch.Tensor:
-    """The executor's computation by hand: each stage seeded by its own key (recipe seed 0, no
-    ``dtype`` setting), then the merge seeded by the tensor's key from the manifest."""
+def _expected(method: Method, tensors, per_model, params, rec, key: str, tensor: str) -> torch.Tensor:
+    """The one way to run a method (``run_method``), seeded as the build seeds it: each stage by
+    its own key (recipe seed 0, no ``dtype`` setting), the merge by the tensor's key."""
     models, glob = with_defaults(method, per_model, params, rec["base_index"])
     b, keys = rec["base_index"], rec["inputs"]
-    staged = list(tensors)
-    for i, x in enumerate(tensors):
-        if i == b:
-            continue
-        sp = {n: {**glob, **models[i]}[n] for n in method.stage.params}
-        sk = stage_key(method, sp, keys[i], keys[b], None, 0)
-        gen = torch.Generator().manual_seed(seed_from_key(sk, 0))
-        staged[i] = method.stage.fn(x, tensors[b], sp, MergeContext(tensor, False, b, gen))
+    stages = None
+    if method.stage is not None:
+        stages = KeyedStages({i: stage_key(method, stage_params(method, models[i], glob), keys[i], keys[b], None, 0)
+                              for i in range(len(tensors)) if i != b}, 0)
     gen = torch.Generator().manual_seed(seed_from_key(key, 0))
-    return method.merge(staged, models, glob, MergeContext(tensor, False, b, gen))
+    return run_method(method, list(tensors), models, glob, MergeContext(tensor, False, b, gen), stages)
 
 
 # method -> (input order in the recipe, per-model params, global params), written out by hand
@@ -175,11 +172,7 @@ def test_build_equals_the_pure_function(name, tensor, main_build, tiny_models):
         params = {"t": rec["params"]["t"]}
     tensors = _inputs({**tiny_models, "out/linear": main_build / "out/linear"}, rec)
     method = get_method(name)
-    if method.stage is not None and method.stage.random:
-        expected = _expected_staged(method, tensors, per_model, params, rec, key, tensor)
-    else:
-        gen = torch.Generator().manual_seed(seed_from_key(key, 0))
-        expected = apply_method(method, tensors, per_model, params, MergeContext(tensor, False, len(order) - 1, gen))
+    expected = _expected(method, tensors, per_model, params, rec, key, tensor)
     got = read_tensors(main_build / "out" / name)[tensor]
     assert got.dtype == expected.dtype and torch.equal(got, expected)
     assert not torch.equal(got, tensors[-1])  # the merge did something
