@@ -240,7 +240,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         return run_verb(*verb, command_line=argv)
     args = make_parser().parse_args(argv)
     try:
-        args.start_cwd = os.getcwd()  # for the command's alias (cli/noop.py)
+        args.start_cwd = os.getcwd()  # for the command's alias (store/stamp.py)
     except OSError:
         args.start_cwd = None
     enter_directory(args)
@@ -296,9 +296,10 @@ def stamped_noop(args, request: dict, argv: Sequence[str]) -> int | None:
 
 
 def remember_command(args, request: dict, argv: Sequence[str]) -> None:
-    """Alias this exact command to ``request``, so repeating it is answered before parsing."""
-    from mergefile.cli.noop import record_alias
+    """Alias this exact command to ``request``'s stamp, so repeating it is answered before
+    parsing (``store/stamp.py``)."""
     from mergefile.store.location import resolve_cache_dir
+    from mergefile.store.stamp import record_alias
 
     if getattr(args, "start_cwd", None) is None or not stampable_command(args):
         return

@@ -1,15 +1,18 @@
 """Which environment variables matter to a build server, and which cross its socket.
 
-Two lists, kept here once, and the cgroup check (standard library only: the console script
-imports this):
+What decides that work is skipped or shared is declared once, in ``mergefile/depends.py``:
+``IMPORT_TIME_ENV`` (variables a library may read once, while the server imports it: OpenMP and
+MKL thread settings, huggingface_hub's cache folders, Python's switches) enters the server's
+fingerprint, and a client whose values differ is never served by that server;
+``RESOLUTION_ENV`` (model resolution, mergebuild's settings) is what up-to-date stamps key on.
+This module adds what only the server needs, and the cgroup check (standard library only: the
+console script imports this):
 
-* ``IMPORT_TIME_ENV``: variables a library may read once, while the server imports it (OpenMP
-  and MKL thread settings, huggingface_hub's cache folders, Python's switches). They enter the
-  server's fingerprint: a client whose values differ is never served by that server.
 * ``BUILD_ENV``: what a served build may read while it runs. Only these cross the socket and
   become the forked build's environment; anything else the client holds (cloud credentials,
   API keys of unrelated tools, ``SSH_AUTH_SOCK``) stays in the client. ``HF_TOKEN`` crosses
-  because resolving and pushing hub models needs it.
+  because resolving and pushing hub models needs it. Both declared lists cross, plus
+  ``RUNTIME_ENV``.
 
 A variable a build reads that is missing from ``BUILD_ENV`` would make a served build differ
 from one run in its own process; ``tests/server/test_server.py`` checks the list against every
@@ -20,33 +23,27 @@ from __future__ import annotations
 
 import os
 
-IMPORT_TIME_ENV = (
-    "PYTHON", "LANG", "LC_", "HOME", "XDG_CACHE_HOME", "TMPDIR", "LD_", "MALLOC_",
-    "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "NUMEXPR_",
-    "TORCH", "PYTORCH_", "THP_", "CUDA_", "NVIDIA_",
-    "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_",
-)
+from mergefile.depends import IMPORT_TIME_ENV, RESOLUTION_ENV, import_environment
 
-# Read while a build runs: mergebuild itself, the hub client (tokens, proxies, certificates),
-# Ray and wandb (evolve), the terminal (progress bars, colours, width), time zone and user.
+__all__ = ["BATCH_JOB_ENV", "BUILD_ENV", "ENVIRONMENT_DEFAULTS", "IMPORT_TIME_ENV", "RUNTIME_ENV", "batch_job",
+           "build_environment", "cgroup", "import_environment", "set_environment_defaults"]
+
+# Read while a build runs besides those two lists: the hub client (tokens, proxies,
+# certificates), Ray and wandb (evolve), the terminal (progress bars, colours, width), time zone
+# and user.
 RUNTIME_ENV = (
-    "MERGEBUILD_", "HUGGING_FACE_", "RAY_", "WANDB_", "XDG_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
+    "HUGGING_FACE_", "RAY_", "WANDB_", "XDG_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
     "no_proxy", "all_proxy", "PATH", "USER", "LOGNAME", "SHELL", "TERM", "COLORTERM", "COLUMNS", "LINES",
     "NO_COLOR", "FORCE_COLOR", "CLICOLOR", "TZ",
 )
 
-BUILD_ENV = IMPORT_TIME_ENV + RUNTIME_ENV
+BUILD_ENV = IMPORT_TIME_ENV + RESOLUTION_ENV + RUNTIME_ENV
 
 # Variables a batch scheduler sets in every job: a build inside a job must stay in the job's
 # process tree, where the scheduler's memory, CPU and time limits and its accounting apply.
 BATCH_JOB_ENV = ("SLURM_JOB_ID", "SLURM_JOBID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID", "COBALT_JOBID",
                  "_CONDOR_JOB_AD", "AZ_BATCH_TASK_ID")
-
-
-def import_environment(env: dict[str, str]) -> dict[str, str]:
-    """The part of ``env`` that the server's imports may have read."""
-    return {k: v for k, v in sorted(env.items()) if k.startswith(IMPORT_TIME_ENV)}
 
 
 def build_environment(env: dict[str, str]) -> dict[str, str]:

@@ -5,10 +5,11 @@ The child takes the client's whole environment, but whatever the server's import
 environment *at import time* is fixed in the server: OpenMP and MKL read their thread settings
 when the library loads, huggingface_hub and transformers their cache folders, Python its
 ``PYTHON*`` switches and locale. So a server is keyed by: mergebuild's code (every file of the
-package, as the up-to-date stamps key it), the grammar file, the interpreter, every
-``sys.path`` folder's identity (installing or upgrading a package changes its site-packages
-folder), and the import-time part of the environment. Any difference means another server, or
-none: the build then runs in its own process.
+package, the same ``depends.code_fingerprint`` the up-to-date stamps key on), the grammar file,
+the interpreter, every ``sys.path`` folder's identity (installing or upgrading a package changes
+its site-packages folder), and the import-time part of the environment (``IMPORT_TIME_ENV``,
+declared in ``mergefile/depends.py`` beside the stamps' ``RESOLUTION_ENV``). Any difference
+means another server, or none: the build then runs in its own process.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 
 import xxhash
 
-from mergefile._tree import code_fingerprint
-from mergefile.server.environment import ENVIRONMENT_DEFAULTS, IMPORT_TIME_ENV, import_environment
+from mergefile.depends import IMPORT_TIME_ENV, code_fingerprint, import_environment
+from mergefile.server.environment import ENVIRONMENT_DEFAULTS
 
 __all__ = ["IMPORT_TIME_ENV", "fingerprint", "import_environment"]
 

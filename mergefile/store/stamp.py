@@ -13,6 +13,14 @@ A file modified within one timestamp tick of its ``stat`` keeps the same identit
 this *racy clean*), so a stamp only vouches for files whose mtime is clearly older than the
 moment the stamp was taken: :func:`record` waits out that window when it is short (fine-grained
 file systems: ``RACY_FINE_NS``), and :func:`check` refuses a stamp if any file is within it.
+
+This module is the one owner of that up-to-date proof. What it depends on besides the files is
+declared in ``mergefile/depends.py`` (mergebuild's code, ``RESOLUTION_ENV``), shared with the
+build server's fingerprint. A repeated command line finds its stamp by a second key, its
+**alias** (:func:`record_alias`, :func:`check_alias`): the exact command (working directory,
+arguments, the same environment) -> which stamp it meant, kept per user because the console
+script looks it up before it knows the cache. An alias holds no answer of its own: the stamp
+it points at is checked exactly as :func:`check` checks it, under the same version.
 """
 
 from __future__ import annotations
@@ -20,25 +28,26 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import xxhash
 
 from mergefile._tree import TooBig as _TooBig
-from mergefile._tree import code_fingerprint
 from mergefile._tree import identity as _identity
 from mergefile._tree import walk as _walk
+from mergefile.depends import code_fingerprint, resolution_environment
 
-__all__ = ["check", "code_fingerprint", "environment", "record", "request_id"]
+__all__ = ["alias_dir", "check", "check_alias", "code_fingerprint", "environment", "forget", "record",
+           "record_alias", "request_id"]
 
-STAMP_VERSION = 1
+STAMP_VERSION = 1  # of stamps and aliases alike
 STAMP_DIR = "stamps"
+ALIAS_KEEP = 500  # aliases kept per user (the newest)
 # Timestamps with a sub-second part come from a clock with jiffy granularity (<= 10 ms, and
 # the coarse clock can trail the fine one by as much again); whole-second timestamps may come
 # from a file system that keeps 1 s or 2 s.
 RACY_FINE_NS = 50_000_000
 RACY_COARSE_NS = 2_000_000_000
-ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "MERGEBUILD_", "TRANSFORMERS_")
 
 
 def request_id(request: Mapping[str, object]) -> str:
@@ -52,9 +61,9 @@ def _racy_window(st_mtime_ns: int) -> int:
 
 
 def environment() -> dict[str, str]:
-    """The environment a stamp depends on (model resolution, the cache's place)."""
-    return {k: v for k, v in sorted(os.environ.items())
-            if k.startswith(ENV_PREFIXES) and not k.startswith("MERGEBUILD_SERVER")}  # where it runs, not what
+    """The environment a stamp and an alias depend on (model resolution, the cache's place):
+    ``depends.RESOLUTION_ENV``."""
+    return resolution_environment()
 
 
 def _path(cache_dir: str | os.PathLike, rid: str) -> str:
@@ -130,16 +139,25 @@ def _changed_since(files: dict[str, list[int] | None], since_ns: int, written: I
 def check(cache_dir: str | os.PathLike, request: Mapping[str, object]) -> tuple[list[str], list[str]] | None:
     """``(targets, messages)`` a stamp vouches are up to date for ``request``, or None (do the
     full check)."""
-    path = _path(cache_dir, request_id(request))
     try:
-        with open(path, encoding="utf-8") as fh:
-            stamp = json.load(fh)
+        stamp = _load(_path(cache_dir, request_id(request)))
     except (OSError, ValueError):
         return None
-    if (not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION
-            or stamp.get("request") != json.loads(json.dumps(dict(request)))
-            or stamp.get("env") != environment()):
+    if not _vouches(stamp, json.loads(json.dumps(dict(request)))):
         return None
+    return list(stamp.get("targets", [])), list(stamp.get("messages", []))
+
+
+def _load(path: str) -> object:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _vouches(stamp: object, request: object) -> bool:
+    """Whether ``stamp`` (as read) is for ``request`` and everything it depends on still holds."""
+    if (not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION
+            or stamp.get("request") != request or stamp.get("env") != environment()):
+        return False
     written = int(stamp.get("written_ns", 0))
     for p, ident in stamp.get("files", {}).items():
         try:
@@ -147,12 +165,10 @@ def check(cache_dir: str | os.PathLike, request: Mapping[str, object]) -> tuple[
         except OSError:
             now = None
         if now != ident:
-            return None
+            return False
         if now is not None and now[1] >= written - _racy_window(now[1]):
-            return None  # modified too close to the stamp to trust its identity
-    if stamp.get("code") != code_fingerprint():
-        return None
-    return list(stamp.get("targets", [])), list(stamp.get("messages", []))
+            return False  # modified too close to the stamp to trust its identity
+    return stamp.get("code") == code_fingerprint()
 
 
 def forget(cache_dir: str | os.PathLike, request: Mapping[str, object]) -> None:
@@ -161,3 +177,82 @@ def forget(cache_dir: str | os.PathLike, request: Mapping[str, object]) -> None:
         os.unlink(_path(cache_dir, request_id(request)))
     except OSError:
         pass
+
+
+# Aliases: the exact command line -> the stamp it meant.
+
+
+def alias_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mergebuild", "noop")
+
+
+def _alias_path(cwd: str, argv: Sequence[str]) -> str:
+    text = json.dumps([STAMP_VERSION, "alias", cwd, list(argv), environment()])
+    return os.path.join(alias_dir(), xxhash.xxh3_128_hexdigest(text.encode()) + ".json")
+
+
+def record_alias(cwd: str, argv: Sequence[str], request: Mapping[str, object],
+                 resolve: Sequence[tuple[str, str]], question: bool) -> None:
+    """Remember which stamp this exact command meant (after that stamp vouched for it).
+
+    Args:
+        cwd: the working directory the command started in (before ``-C``).
+        request: the stamp's request (its ``cache`` says where the stamp lives).
+        resolve: ``(path as the command named it, relative to cwd; its real path in the request)``
+            pairs, resolved again on every use (a moved symlink is a miss).
+        question: the command was ``-q`` (its answer prints nothing).
+    """
+    path = _alias_path(cwd, argv)
+    data = {"version": STAMP_VERSION, "cache": request["cache"], "stamp": request_id(request),
+            "resolve": [list(p) for p in resolve], "question": bool(question)}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+        os.replace(tmp, path)
+        _prune(os.path.dirname(path))
+    except OSError:
+        pass  # an alias only saves time: never a reason to fail
+
+
+def _prune(d: str) -> None:
+    names = [n for n in os.listdir(d) if n.endswith(".json")]
+    if len(names) <= ALIAS_KEEP:
+        return
+
+    def mtime(n: str) -> int:
+        try:
+            return os.stat(os.path.join(d, n)).st_mtime_ns
+        except OSError:
+            return 0
+
+    for n in sorted(names, key=mtime)[: len(names) - ALIAS_KEEP]:
+        try:
+            os.unlink(os.path.join(d, n))
+        except OSError:
+            pass
+
+
+def check_alias(cwd: str, argv: Sequence[str]) -> tuple[dict, bool, list[str], list[str]] | None:
+    """``(request, question, targets, messages)`` for the command ``argv`` started in ``cwd``
+    when its alias still means the same request and that request's stamp vouches for it (as
+    :func:`check`); None: run the command."""
+    try:
+        alias = _load(_alias_path(cwd, argv))
+        if alias.get("version") != STAMP_VERSION:
+            return None
+        for named, real in alias["resolve"]:
+            if os.path.realpath(os.path.join(cwd, named)) != real:
+                return None
+        rid, question = alias["stamp"], bool(alias["question"])
+        stamp = _load(_path(alias["cache"], rid))
+        request = stamp["request"]
+        if request.get("cache") != alias["cache"] or request_id(request) != rid:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not _vouches(stamp, request):
+        return None
+    return request, question, list(stamp.get("targets", [])), list(stamp.get("messages", []))

@@ -1,5 +1,6 @@
 """Aliases: a repeated, up-to-date command answered before its command line is parsed
-(``mergefile/cli/noop.py``). Every way the answer could differ must be a miss."""
+(``mergefile/cli/noop.py``, asking ``store/stamp.py``). Every way the answer could differ must
+be a miss."""
 
 from __future__ import annotations
 
@@ -121,10 +122,10 @@ def test_question_mode_prints_nothing_and_dry_runs_get_no_alias(project, capsys)
 
 
 def test_aliases_are_pruned(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(noop, "KEEP", 3)
+    monkeypatch.setattr(stamp, "ALIAS_KEEP", 3)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for i in range(5):
-        noop.record_alias(str(tmp_path), [f"t{i}"], {"cache": "x"}, [], False)
+        stamp.record_alias(str(tmp_path), [f"t{i}"], {"cache": "x"}, [], False)
         time.sleep(0.01)
     kept = sorted(p.name for p in (tmp_path / "mergebuild" / "noop").iterdir())
     assert len(kept) == 3
