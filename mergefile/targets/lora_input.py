@@ -38,14 +38,6 @@ VERSION = 1  # of the merge-on-load semantics: bump to re-merge every cached ada
 _PREFIX = "base_model.model."
 _LORA_PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B",
                ".lora_magnitude_vector", ".lora_A", ".lora_B")
-_merges = 0  # adapters merged in this process (tests check that a rebuild merges none)
-_count_lock = threading.Lock()
-
-
-def merge_count() -> int:
-    """How many times this process ran peft's merge for a ``model+lora`` input."""
-    return _merges
-
 
 def touched_tensors(adapter_names: Iterable[str]) -> set[str]:
     """Base tensor names an adapter changes, from its tensor names (no data read)."""
@@ -149,7 +141,6 @@ class LoraApplied:
 
     def _merge_into(self, blobs) -> dict[str, torch.Tensor]:
         """Merge the adapter with peft and store every touched tensor whose key is known."""
-        global _merges
         from mergefile.io.header import parse_dtype
 
         try:
@@ -165,8 +156,6 @@ class LoraApplied:
             model = AutoModelForCausalLM.from_pretrained(self.base.path, dtype=dtype)
             merged = PeftModel.from_pretrained(model, self.adapter_dir).merge_and_unload()
         state = merged.state_dict()
-        with _count_lock:
-            _merges += 1
         missing = sorted(n for n in self.touched if n not in state)
         if missing:
             raise ConfigError(f"applying adapter '{self.adapter_dir}': the merged model has no tensor {missing[0]!r}")
