@@ -33,15 +33,9 @@ import xxhash
 from mergefile._lazy import torch
 from mergefile.store.keys import key_of
 
-__all__ = ["GATE_MODES", "ExpertPrompts", "GateVectors", "computed_count", "hidden_state_vectors"]
+__all__ = ["GATE_MODES", "ExpertPrompts", "GateVectors", "hidden_state_vectors"]
 
 VERSION = 2  # 2: mergekit's batched bfloat16 hidden states and summed cheap embeddings
-_computed = 0  # expert vector stacks computed in this process (tests check what an edit recomputes)
-
-
-def computed_count() -> int:
-    """How many experts' gate vectors this process computed (not read from the cache)."""
-    return _computed
 GATE_MODES = ("hidden", "hidden_avg", "cheap_embed", "random", "uniform_random")
 RANDOM_MODES = ("random", "uniform_random")
 
@@ -127,8 +121,6 @@ class GateVectors:
         else:
             vecs = hidden_state_vectors(self.base.path, self._tokenizer_dir or self.base.path, todo,
                                         average=self.mode == "hidden_avg")
-        global _computed
-        _computed += len(vecs)
         for name, v in vecs.items():
             v = v.to(torch.float32).contiguous()
             blobs.put(self.keys[name], v)
