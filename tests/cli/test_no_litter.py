@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 
-import pytest
 
 from tests.helpers import cli, mergefile_for
 
@@ -36,8 +35,7 @@ def test_failed_build_leaves_nothing_beside_the_output(tiny_models, tmp_path, mo
 
     mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, BODY)
     monkeypatch.setattr(writer, "write_safetensors", disk_full)
-    with pytest.raises(OSError):
-        cli(tmp_path, cache=tmp_path / "cache")
+    assert cli(tmp_path, cache=tmp_path / "cache") == 1  # one line (docs/ci.md), no traceback
     assert _beside(tmp_path) == []
     monkeypatch.undo()
     assert cli(tmp_path, cache=tmp_path / "cache") == 0  # and the rerun builds
