@@ -10,43 +10,19 @@ from __future__ import annotations
 import ast
 import json
 import os
-import time
 from pathlib import Path
 
-import pytest
 
 from mergefile import _tree, depends
 from mergefile.cli import noop
-from mergefile.cli.main import main
 from mergefile.server import environment as server_environment
 from mergefile.server import fingerprint as server_fingerprint
 from mergefile.store import stamp
-from tests.helpers import REPO, mergefile_for
+from tests.alias_support import project, run, settle  # noqa: F401 (a fixture)
+from tests.helpers import REPO
 
 
-def settle() -> None:
-    time.sleep(2 * stamp.RACY_FINE_NS / 1e9)  # files just written are never vouched for
 
-
-def run(argv: list[str]) -> int:
-    here = os.getcwd()
-    try:
-        return main(argv)
-    finally:
-        os.chdir(here)
-
-
-@pytest.fixture()
-def project(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> tuple[Path, list[str]]:
-    work = tmp_path / "w"
-    work.mkdir()
-    mergefile_for(work, {"base": tiny_models["base"], "a": tiny_models["a"]},
-                  "out/m: linear { base weight=0.5\n a weight=0.5 }")
-    settle()
-    monkeypatch.chdir(tmp_path)
-    argv = ["-C", "w", "--cache-dir", "cache"]
-    assert run(argv) == 0  # builds, stamps, and aliases this command
-    return work, argv
 
 
 def request_of(work: Path) -> dict:

@@ -12,43 +12,19 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from mergefile.cli import noop
-from mergefile.cli.main import main
 from mergefile.store import stamp
+from tests.alias_support import project, run, settle  # noqa: F401 (a fixture)
 from tests.helpers import mergefile_for
 
 
-def settle() -> None:
-    time.sleep(2 * stamp.RACY_FINE_NS / 1e9)  # files just written are never vouched for
-
-
-def run(argv: list[str]) -> int:
-    """``mergebuild ARGV`` in-process, from (and back to) the current directory (-C moves it)."""
-    here = os.getcwd()
-    try:
-        return main(argv)
-    finally:
-        os.chdir(here)
 
 
 def last_summary(cache: Path) -> dict:
     logs = sorted((cache / "logs").glob("*.jsonl"))
     return [json.loads(line) for line in logs[-1].read_text().splitlines()][-1]
 
-
-@pytest.fixture()
-def project(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> tuple[Path, list[str]]:
-    work = tmp_path / "w"
-    work.mkdir()
-    mergefile_for(work, {"base": tiny_models["base"], "a": tiny_models["a"]},
-                  "out/m: linear { base weight=0.5\n a weight=0.5 }")
-    settle()
-    monkeypatch.chdir(tmp_path)
-    argv = ["-C", "w", "--cache-dir", "cache"]
-    assert run(argv) == 0  # builds, stamps, and aliases this command
-    return work, argv
 
 
 def test_a_repeated_command_is_answered_by_its_alias(project, capsys) -> None:
