@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from mergefile.errors import UserError
-from mergefile.server import location
+from mergefile.server import server_dir
 from mergefile.server.client import ask, mode, spawn
 from mergefile.server.fingerprint import fingerprint
 from mergefile.server.zygote import IDLE_ENV, parse_duration
@@ -37,8 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        directory = location.private_dir(create=args.action == "start")
-    except location.UnsafeDirectory as e:
+        directory = server_dir.private_dir(create=args.action == "start")
+    except server_dir.UnsafeDirectory as e:
         raise UserError(f"cannot use the build server folder: {e}") from None
     key = fingerprint(os.environ)
     if args.action == "start":
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _start(directory: str, key: str, args: argparse.Namespace) -> int:
-    files = {kind: Path(p) for kind, p in location.paths(directory, key).items()}
+    files = {kind: Path(p) for kind, p in server_dir.paths(directory, key).items()}
     sock = files["sock"]
     info = ask(str(sock), {"op": "ping"})
     if info:
@@ -84,7 +84,7 @@ def _start(directory: str, key: str, args: argparse.Namespace) -> int:
 def _names(directory: str, key: str, every: bool) -> list[str]:
     """Server names (fingerprint prefixes) to look at: this client's, or every one there."""
     if not every:
-        return [location.name(key)]
+        return [server_dir.name(key)]
     names = {n.rsplit(".", 1)[0] for n in os.listdir(directory) if n.endswith((".sock", ".lock")) and not n.startswith(".")}
     return sorted(names)
 
@@ -125,7 +125,7 @@ def _stop(directory: str, key: str, every: bool) -> int:
 
 def _status(directory: str, key: str, as_json: bool) -> int:
     rows = []
-    mine = location.name(key)
+    mine = server_dir.name(key)
     for name in _names(directory, key, every=True):
         sock = Path(directory, f"{name}.sock")
         info = ask(str(sock), {"op": "ping"})

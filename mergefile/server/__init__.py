@@ -10,7 +10,7 @@ ordinary CLI, and reports its exit status. The zygote itself never builds, so no
 from one build to the next, and a crash takes down one build, not the server.
 
 ``fingerprint`` says which server may serve a client (same interpreter, packages, mergebuild
-code and import-time environment); ``location`` where servers live; ``protocol`` the wire format;
+code and import-time environment); ``server_dir`` where servers live; ``protocol`` the wire format;
 ``warm`` what the server imports and how its forks stay safe; ``zygote`` the server loop;
 ``child`` what a forked build does; ``client`` the console script's side. Details and the user-facing switches: docs/server.md.
 """

@@ -34,7 +34,7 @@ import os
 import resource
 import sys
 
-from mergefile.server import location, protocol
+from mergefile.server import protocol, server_dir
 from mergefile.server.environment import batch_job, build_environment, cgroup
 
 MODE_ENV = "MERGEBUILD_SERVER"
@@ -128,7 +128,7 @@ def spawn(directory: str, key: str, after: int | None = None):
     ``after``, it starts importing only once that process has exited."""
     import subprocess
 
-    log_path = location.paths(directory, key)["log"]
+    log_path = server_dir.paths(directory, key)["log"]
     try:
         if os.stat(log_path).st_size > 2**20:
             os.unlink(log_path)
@@ -174,8 +174,8 @@ def run(argv: list[str]) -> int | None:
         return None
     start = how == "on" and computes_tensors(argv)
     try:
-        directory = location.private_dir(create=start)
-    except location.UnsafeDirectory as e:
+        directory = server_dir.private_dir(create=start)
+    except server_dir.UnsafeDirectory as e:
         print(f"mergebuild: warning: not using a build server: {e}", file=sys.stderr)
         return None
     if directory is None:
@@ -183,7 +183,7 @@ def run(argv: list[str]) -> int | None:
     from mergefile.server.fingerprint import fingerprint
 
     key = fingerprint(os.environ)
-    conn = connect(location.paths(directory, key)["sock"])
+    conn = connect(server_dir.paths(directory, key)["sock"])
     if conn is None:
         if start:
             proc = spawn(directory, key, after=os.getpid())

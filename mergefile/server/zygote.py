@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mergefile.server import location, protocol
+from mergefile.server import protocol, server_dir
 from mergefile.server.environment import cgroup
 from mergefile.server.fingerprint import fingerprint
 from mergefile.server.warm import single_threaded, thread_count, warm
@@ -94,7 +94,7 @@ def _peer_uid(conn: socket.socket) -> int:
 class Server:
     def __init__(self, directory: Path, key: str, env: dict[str, str]):
         self.directory, self.key, self.env = directory, key, env
-        self.files = {kind: Path(p) for kind, p in location.paths(str(directory), key).items()}
+        self.files = {kind: Path(p) for kind, p in server_dir.paths(str(directory), key).items()}
         self.idle_s = idle_seconds(env)
         self.children: dict[int, socket.socket] = {}
         self.builds = 0

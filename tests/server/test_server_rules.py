@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import mergefile
-from mergefile.server import client, location, protocol
+from mergefile.server import client, protocol, server_dir
 from mergefile.server.environment import BUILD_ENV, IMPORT_TIME_ENV, batch_job, build_environment
 from tests.helpers import mergefile_for
 from tests.server.test_server import (RECIPE, alive, builds_served, make_env, mb, root, served,  # noqa: F401
@@ -118,7 +118,7 @@ def test_a_batch_job_builds_in_its_own_process(served, tiny_models, tmp_path):  
 def test_a_client_in_another_cgroup_is_refused(served):  # noqa: F811
     directory = served["MERGEBUILD_SERVER_DIR"]
     [info] = [s for s in status(served) if s["serves_this_shell"]]
-    sock = location.paths(directory, info["fingerprint"])["sock"]
+    sock = server_dir.paths(directory, info["fingerprint"])["sock"]
     state = client.client_state() | {"cgroup": "0::/user.slice/elsewhere.scope\n"}
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(10)
