@@ -96,7 +96,7 @@ def main() -> int:
 
     @ray.remote
     def warm() -> int:
-        import mergefile.run.tasks  # noqa: F401
+        import mergefile.run.portable  # noqa: F401
         import torch
 
         return torch.get_num_threads()

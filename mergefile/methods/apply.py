@@ -46,7 +46,7 @@ def with_defaults(method: Method, per_model: Sequence[Mapping[str, Any]], params
 def stage_params(method: Method, model: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters one model's stage receives: its per-model values, else the global ones.
 
-    The one definition: the stage runs with it and its content key (``run/keys.stage_plan``)
+    The one definition: the stage runs with it and its content key (``run/plan_keys.stage_plan``)
     covers it, so the two can never disagree.
     """
     assert method.stage is not None

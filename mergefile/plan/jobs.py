@@ -1,4 +1,4 @@
-"""The plan of one target: output tensors as frozen work items, plus the output folder's shape."""
+"""The plan of one target: output tensors as frozen jobs (the unit of work: docs/architecture.md), plus the output folder's shape."""
 
 from __future__ import annotations
 

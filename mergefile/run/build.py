@@ -26,13 +26,13 @@ from mergefile.plan.planner import Planner
 from mergefile.run.compute import InputLoader, JobResult, compute_job, job_input_bytes
 from mergefile.run.deferred import (SharedDigests, defer_keys, deferrable, read_by_others, read_once_mode,
                                     readahead_window)
-from mergefile.run.executor import Executor, LocalExecutor, WorkItem
-from mergefile.run.keys import KeyedPlan, key_plan
+from mergefile.run.executor import Executor, LocalExecutor, ScheduledJob
+from mergefile.run.plan_keys import KeyedPlan, key_plan
 from mergefile.plan.kinds import generators
 from mergefile.run.publish import OutputWriter, aux_files, hub_lineage
 from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
-from mergefile.run.tasks import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_task
+from mergefile.run.portable import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_portable
 from mergefile.store.lock import output_lock
 from mergefile.store.store import Store
 from mergefile.syntax.ast import Mergefile
@@ -362,7 +362,7 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
         if kp.deferred is not None:  # (a no-op for the target that started reading while planning)
             kp.deferred.readahead(need, readahead_window(options.memory_budget))
         progress.start_target(plan.name, len(need))
-        items = _work_items(plan, kp, need, loader, store, options, executor)
+        items = _scheduled_jobs(plan, kp, need, loader, store, options, executor)
         jobs_by_name = {j.name: j for j in plan.jobs}
         computed = {j.name for j in need}
 
@@ -424,9 +424,10 @@ def _driver_device(options: BuildOptions) -> str:
     return options.device
 
 
-def _work_items(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, store: Store,
-                options: BuildOptions, executor: Executor) -> list[WorkItem]:
-    """One item per job: a closure over this target's loader, and for remote executors a task."""
+def _scheduled_jobs(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, store: Store,
+                options: BuildOptions, executor: Executor) -> list[ScheduledJob]:
+    """Each job scheduled: a closure over this target's loader, and for remote executors the
+    portable job."""
     remote = getattr(executor, "remote", False)
     hub = hub_file_names(plan) if remote else None
     device = _driver_device(options)
@@ -456,11 +457,11 @@ def _work_items(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, 
                 store.blobs.put(key, t.detach().to("cpu").contiguous())
         return info
 
-    def task(job: TensorJob):
-        return make_task(job, kp, str(store.blobs.directory), store.blobs.size_limit, options.device,
-                         options.read_to_device, options.allow_pickle, hub, derive)
+    def portable(job: TensorJob):
+        return make_portable(job, kp, str(store.blobs.directory), store.blobs.size_limit, options.device,
+                             options.read_to_device, options.allow_pickle, hub, derive)
 
-    return [WorkItem(j.name, work(j), job_peak_bytes(j, plan, options.device), task(j) if remote else None)
+    return [ScheduledJob(j.name, work(j), job_peak_bytes(j, plan, options.device), portable(j) if remote else None)
             for j in need]
 
 

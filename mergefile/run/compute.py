@@ -18,7 +18,7 @@ from mergefile.methods.apply import has_stages, run_method
 from mergefile.methods.base import EmbedPolicy, MergeContext, Method
 from mergefile.methods.registry import get_method
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob
-from mergefile.run.keys import KeyedPlan, stage_inputs, stage_plan
+from mergefile.run.plan_keys import KeyedPlan, stage_inputs, stage_plan
 from mergefile.store.keys import seed_from_key
 
 

@@ -20,7 +20,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Any
 
 from mergefile.plan.jobs import TargetPlan, TensorJob
-from mergefile.run.keys import HASH_THREADS, KeyedPlan, hub_digests, job_payload, key_plan, recipe_of
+from mergefile.run.plan_keys import HASH_THREADS, KeyedPlan, hub_digests, job_payload, key_plan, recipe_of
 from mergefile.store.keys import input_key, key_of
 from mergefile.store.statcache import identity
 

@@ -1,10 +1,11 @@
-"""Executors: run independent tensor work items under a memory budget.
+"""Executors: run independent tensor jobs under a memory budget.
 
 One small protocol, two implementations: the local thread pool here (torch releases the GIL
-inside kernels) and Ray (``mergefile.run.ray_executor``). A work item is a zero-argument
-callable for in-process execution, plus — for executors that ship work elsewhere — a
-serializable ``task`` (a callable object that rebuilds what it needs from paths), and its
-estimated peak bytes. The executor yields results as they finish. Order of completion never
+inside kernels) and Ray (``mergefile.run.ray_executor``). The unit of work is a job throughout:
+a :class:`~mergefile.plan.jobs.TensorJob` is planned, handed to an executor as a
+:class:`ScheduledJob` (a zero-argument callable for in-process execution, its estimated peak
+bytes, and — for executors that ship work elsewhere — the same job as a
+:class:`~mergefile.run.portable.PortableJob` that rebuilds what it needs from paths). The executor yields results as they finish. Order of completion never
 matters: every result is stored under its content key.
 
 ``run`` may be called from several threads at once (independent targets building
@@ -21,24 +22,24 @@ from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
-class WorkItem:
-    """One unit of work.
+class ScheduledJob:
+    """One planned job as an executor runs it.
 
     Args:
         name: what it makes (a tensor name), for progress and errors.
         fn: runs it in this process.
         peak_bytes: estimated bytes it holds at its peak (host, and device for ``--device cuda``).
-        task: the same work as a picklable zero-argument callable, for remote executors.
+        portable: the same job as a picklable zero-argument callable, for remote executors.
     """
 
     name: str
     fn: Callable[[], Any]
     peak_bytes: int
-    task: Callable[[], Any] | None = None
+    portable: Callable[[], Any] | None = None
 
 
 class Executor(Protocol):
-    def run(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, Any]]: ...
+    def run(self, items: Iterable[ScheduledJob]) -> Iterator[tuple[ScheduledJob, Any]]: ...
 
 
 class MemoryBudget:
@@ -85,7 +86,7 @@ class LocalExecutor:
         self.budget = MemoryBudget(memory_budget)
         self._slots = threading.BoundedSemaphore(self.jobs)  # shared by concurrent run() calls
 
-    def _hold(self, item: WorkItem) -> None:
+    def _hold(self, item: ScheduledJob) -> None:
         self._slots.acquire()
         try:
             self.budget.acquire(item.peak_bytes)
@@ -93,11 +94,11 @@ class LocalExecutor:
             self._slots.release()
             raise
 
-    def _drop(self, item: WorkItem) -> None:
+    def _drop(self, item: ScheduledJob) -> None:
         self.budget.release(item.peak_bytes)
         self._slots.release()
 
-    def run(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, Any]]:
+    def run(self, items: Iterable[ScheduledJob]) -> Iterator[tuple[ScheduledJob, Any]]:
         if self.jobs == 1:
             for item in items:
                 self._hold(item)
@@ -107,7 +108,7 @@ class LocalExecutor:
                     self._drop(item)
                 yield item, result
             return
-        pending: dict[Future, WorkItem] = {}
+        pending: dict[Future, ScheduledJob] = {}
         it = iter(items)
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="mergebuild") as pool:
             def submit() -> bool:

@@ -1,8 +1,8 @@
-"""The Ray executor: tensor work items as Ray tasks, on a local Ray or an existing cluster.
+"""The Ray executor: scheduled jobs as Ray tasks, on a local Ray or an existing cluster.
 
 Same protocol as :class:`~mergefile.run.executor.LocalExecutor`; only this module imports
 ``ray`` (inside functions, so importing it costs nothing). Each item's serializable
-:class:`~mergefile.run.tasks.TensorTask` runs on a worker, which reads its inputs from shared
+:class:`~mergefile.run.portable.PortableJob` runs on a worker, which reads its inputs from shared
 storage (or its own hub cache) and sends the tensor back through the object store; the driver
 stores it and writes the output. Tasks carry resource hints (``memory`` from the item's peak
 estimate, ``num_gpus`` only for ``--device cuda``) and are retried when a worker dies
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from mergefile.errors import UserError
-from mergefile.run.executor import MemoryBudget, WorkItem
+from mergefile.run.executor import MemoryBudget, ScheduledJob
 
 __all__ = ["RayExecutor", "ray_session"]
 
@@ -56,12 +56,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 
 def _call(task: Any) -> Any:
-    """The Ray task: run one serializable work item on a worker."""
+    """The Ray task: run one portable job on a worker."""
     return task()
 
 
 class RayExecutor:
-    """Runs work items' tasks on the connected Ray cluster.
+    """Runs scheduled jobs, as portable jobs, on the connected Ray cluster.
 
     At most ``jobs`` tasks are in flight and their peak estimates stay within
     ``memory_budget`` (shared by concurrent ``run`` calls, like the local executor), so the
@@ -78,7 +78,7 @@ class RayExecutor:
         UserError: Ray is not initialized, or ``cuda`` is asked of a cluster without GPUs.
     """
 
-    remote = True  # work items must carry a task
+    remote = True  # scheduled jobs must carry their portable job
 
     def __init__(self, jobs: int = 1, memory_budget: int = 4 * 2**30, device: str = "cpu",
                  max_retries: int = 3, gpus_per_task: float | None = None):
@@ -100,7 +100,7 @@ class RayExecutor:
         self._max_memory = int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")),
                                    default=0))
 
-    def _options(self, item: WorkItem) -> dict[str, Any]:
+    def _options(self, item: ScheduledJob) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": 1, "max_retries": self.max_retries, "retry_exceptions": False}
         if self._max_memory:
             opts["memory"] = max(1, min(item.peak_bytes, self._max_memory))
@@ -108,7 +108,7 @@ class RayExecutor:
             opts["num_gpus"] = self._gpus
         return opts
 
-    def _hold(self, item: WorkItem, block: bool) -> bool:
+    def _hold(self, item: ScheduledJob, block: bool) -> bool:
         """Take a slot and the item's bytes; without ``block``, only if both are free now."""
         if not self._slots.acquire(blocking=block):
             return False
@@ -119,25 +119,25 @@ class RayExecutor:
             return False
         return True
 
-    def _drop(self, item: WorkItem) -> None:
+    def _drop(self, item: ScheduledJob) -> None:
         self.budget.release(item.peak_bytes)
         self._slots.release()
 
-    def run(self, items: Iterable[WorkItem]) -> Iterator[tuple[WorkItem, Any]]:
+    def run(self, items: Iterable[ScheduledJob]) -> Iterator[tuple[ScheduledJob, Any]]:
         import ray
 
         it = iter(items)
         nxt = next(it, None)
-        pending: dict[Any, WorkItem] = {}
+        pending: dict[Any, ScheduledJob] = {}
         try:
             while nxt is not None or pending:
                 # Block for room only while holding nothing: what this call holds is released
                 # only by this loop, so waiting for it here would never end.
                 while nxt is not None and self._hold(nxt, block=not pending):
-                    if nxt.task is None:
+                    if nxt.portable is None:
                         self._drop(nxt)
-                        raise TypeError(f"work item '{nxt.name}' has no serializable task for Ray")
-                    pending[self._fn.options(**self._options(nxt)).remote(nxt.task)] = nxt
+                        raise TypeError(f"job '{nxt.name}' has no portable form for Ray")
+                    pending[self._fn.options(**self._options(nxt)).remote(nxt.portable)] = nxt
                     nxt = next(it, None)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if nxt is None else 0.2)
                 for ref in ready:

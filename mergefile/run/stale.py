@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from mergefile.run.keys import KeyedPlan
+from mergefile.run.plan_keys import KeyedPlan
 from mergefile.store.manifest import Manifest, read_manifest, shard_stat
 
 

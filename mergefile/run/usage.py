@@ -3,7 +3,7 @@
 ``cache gc`` keeps exactly these and ``cache ls`` labels entries with them. Two kinds of
 blobs exist: final tensors (``keys`` of a keyed plan; a downstream target reads an upstream
 target's tensors under the same keys) and per-model stage outputs (a sparsified task vector),
-keyed by :func:`mergefile.run.keys.stage_key` with the parameters ``compute.py`` passes it.
+keyed by :func:`mergefile.run.plan_keys.stage_key` with the parameters ``compute.py`` passes it.
 Computing them reads no tensor data: keys come from headers and the stat-cache.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mergefile.methods.registry import get_method
-from mergefile.run.keys import KeyedPlan, stage_inputs, stage_plan
+from mergefile.run.plan_keys import KeyedPlan, stage_inputs, stage_plan
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ WARM_MODULES = (
     "torch", "numpy", "mergefile.cli.main", "mergefile.cli.progress", "mergefile.cli.render",
     "mergefile.syntax", "mergefile.syntax.parser", "mergefile.plan.planner", "mergefile.plan.graph",
     "mergefile.run.build", "mergefile.run.compute", "mergefile.run.publish", "mergefile.run.deferred",
-    "mergefile.run.stale", "mergefile.run.executor", "mergefile.run.keys", "mergefile.methods.registry",
+    "mergefile.run.stale", "mergefile.run.executor", "mergefile.run.plan_keys", "mergefile.methods.registry",
     "mergefile.io.reader", "mergefile.io.writer", "mergefile.store.store", "mergefile.store.blobs",
     "mergefile.store.statcache", "mergefile.store.stamp", "mergefile.store.log", "mergefile.store.lock",
     "mergefile.plan.modules", "mergefile.targets", "mergefile.io.model_card", "encodings.utf_8_sig",

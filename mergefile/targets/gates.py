@@ -77,7 +77,7 @@ class GateVectors:
     _tokenizer_dir: str | None = None
 
     def input_keys(self, names: Iterable[str], stat, upstream: Mapping[str, Any]) -> dict[str, str]:
-        from mergefile.run.keys import model_keys
+        from mergefile.run.plan_keys import model_keys
 
         reads: dict[str, Any] = {}
         if self.mode not in RANDOM_MODES:

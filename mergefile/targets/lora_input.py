@@ -100,7 +100,7 @@ class LoraApplied:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def adapter_key(self, stat) -> str:
-        from mergefile.run.keys import hub_digests
+        from mergefile.run.plan_keys import hub_digests
 
         infos = list(self.adapter_infos.values())
         file = os.path.join(self.adapter_dir, ADAPTER_WEIGHTS)
@@ -108,7 +108,7 @@ class LoraApplied:
         return key_of("adapter", {"config": self.config_digest, "tensors": dict(sorted(digests.items()))})
 
     def input_keys(self, names: Iterable[str], stat, upstream: Mapping[str, Any]) -> dict[str, str]:
-        from mergefile.run.keys import model_keys
+        from mergefile.run.plan_keys import model_keys
 
         base_keys = model_keys(self.base, set(names), stat, upstream)
         adapter = self.adapter_key(stat)

@@ -11,7 +11,7 @@ import threading
 import time
 
 from mergefile.run.build import concurrent_budget
-from mergefile.run.executor import LocalExecutor, WorkItem
+from mergefile.run.executor import LocalExecutor, ScheduledJob
 
 
 def test_the_cap_is_the_largest_job_plus_typical_ones_within_the_budget():
@@ -39,7 +39,7 @@ def test_two_large_jobs_never_run_at_once_while_small_ones_do():
             return name
         return fn
 
-    items = [WorkItem(f"t{i}", work(f"t{i}", s), s) for i, s in enumerate(sizes)]
+    items = [ScheduledJob(f"t{i}", work(f"t{i}", s), s) for i, s in enumerate(sizes)]
     ex = LocalExecutor(2, concurrent_budget(sizes, 2, 10**9))
     assert sorted(name for _, name in ex.run(items)) == sorted(i.name for i in items)
     large = {"t0", "t3"}

@@ -59,7 +59,7 @@ def test_cuda_build_over_a_cpu_cache_computes_nothing(builds, capsys):
 
 def test_memory_budget_bounds_gpu_memory(tiny_models, tmp_path):
     from mergefile.run.build import BuildOptions, plan_build
-    from mergefile.run.tasks import job_peak_bytes
+    from mergefile.run.portable import job_peak_bytes
     from mergefile.store.store import Store
     from mergefile.syntax import parse_mergefile
 

@@ -18,7 +18,7 @@ import torch
 from mergefile.methods import METHODS, MergeContext, Method, get_method, run_method
 from mergefile.methods.apply import stage_params, with_defaults
 from mergefile.run.compute import KeyedStages
-from mergefile.run.keys import stage_key
+from mergefile.run.plan_keys import stage_key
 from mergefile.store.keys import seed_from_key
 from mergefile.store.log import BuildLog
 from mergefile.store.manifest import read_manifest

@@ -14,9 +14,9 @@ import pytest
 
 import mergefile.run.build as build_mod
 from mergefile.run.build import BuildOptions, build, plan_build
-from mergefile.run.executor import LocalExecutor, WorkItem
+from mergefile.run.executor import LocalExecutor, ScheduledJob
 from mergefile.run.schedule import run_targets
-from mergefile.run.tasks import job_peak_bytes
+from mergefile.run.portable import job_peak_bytes
 from mergefile.store.store import Store
 from mergefile.syntax import parse_mergefile
 from tests.helpers import assert_same_tensors, cli, mergefile_for, read_tensors
@@ -155,7 +155,7 @@ def test_local_executor_shares_slots_and_budget_across_concurrent_runs():
         return 1
 
     def drive():
-        assert sum(r for _, r in ex.run([WorkItem("t", work, 30) for _ in range(6)])) == 6
+        assert sum(r for _, r in ex.run([ScheduledJob("t", work, 30) for _ in range(6)])) == 6
 
     threads = [threading.Thread(target=drive) for _ in range(3)]
     for t in threads:

@@ -18,7 +18,7 @@ import pytest
 
 from mergefile.methods import METHODS
 from mergefile.run.build import BuildOptions, build
-from mergefile.run.executor import WorkItem
+from mergefile.run.executor import ScheduledJob
 from mergefile.store.store import Store
 from mergefile.syntax import parse_mergefile
 from tests.helpers import REPO, assert_same_tensors, cli, cli_json, mergefile_for, read_tensors
@@ -107,7 +107,7 @@ class _CrashFirstTask:
             os.close(fd)
             os._exit(1)  # the worker dies mid-task, as on a lost node
 
-        return self.inner.run(dataclasses.replace(i, task=functools.partial(crash_once, i.task)) for i in items)
+        return self.inner.run(dataclasses.replace(i, portable=functools.partial(crash_once, i.portable)) for i in items)
 
 
 def test_killed_worker_task_is_retried_and_the_build_completes(tiny_models, tmp_path, local_ray):
@@ -138,7 +138,7 @@ def test_a_failing_merge_is_not_retried(local_ray, tmp_path):
 
     ex = RayExecutor(1, 2**20, max_retries=3)
     with pytest.raises(ValueError, match="bad merge"):
-        list(ex.run([WorkItem("t", boom, 10, task=boom)]))
+        list(ex.run([ScheduledJob("t", boom, 10, portable=boom)]))
     assert calls.read_text() == "x"
     assert ex.budget.used == 0
 
@@ -154,7 +154,7 @@ def test_budget_and_slots_hold_across_concurrent_runs(local_ray):
     results: dict[int, list[int]] = {}
 
     def drive(t: int) -> None:
-        items = [WorkItem(f"{t}-{i}", lambda: None, 40, task=functools.partial(_sleepy, 0.05, i)) for i in range(4)]
+        items = [ScheduledJob(f"{t}-{i}", lambda: None, 40, portable=functools.partial(_sleepy, 0.05, i)) for i in range(4)]
         results[t] = sorted(v for _, v in ex.run(items))
 
     threads = [threading.Thread(target=drive, args=(t,)) for t in range(3)]
@@ -168,8 +168,8 @@ def test_budget_and_slots_hold_across_concurrent_runs(local_ray):
 
 def test_items_without_a_task_are_refused(local_ray):
     ex = RayExecutor(1, 2**20)
-    with pytest.raises(TypeError, match="no serializable task"):
-        list(ex.run([WorkItem("t", lambda: 1, 10)]))
+    with pytest.raises(TypeError, match="no portable form"):
+        list(ex.run([ScheduledJob("t", lambda: 1, 10)]))
     assert ex.budget.used == 0
 
 

@@ -5,7 +5,7 @@ planned by :func:`mergefile.run.build.plan_build` and built by :func:`mergefile.
 so every tensor it shares with an earlier candidate (or any other build) is a blob-cache hit.
 
 Its *content key* is the key of everything that decides what an evaluation sees: every output
-tensor's key (``run/keys.key_plan``), the output ``config.json`` and the tokenizer/generation
+tensor's key (``run/plan_keys.key_plan``), the output ``config.json`` and the tokenizer/generation
 files copied from the donor. Two genotypes that map to the same weights (``|x|``, clamping,
 rounding) have the same key, so they are evaluated once.
 """

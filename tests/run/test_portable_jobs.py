@@ -16,7 +16,7 @@ import torch
 
 from mergefile.run.build import BuildOptions, plan_build
 from mergefile.run.compute import JobResult
-from mergefile.run.tasks import TaskOutput, absorb, make_task
+from mergefile.run.portable import PortableOutput, absorb, make_portable
 from mergefile.store.store import Store
 from mergefile.syntax import parse_mergefile
 from tests.helpers import cli, mergefile_for, read_tensors
@@ -39,7 +39,7 @@ def built(tiny_models, tmp_path):
 
 def _task(kp, name: str, cache: Path, **kw):
     job = next(j for j in kp.plan.jobs if j.name == name)
-    return make_task(job, kp, str(cache / "blobs"), 2**30, **kw)
+    return make_portable(job, kp, str(cache / "blobs"), 2**30, **kw)
 
 
 @pytest.mark.parametrize("read_to_device", [False, True])
@@ -49,7 +49,7 @@ def test_task_pickles_and_recomputes_the_same_bytes(built, read_to_device):
     for target in ("out/ties", "out/next"):  # model-file inputs; an upstream target's blob
         task = pickle.loads(pickle.dumps(_task(planned[target], name, d / "cache", read_to_device=read_to_device)))
         out = task()
-        assert isinstance(out, TaskOutput) and isinstance(out.result, JobResult)
+        assert isinstance(out, PortableOutput) and isinstance(out.result, JobResult)
         assert out.blobs and out.blobs[-1][0] == task.key
         with Store(d / "empty") as fresh:
             res = absorb(out, fresh.blobs)
@@ -103,7 +103,7 @@ def test_make_task_names_hub_files_by_snapshot_path(tmp_path):
     from mergefile.io.header import TensorInfo
     from mergefile.plan.inputs import InputModel
     from mergefile.plan.jobs import InputRef
-    from mergefile.run.tasks import hub_file_names
+    from mergefile.run.portable import hub_file_names
 
     commit = "ab" * 20
     blob = tmp_path / "models--org--m" / "blobs" / ("f" * 64)
@@ -117,7 +117,7 @@ def test_make_task_names_hub_files_by_snapshot_path(tmp_path):
     plan = SimpleNamespace(inputs=[model])
     job = SimpleNamespace(name="w", inputs=(InputRef(0, "w"),))
     kp = SimpleNamespace(plan=plan, input_keys={(0, "w"): "k-in"}, keys={"w": "k-out"})
-    task = make_task(job, kp, str(tmp_path / "cache"), 1, "cuda:1", hub_names=hub_file_names(plan))
+    task = make_portable(job, kp, str(tmp_path / "cache"), 1, "cuda:1", hub_names=hub_file_names(plan))
     assert task.inputs[0].hub == ("org/m", commit, "sub/model.safetensors")
     assert task.inputs[0].info == info and task.device == "cuda"  # Ray picks the worker's GPU
 
@@ -130,7 +130,7 @@ def test_executor_modules_import_neither_torch_nor_ray():
 
     code = (
         "import sys\n"
-        "import mergefile.run.build, mergefile.run.tasks, mergefile.run.schedule, mergefile.run.ray_executor\n"
+        "import mergefile.run.build, mergefile.run.portable, mergefile.run.schedule, mergefile.run.ray_executor\n"
         "import mergefile.cli.main\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'ray' not in sys.modules, 'ray imported'\n"

@@ -1,7 +1,7 @@
-"""Tensor work as serializable tasks, for executors that run it in other processes or machines.
+"""Tensor jobs made portable, for executors that run them in other processes or machines.
 
 A local build hands its thread pool closures over one shared reader and loader. A closure does
-not travel, so each work item also carries a :class:`TensorTask`: a frozen description of one
+not travel, so each scheduled job also carries a :class:`PortableJob`: a frozen description of one
 output tensor (the job, its key and input keys, where each input lives, the cache folder, the
 device) that rebuilds a reader and a blob store from paths on the worker and calls
 :func:`~mergefile.run.compute.compute_job` — the same code the local executor runs, hence the
@@ -14,7 +14,7 @@ Where inputs are read from (shared storage is assumed):
   commit (same bytes, same offsets);
 * upstream targets: the blob under its key in the cache folder, else the published output folder;
 * derived inputs (a LoRA applied on load, MoE gate vectors): made once on the driver when the
-  task is created (they need the whole base model or the adapter at hand) and cached under their
+  portable job is made (they need the whole base model or the adapter at hand) and cached under their
   keys; the worker reads the blob.
 
 Results travel back: the worker writes nothing to the cache. Every blob ``compute_job`` would
@@ -40,7 +40,7 @@ from mergefile._lazy import torch
 from mergefile.io.header import DTYPE_SIZES, TensorInfo, dtype_code
 from mergefile.plan.inputs import InputModel
 from mergefile.plan.jobs import TargetPlan, TensorJob
-from mergefile.run.keys import KeyedPlan
+from mergefile.run.plan_keys import KeyedPlan
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -72,8 +72,8 @@ def job_peak_bytes(job: TensorJob, plan: TargetPlan, device: str = "cpu") -> int
 
 
 @dataclass(frozen=True)
-class TaskInput:
-    """Where one input tensor of a task lives (see the module docstring)."""
+class PortableInput:
+    """Where one input tensor of a portable job lives (see the module docstring)."""
 
     model: int
     tensor: str
@@ -85,19 +85,19 @@ class TaskInput:
 
 
 @dataclass(frozen=True)
-class TensorTask:
+class PortableJob:
     """One output tensor, self-contained and picklable; calling it computes the tensor."""
 
     job: TensorJob
     key: str
-    inputs: tuple[TaskInput, ...]
+    inputs: tuple[PortableInput, ...]
     cache_dir: str  # the blob store folder (shared storage)
     cache_size: int  # its size limit (diskcache records it; keep the driver's)
     device: str = "cpu"
     read_to_device: bool = False
     allow_pickle: bool = False
 
-    def __call__(self) -> TaskOutput:
+    def __call__(self) -> PortableOutput:
         from mergefile.io.reader import TensorReader
         from mergefile.run.compute import InputLoader, compute_job
         from mergefile.store.blobs import BlobStore
@@ -106,7 +106,7 @@ class TensorTask:
         blobs = _CapturingBlobs(store)
         reader = TensorReader()
         try:
-            loader: Any = InputLoader(_TaskPlan(self._models()), reader, blobs, self.allow_pickle)
+            loader: Any = InputLoader(_PortablePlan(self._models()), reader, blobs, self.allow_pickle)
             if self.read_to_device:
                 loader = DeviceLoader(loader, self.device)
             kp = KeyedPlan(None, {(i.model, i.tensor): i.key for i in self.inputs},  # type: ignore[arg-type]
@@ -115,10 +115,10 @@ class TensorTask:
         finally:
             reader.close()
             store.close()
-        return TaskOutput(res, tuple(_pack(k, t) for k, t in blobs.puts))
+        return PortableOutput(res, tuple(_pack(k, t) for k, t in blobs.puts))
 
     def _models(self) -> dict[int, InputModel]:
-        """The inputs as :class:`InputLoader` expects them, pruned to this task's tensors."""
+        """The inputs as :class:`InputLoader` expects them, pruned to this job's tensors."""
         models: dict[int, InputModel] = {}
         for i in self.inputs:
             upstream = "derived" if i.derived else "upstream" if i.output_dir else None
@@ -130,13 +130,13 @@ class TensorTask:
 
 
 @dataclass
-class _TaskPlan:
+class _PortablePlan:
     """The one part of a :class:`TargetPlan` that :class:`InputLoader` reads."""
 
     inputs: dict[int, InputModel]
 
 
-def _local_file(i: TaskInput) -> TensorInfo:
+def _local_file(i: PortableInput) -> TensorInfo:
     """The input's byte range, re-fetched into this worker's hub cache if the file is not here."""
     info = i.info
     assert info is not None
@@ -149,11 +149,11 @@ def _local_file(i: TaskInput) -> TensorInfo:
     return dataclasses.replace(info, file=os.path.realpath(path))
 
 
-def make_task(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int, device: str = "cpu",
+def make_portable(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int, device: str = "cpu",
               read_to_device: bool = False, allow_pickle: bool = False,
               hub_names: dict[int, dict[str, str]] | None = None,
-              derive: Callable[[Any, str], TensorInfo | None] | None = None) -> TensorTask:
-    """The task computing ``job`` of a keyed plan (driver side; reads no tensor data, except
+              derive: Callable[[Any, str], TensorInfo | None] | None = None) -> PortableJob:
+    """The portable job computing ``job`` of a keyed plan (driver side; reads no tensor data, except
     to make derived inputs).
 
     Args:
@@ -171,12 +171,12 @@ def make_task(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int, de
         key = kp.input_keys[(r.model, r.tensor)]
         if getattr(model, "source", None) is not None:  # derived tensors: made here, read from the cache
             if derive is None:
-                raise ValueError(f"input '{model.label}' is derived (a LoRA applied, MoE gates): make_task needs derive")
+                raise ValueError(f"input '{model.label}' is derived (a LoRA applied, MoE gates): make_portable needs derive")
             info = derive(r, key)
-            inputs.append(TaskInput(r.model, r.tensor, key, info=info, derived=info is None))
+            inputs.append(PortableInput(r.model, r.tensor, key, info=info, derived=info is None))
             continue
         if model.target is not None:
-            inputs.append(TaskInput(r.model, r.tensor, key, output_dir=str(model.path)))
+            inputs.append(PortableInput(r.model, r.tensor, key, output_dir=str(model.path)))
             continue
         info = model.tensors[r.tensor]
         hub = None
@@ -184,8 +184,8 @@ def make_task(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int, de
         if model.hub is not None and names and info.file in names:
             commit = os.path.basename(os.path.normpath(model.path))
             hub = (model.hub[0], commit if _COMMIT.match(commit) else (model.hub[1] or "main"), names[info.file])
-        inputs.append(TaskInput(r.model, r.tensor, key, info=info, hub=hub))
-    return TensorTask(job, kp.keys[job.name], tuple(inputs), cache_dir, cache_size,
+        inputs.append(PortableInput(r.model, r.tensor, key, info=info, hub=hub))
+    return PortableJob(job, kp.keys[job.name], tuple(inputs), cache_dir, cache_size,
                       "cuda" if device.startswith("cuda") else device, read_to_device, allow_pickle)
 
 
@@ -226,7 +226,7 @@ class _CapturingBlobs:
 
 
 @dataclass(frozen=True)
-class TaskOutput:
+class PortableOutput:
     """What a worker sends back: the job's result record and the blobs to store."""
 
     result: Any  # JobResult
@@ -253,8 +253,8 @@ def _unpack(code: str, shape: tuple[int, ...], data) -> Any:
 
 
 def absorb(out: Any, blobs) -> Any:
-    """The :class:`JobResult` of a work item's output, storing a remote task's blobs first."""
-    if not isinstance(out, TaskOutput):
+    """The :class:`JobResult` of a scheduled job's output, storing a portable job's blobs first."""
+    if not isinstance(out, PortableOutput):
         return out
     res = out.result
     for key, code, shape, data in out.blobs:
