@@ -81,12 +81,22 @@ def make_model(path: Path, seed: int, layers: int, hidden: int, inter: int, voca
     write("model-post.safetensors", post)
     shards.update({k: "model-post.safetensors" for k in post})
     total = sum((path / f).stat().st_size for f in set(shards.values()))
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": shards}))
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": shards})
+    )
     cfg = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
-        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 16,
-        "num_key_value_heads": 4, "vocab_size": vocab, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 2048, "tie_word_embeddings": False,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "vocab_size": vocab,
+        "torch_dtype": "bfloat16",
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
     }
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -145,8 +155,13 @@ TIMER = (
 
 def mergebuild(cwd: Path, *args: str) -> tuple[float, int, str]:
     """Wall seconds and peak RSS (KB) of one mergebuild process (through a server: the client's)."""
-    r = subprocess.run([sys.executable, "-c", TIMER, *mergebuild_command(), "--quiet", *args], cwd=cwd,
-                       capture_output=True, text=True, env=os.environ | SERVER_ENV)
+    r = subprocess.run(
+        [sys.executable, "-c", TIMER, *mergebuild_command(), "--quiet", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ | SERVER_ENV,
+    )
     if r.returncode != 0:
         raise SystemExit(f"mergebuild failed: {r.stderr}")
     _, rss, dt = [line for line in r.stderr.splitlines() if line.startswith("MAXRSS")][-1].split()
@@ -179,7 +194,10 @@ out/merged: linear {{
 def startup_costs() -> dict:
     """Fixed costs every build pays: Python + mergebuild's planning imports, and torch's import."""
     out = {}
-    for name, code in (("import_mergebuild_s", "import mergefile.cli.main, mergefile.run.build"), ("import_torch_s", "import torch")):
+    for name, code in (
+        ("import_mergebuild_s", "import mergefile.cli.main, mergefile.run.build"),
+        ("import_torch_s", "import torch"),
+    ):
         best = float("inf")
         for _ in range(3):
             t0 = time.perf_counter()
@@ -208,8 +226,9 @@ def setup_case(layers: int, hidden: int, n_models: int, name: str = "case") -> t
     return case, [mdir / n for n in names], mf
 
 
-def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu", name: str = "case",
-             repeats: int = 1) -> dict:
+def run_case(
+    layers: int, hidden: int, n_models: int, jobs: int, device: str = "cpu", name: str = "case", repeats: int = 1
+) -> dict:
     """Floor, cold, no-op (stamped and full check) and one-layer edit, ``repeats`` times; each
     figure is the median of its runs and each ratio a ratio of medians (one run swings by up to
     2x on this VM's disk)."""
@@ -218,7 +237,9 @@ def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "
     in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
     out_bytes = in_bytes // n_models
     flags = ("-j", str(jobs), "--device", device)
-    runs: dict[str, list] = {k: [] for k in ("floor", "cold", "noop", "noop_full", "edit", "cold_rss", "noop_rss", "edit_rss")}
+    runs: dict[str, list] = {
+        k: [] for k in ("floor", "cold", "noop", "noop_full", "edit", "cold_rss", "noop_rss", "edit_rss")
+    }
     runs["floor"].append(disk_floor(inputs, out_bytes, case / "scratch"))
     for r in range(repeats):
         shutil.rmtree(case / "out", ignore_errors=True)
@@ -246,13 +267,28 @@ def run_case(layers: int, hidden: int, n_models: int, jobs: int, device: str = "
         runs["edit_rss"].append(rss)
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {
-        "layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "device": device, "repeats": repeats,
-        "input_bytes": in_bytes, "floor_s": med["floor"], "floor_runs_s": runs["floor"],
-        "cold_s": med["cold"], "cold_runs_s": runs["cold"], "noop_s": med["noop"], "noop_runs_s": runs["noop"],
-        "noop_full_s": med["noop_full"], "edit_s": med["edit"], "edit_runs_s": runs["edit"],
+        "layers": layers,
+        "hidden": hidden,
+        "models": n_models,
+        "jobs": jobs,
+        "device": device,
+        "repeats": repeats,
+        "input_bytes": in_bytes,
+        "floor_s": med["floor"],
+        "floor_runs_s": runs["floor"],
+        "cold_s": med["cold"],
+        "cold_runs_s": runs["cold"],
+        "noop_s": med["noop"],
+        "noop_runs_s": runs["noop"],
+        "noop_full_s": med["noop_full"],
+        "edit_s": med["edit"],
+        "edit_runs_s": runs["edit"],
         "noop_full_over_cold": med["noop_full"] / med["cold"],
-        "cold_rss_kb": max(runs["cold_rss"]), "noop_rss_kb": max(runs["noop_rss"]), "edit_rss_kb": max(runs["edit_rss"]),
-        "noop_over_cold": med["noop"] / med["cold"], "edit_over_cold": med["edit"] / med["cold"],
+        "cold_rss_kb": max(runs["cold_rss"]),
+        "noop_rss_kb": max(runs["noop_rss"]),
+        "edit_rss_kb": max(runs["edit_rss"]),
+        "noop_over_cold": med["noop"] / med["cold"],
+        "edit_over_cold": med["edit"] / med["cold"],
         "cold_over_floor": med["cold"] / med["floor"],
     }
 
@@ -266,8 +302,16 @@ def read_once_compare(layers: int, hidden: int, n_models: int, jobs: int, device
     case, inputs, _ = setup_case(layers, hidden, n_models, "readonce")
     in_bytes = sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors"))
     floor = disk_floor(inputs, in_bytes // n_models, case / "scratch")
-    out = {"layers": layers, "hidden": hidden, "models": n_models, "jobs": jobs, "input_bytes": in_bytes,
-           "mem_available": page_cache_bytes(), "floor_s": floor, "runs": []}
+    out = {
+        "layers": layers,
+        "hidden": hidden,
+        "models": n_models,
+        "jobs": jobs,
+        "input_bytes": in_bytes,
+        "mem_available": page_cache_bytes(),
+        "floor_s": floor,
+        "runs": [],
+    }
     for mode in ("never", "always"):
         shutil.rmtree(case / "out", ignore_errors=True)
         shutil.rmtree(case / "cache", ignore_errors=True)
@@ -295,13 +339,21 @@ def main() -> int:
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small models, to check the script")
     ap.add_argument("--device", default="cpu", help="--device of every build (cpu or cuda)")
-    ap.add_argument("--also-device", default=None, metavar="DEV",
-                    help="one more cold build of the big case on DEV, as a ratio to --device's")
+    ap.add_argument(
+        "--also-device",
+        default=None,
+        metavar="DEV",
+        help="one more cold build of the big case on DEV, as a ratio to --device's",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="runs of every figure; medians are reported (default 3)")
-    ap.add_argument("--server", action="store_true",
-                    help="also build the big case through a resident build server (docs/server.md)")
-    ap.add_argument("--compare-read-once", action="store_true",
-                    help="only: cold builds hashing first vs reading once (MERGEBUILD_READ_ONCE), on these models")
+    ap.add_argument(
+        "--server", action="store_true", help="also build the big case through a resident build server (docs/server.md)"
+    )
+    ap.add_argument(
+        "--compare-read-once",
+        action="store_true",
+        help="only: cold builds hashing first vs reading once (MERGEBUILD_READ_ONCE), on these models",
+    )
     args = ap.parse_args()
     if args.quick:
         args.hidden, args.layers = 256, 4
@@ -313,7 +365,12 @@ def main() -> int:
     big = run_case(args.layers, args.hidden, args.models, args.jobs, args.device, repeats=args.repeats)
     half = run_case(max(1, args.layers // 2), args.hidden, args.models, args.jobs, args.device, repeats=args.repeats)
     fixed = startup_costs()
-    result = {"big": big, "half": half, "startup": fixed, "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"]}
+    result = {
+        "big": big,
+        "half": half,
+        "startup": fixed,
+        "rss_ratio_big_over_half": big["cold_rss_kb"] / half["cold_rss_kb"],
+    }
     if args.server:
         server("start")
         SERVER_ENV.update(MERGEBUILD_SERVER="auto", MERGEBUILD_SERVER_DIR=str(WORK / "server"))
@@ -332,8 +389,12 @@ def main() -> int:
         os.sync()
         drop_cache([WORK / f"models-L{args.layers}-H{args.hidden}" / f"m{i}" for i in range(args.models)])
         other, other_rss, _ = mergebuild(case, "-j", str(args.jobs), "--device", args.also_device)
-        result["also_device"] = {"device": args.also_device, "cold_s": other, "cold_rss_kb": other_rss,
-                                 "cold_over_first_device_cold": other / big["cold_s"]}
+        result["also_device"] = {
+            "device": args.also_device,
+            "cold_s": other,
+            "cold_rss_kb": other_rss,
+            "cold_over_first_device_cold": other / big["cold_s"],
+        }
     # what the build itself costs beyond the interpreter and torch start-up (an edit needs torch)
     result["edit_minus_startup_over_cold"] = (big["edit_s"] - fixed["import_torch_s"]) / big["cold_s"]
     result["noop_full_minus_startup_over_cold"] = (big["noop_full_s"] - fixed["import_mergebuild_s"]) / big["cold_s"]

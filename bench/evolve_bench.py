@@ -41,9 +41,14 @@ def run_mode(in_memory: bool, evals: int, models: dict, genome: Path) -> dict:
     name = "in-memory" if in_memory else "on-disk"
     shutil.rmtree(WORK / name, ignore_errors=True)
     options = EvolveOptions(
-        storage_path=str(WORK / name / "storage"), max_fevals=evals, popsize=4, workers=1, in_memory=in_memory,
-        task_search_path=(str(TASK_DIR),), save_final_model=False,
-    )  # fmt: skip
+        storage_path=str(WORK / name / "storage"),
+        max_fevals=evals,
+        popsize=4,
+        workers=1,
+        in_memory=in_memory,
+        task_search_path=(str(TASK_DIR),),
+        save_final_model=False,
+    )
     t0 = time.perf_counter()
     with Store(WORK / name / "cache") as store:
         result = run_search(load_genome_yaml(genome), options, store)
@@ -52,11 +57,16 @@ def run_mode(in_memory: bool, evals: int, models: dict, genome: Path) -> dict:
     merge = [h["merge_seconds"] for h in result.history[1:]]
     score = [h["eval_seconds"] for h in result.history[1:]]
     return {
-        "mode": name, "evaluations": len(secs), "scored": result.scored,
-        "first": round(secs[0], 3), "steady": round(statistics.median(secs[1:]), 3),
-        "steady_merge": round(statistics.median(merge), 3), "steady_score": round(statistics.median(score), 3),
-        "wall_per_eval": round(wall / len(secs), 3), "wall": round(wall, 2),
-    }  # fmt: skip
+        "mode": name,
+        "evaluations": len(secs),
+        "scored": result.scored,
+        "first": round(secs[0], 3),
+        "steady": round(statistics.median(secs[1:]), 3),
+        "steady_merge": round(statistics.median(merge), 3),
+        "steady_score": round(statistics.median(score), 3),
+        "wall_per_eval": round(wall / len(secs), 3),
+        "wall": round(wall, 2),
+    }
 
 
 def main() -> int:
@@ -78,10 +88,14 @@ def main() -> int:
     load = os.getloadavg()[0]
     print(f"{'mode':<10} {'evals':>5} {'first s':>8} {'steady s':>9} {'(merge':>7} {'+ score)':>9} {'wall/eval s':>12}")
     for r in rows:
-        print(f"{r['mode']:<10} {r['evaluations']:>5} {r['first']:>8.2f} {r['steady']:>9.3f} {r['steady_merge']:>7.3f} "
-              f"{r['steady_score']:>9.3f} {r['wall_per_eval']:>12.2f}")  # fmt: skip
+        print(
+            f"{r['mode']:<10} {r['evaluations']:>5} {r['first']:>8.2f} {r['steady']:>9.3f} {r['steady_merge']:>7.3f} "
+            f"{r['steady_score']:>9.3f} {r['wall_per_eval']:>12.2f}"
+        )
     print(f"load average: {load:.1f} on {os.cpu_count()} cores")
-    Path(args.json).write_text(json.dumps({"rows": rows, "load": round(load, 2), "cores": os.cpu_count()}, indent=2) + "\n")
+    Path(args.json).write_text(
+        json.dumps({"rows": rows, "load": round(load, 2), "cores": os.cpu_count()}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -49,11 +49,13 @@ def _setup(n_models: int, layers: int, hidden: int) -> Path:
     case = WORK / f"executors-L{layers}-H{hidden}"
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir(parents=True)
-    (case / "Mergefile").write_text(RECIPE.format(
-        models="\n".join(f'model {n} = "{mdir / n}"' for n in names),
-        linear="\n".join(f"    {n} weight={1.0 + i / 10}" for i, n in enumerate(names)),
-        ties="\n".join(f"    {n} weight={1.0 - i / 10} density=0.5" for i, n in enumerate(names[1:], 1)),
-    ))
+    (case / "Mergefile").write_text(
+        RECIPE.format(
+            models="\n".join(f'model {n} = "{mdir / n}"' for n in names),
+            linear="\n".join(f"    {n} weight={1.0 + i / 10}" for i, n in enumerate(names)),
+            ties="\n".join(f"    {n} weight={1.0 - i / 10} density=0.5" for i, n in enumerate(names[1:], 1)),
+        )
+    )
     return case
 
 
@@ -66,7 +68,9 @@ def _build(case: Path, executor, jobs: int, tag: str, goal: str = "all") -> tupl
     shutil.rmtree(case / "out", ignore_errors=True)
     shutil.rmtree(case / f"cache-{tag}", ignore_errors=True)
     mf = parse_mergefile(case / "Mergefile")
-    options = BuildOptions(jobs=jobs, memory_budget=4 * 2**30, executor="ray" if executor.__class__.__name__ == "RayExecutor" else "local")
+    options = BuildOptions(
+        jobs=jobs, memory_budget=4 * 2**30, executor="ray" if executor.__class__.__name__ == "RayExecutor" else "local"
+    )
     with Store(case / f"cache-{tag}") as store:
         t0 = time.perf_counter()
         report = build(mf, [goal], store, options, executor=executor)
@@ -96,8 +100,9 @@ def main() -> int:
 
     @ray.remote
     def warm() -> int:
-        import mergefile.run.portable  # noqa: F401
         import torch
+
+        import mergefile.run.portable  # noqa: F401
 
         return torch.get_num_threads()
 
@@ -117,16 +122,29 @@ def main() -> int:
         runs["soup_ray"].append(_build(case, RayExecutor(args.jobs, 4 * 2**30), args.jobs, "ray", "out/soup")[0])
     ray.shutdown()
     med = {k: statistics.median(v) for k, v in runs.items()}
-    in_bytes = sum(f.stat().st_size for f in (WORK / f"models-L{args.layers}-H{args.hidden}").rglob("*.safetensors")
-                   if f.parent.name in {f"m{i}" for i in range(args.models)})
+    in_bytes = sum(
+        f.stat().st_size
+        for f in (WORK / f"models-L{args.layers}-H{args.hidden}").rglob("*.safetensors")
+        if f.parent.name in {f"m{i}" for i in range(args.models)}
+    )
     result = {
-        "models": args.models, "layers": args.layers, "hidden": args.hidden, "jobs": args.jobs,
-        "repeat": args.repeat, "tensors_computed": computed, "input_bytes": in_bytes,
-        "ray_startup_s": ray_start, "runs_s": runs, "median_s": med,
-        "ray_over_local": med["ray"] / med["local"], "local_j1_over_local": med["local_j1"] / med["local"],
-        "soup_tensors": soup, "soup_ray_over_local": med["soup_ray"] / med["soup_local"],
+        "models": args.models,
+        "layers": args.layers,
+        "hidden": args.hidden,
+        "jobs": args.jobs,
+        "repeat": args.repeat,
+        "tensors_computed": computed,
+        "input_bytes": in_bytes,
+        "ray_startup_s": ray_start,
+        "runs_s": runs,
+        "median_s": med,
+        "ray_over_local": med["ray"] / med["local"],
+        "local_j1_over_local": med["local_j1"] / med["local"],
+        "soup_tensors": soup,
+        "soup_ray_over_local": med["soup_ray"] / med["soup_local"],
         "soup_ray_overhead_ms_per_tensor": 1000 * (med["soup_ray"] - med["soup_local"]) / max(1, soup),
-        "ray_ms_per_tensor": 1000 * med["ray"] / max(1, computed), "local_ms_per_tensor": 1000 * med["local"] / max(1, computed),
+        "ray_ms_per_tensor": 1000 * med["ray"] / max(1, computed),
+        "local_ms_per_tensor": 1000 * med["local"] / max(1, computed),
     }
     print(json.dumps(result, indent=2))
     (ROOT / "last_executor_run.json").write_text(json.dumps(result, indent=2))

@@ -57,12 +57,15 @@ def _kind(text: str) -> str:
 def _run(kind: str, config: Path, out: Path, scratch: Path) -> None:
     if kind == "moe":
         from mergekit.scripts.moe import main
+
         args = [str(config), str(out)]
     elif kind == "multi":
         from mergekit.scripts.multimerge import main
+
         args = [str(config), "--out-path", str(out), "-I", str(scratch / "intermediate")]
     else:
         from mergekit.scripts.run_yaml import main
+
         args = [str(config), str(out)]
     # no model card: mergekit's card asks the hub whether each model name is a repo (a network call)
     main.main(args=args + ["--random-seed", "0", "--no-write-model-card"], standalone_mode=False)

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,8 +34,12 @@ RECIPES: dict[str, tuple[str, dict, dict, tuple[str, ...]]] = {
     "task_arithmetic": ("task_arithmetic", {"weight": [0.3, 0.5, 0.7]}, {}, ("a", "b", "c")),
     "ties": ("ties", {"weight": [0.3, 0.5, 0.7], "density": [0.5, 0.3, 0.7]}, {}, ("a", "b", "c")),
     "dare_ties_d1": ("dare_ties", {"weight": [0.3, 0.5, 0.7]}, {}, ("a", "b", "c")),
-    "breadcrumbs_ties": ("breadcrumbs_ties", {"weight": [0.3, 0.5, 0.7], "density": [0.5, 0.5, 0.5],
-                                              "gamma": [0.05, 0.05, 0.05]}, {}, ("a", "b", "c")),
+    "breadcrumbs_ties": (
+        "breadcrumbs_ties",
+        {"weight": [0.3, 0.5, 0.7], "density": [0.5, 0.5, 0.5], "gamma": [0.05, 0.05, 0.05]},
+        {},
+        ("a", "b", "c"),
+    ),
     "model_stock": ("model_stock", {}, {}, ("a", "b", "c")),
     "slerp": ("slerp", {}, {"t": 0.3}, ("a",)),
     "nearswap": ("nearswap", {}, {"t": 0.01}, ("a",)),
@@ -56,8 +58,12 @@ def make_family(root: Path) -> dict[str, Path]:
 
     base = make_llama(root / "base", seed=0, dtype=torch.bfloat16)
     a = make_llama(root / "a", seed=1, base=base)
-    return {"base": base, "a": a, "b": make_llama(root / "b", seed=2, base=a),
-            "c": make_llama(root / "c", seed=3, base=a)}
+    return {
+        "base": base,
+        "a": a,
+        "b": make_llama(root / "b", seed=2, base=a),
+        "c": make_llama(root / "c", seed=3, base=a),
+    }
 
 
 def family_digest(models: dict[str, Path]) -> str:
@@ -96,14 +102,20 @@ def read_dir(path: Path) -> dict[str, torch.Tensor]:
 
 
 def run_mergekit(cfg: Path, out: Path) -> None:
-    subprocess.run([str(MERGEKIT), str(cfg), str(out), "--no-copy-tokenizer"], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [str(MERGEKIT), str(cfg), str(out), "--no-copy-tokenizer"], check=True, capture_output=True, text=True
+    )
 
 
 def run_mergebuild(cfg: Path, out: Path, cache: Path) -> None:
     exe = Path(sys.executable).parent / "mergebuild"
-    subprocess.run([str(exe), "--config", str(cfg), str(out), "--cache-dir", str(cache)],
-                   check=True, capture_output=True, text=True, cwd=out.parent)
+    subprocess.run(
+        [str(exe), "--config", str(cfg), str(out), "--cache-dir", str(cache)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=out.parent,
+    )
 
 
 def ulp_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -153,12 +165,20 @@ def tie_positions(recipe: str, inputs: list[torch.Tensor]) -> torch.Tensor | Non
     return out.view(base.shape)
 
 
-def compare(mine: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], recipe: str,
-            inputs: list[dict[str, torch.Tensor]]) -> dict[str, int]:
+def compare(
+    mine: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], recipe: str, inputs: list[dict[str, torch.Tensor]]
+) -> dict[str, int]:
     """Counts over all tensors: entries, differing entries (and of them those at a cut inside a
     group of exact ties), tensors differing, max ulp."""
-    stats = {"tensors": 0, "entries": 0, "differing": 0, "at_tied_cut": 0, "tensors_differing": 0,
-             "of_them_no_tied_cut": 0, "max_ulp": 0}
+    stats = {
+        "tensors": 0,
+        "entries": 0,
+        "differing": 0,
+        "at_tied_cut": 0,
+        "tensors_differing": 0,
+        "of_them_no_tied_cut": 0,
+        "max_ulp": 0,
+    }
     for name, r in ref.items():
         m = mine[name]
         stats["tensors"] += 1
@@ -205,7 +225,8 @@ def main() -> None:
             (args.record / "SOURCE.md").write_text(
                 "Outputs of mergekit 0.1.5 (torch 2.13.0+cpu) for the recipes of bench/mergekit_diff.py,\n"
                 "recorded with `.venv/bin/python bench/mergekit_diff.py --record tests/data/mergekit_ref`.\n"
-                f"Inputs: mergefile.demo.make_llama bf16 family, sha256 {digest}.\n")
+                f"Inputs: mergefile.demo.make_llama bf16 family, sha256 {digest}.\n"
+            )
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ def time_target(case: Path, mf, name: str, jobs: int, device: str = "cpu") -> fl
     return dt
 
 
-def best_time(case: Path, mf, name: str, jobs: int, budget_s: float = 10.0, max_runs: int = 3, device: str = "cpu") -> float:
+def best_time(
+    case: Path, mf, name: str, jobs: int, budget_s: float = 10.0, max_runs: int = 3, device: str = "cpu"
+) -> float:
     """Fastest of up to ``max_runs`` cold builds, repeated while under ``budget_s`` in total.
 
     Short builds are the noisy ones, so they are repeated; long ones run once (run time stays low).
@@ -158,9 +160,16 @@ def run(layers: int, hidden: int, vocab: int, jobs: int) -> dict:
     times["linear"] = refs["linear"] = lin[len(lin) // 2]
     in_bytes = sum(f.stat().st_size for f in (mdir / "m0").glob("*.safetensors"))
     return {
-        "layers": layers, "hidden": hidden, "vocab": vocab, "jobs": jobs, "model_bytes": in_bytes,
-        "seconds": times, "linear_s": refs, "ratio": {m: t / refs[m] for m, t in times.items()},
-        "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(),
+        "layers": layers,
+        "hidden": hidden,
+        "vocab": vocab,
+        "jobs": jobs,
+        "model_bytes": in_bytes,
+        "seconds": times,
+        "linear_s": refs,
+        "ratio": {m: t / refs[m] for m, t in times.items()},
+        "load_avg": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
     }
 
 
@@ -182,8 +191,15 @@ def compare_devices(layers: int, hidden: int, vocab: int, jobs: int, device: str
     in_bytes = sum(f.stat().st_size for f in (mdir / "m0").glob("*.safetensors"))
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else device
     return {
-        "layers": layers, "hidden": hidden, "vocab": vocab, "jobs": jobs, "model_bytes": in_bytes,
-        "device": device, "device_name": gpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "layers": layers,
+        "hidden": hidden,
+        "vocab": vocab,
+        "jobs": jobs,
+        "model_bytes": in_bytes,
+        "device": device,
+        "device_name": gpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "methods": rows,
     }
 
@@ -219,7 +235,7 @@ def write_section(text: str, heading: str = HEADING) -> None:
         new = old.rstrip("\n") + "\n\n" + text
     else:
         nxt = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
+        new = old[:start] + text + ("\n" + old[nxt + 1 :] if nxt >= 0 else "")
     RESULTS.write_text(new)
 
 
@@ -230,8 +246,12 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=4096)
     ap.add_argument("-j", "--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny models, to check the script (RESULTS.md untouched)")
-    ap.add_argument("--compare-device", metavar="DEV", default=None,
-                    help="time every method on the CPU and on DEV (e.g. cuda); JSON only, RESULTS.md untouched")
+    ap.add_argument(
+        "--compare-device",
+        metavar="DEV",
+        default=None,
+        help="time every method on the CPU and on DEV (e.g. cuda); JSON only, RESULTS.md untouched",
+    )
     args = ap.parse_args()
     if args.quick:
         args.layers, args.hidden, args.vocab = 2, 128, 1024

@@ -91,10 +91,17 @@ def run(layers: int, hidden: int, vocab: int, jobs: int) -> dict:
     refs["tsv, after a weight edit"] = mb.best_time(case, mf, "linear", jobs, budget_s=2.0, max_runs=2)
     times["tsv, after a weight edit"], misses = tsv_weight_edit(case, mf, edited, jobs)
     return {
-        "layers": layers, "hidden": hidden, "vocab": vocab, "jobs": jobs, "edit_stage_misses": misses,
+        "layers": layers,
+        "hidden": hidden,
+        "vocab": vocab,
+        "jobs": jobs,
+        "edit_stage_misses": misses,
         "model_bytes": sum(f.stat().st_size for f in (mdir / "m0").glob("*.safetensors")),
-        "seconds": times, "linear_s": refs, "ratio": {m: t / refs[m] for m, t in times.items()},
-        "load_avg": os.getloadavg()[0], "cpus": os.cpu_count(),
+        "seconds": times,
+        "linear_s": refs,
+        "ratio": {m: t / refs[m] for m, t in times.items()},
+        "load_avg": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
     }
 
 
@@ -114,14 +121,16 @@ def compare_devices(layers: int, hidden: int, vocab: int, jobs: int, device: str
 
 def table(r: dict) -> str:
     lines = [
-        HEADING, "",
+        HEADING,
+        "",
         f"`bench/new_methods_bench.py`: the setup of `bench/methods_bench.py` (one cold in-process build "
         f"per method, fresh output and cache, `-j {r['jobs']}`, 3 generated bf16 Llama-shaped models: "
         f"{r['layers']} layers, hidden {r['hidden']}, vocab {r['vocab']}, {r['model_bytes'] / 2**20:.0f} MiB "
         f"each; best of up to 3 builds; `linear` timed right before each row). {platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, load average {r['load_avg']:.1f} on {r['cpus']} cores "
         f"at the end. The last row is a TSV rebuild after a `weight` edit with the cache kept "
-        f"({r['edit_stage_misses']} stages recomputed).", "",
+        f"({r['edit_stage_misses']} stages recomputed).",
+        "",
         "| method | seconds | linear before it, s | × linear |",
         "|---|---:|---:|---:|",
     ]
@@ -142,7 +151,9 @@ def main() -> int:
     if args.quick:
         args.layers, args.hidden, args.vocab = 2, 128, 1024
     if args.compare_device:
-        print(json.dumps(compare_devices(args.layers, args.hidden, args.vocab, args.jobs, args.compare_device), indent=2))
+        print(
+            json.dumps(compare_devices(args.layers, args.hidden, args.vocab, args.jobs, args.compare_device), indent=2)
+        )
         return 0
     result = run(args.layers, args.hidden, args.vocab, args.jobs)
     text = table(result)

@@ -24,14 +24,13 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from fusion_bench.method.isotropic_merging.iso_utils import iso_c, iso_cts
 from fusion_bench.method.magmax.magmax import _magmax_select
 from fusion_bench.method.tall_mask.utils import generate_task_masks
 from fusion_bench.method.task_singular_vector.utils.TSVM_utils import compute_and_sum_svd_mem_reduction
 from fusion_bench.method.ties_merging.ties_merging_utils import ties_merging
 from fusion_bench.method.wudi.wudi import wudi_merging
+from safetensors.torch import save_file
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "new_methods_reference.safetensors"
 TASKS = 3
@@ -84,7 +83,9 @@ def main() -> None:
         "iso_c": iso_c([dict(tv) for tv in tvs], accelerator="cpu"),
         "iso_cts": iso_cts([dict(tv) for tv in tvs], common_space_fraction=0.8, accelerator="cpu"),
         "magmax": {k: 0.5 * v for k, v in _magmax_select([dict(tv) for tv in tvs]).items()},
-        "wudi": {k: v.detach() for k, v in wudi_merging([dict(tv) for tv in tvs], accelerator="cpu", iter_num=300).items()},
+        "wudi": {
+            k: v.detach() for k, v in wudi_merging([dict(tv) for tv in tvs], accelerator="cpu", iter_num=300).items()
+        },
     }
     for name, tv in merged.items():
         for k in base:
@@ -94,7 +95,9 @@ def main() -> None:
         out[f"consensus_ties.{k}"] = consensus(base[k], [t[k] for t in tasks], True, k)
         merged_tv, _, _ = pcb(torch.stack([tv[k].reshape(-1) for tv in tvs]), pcb_ratio=0.1)
         out[f"pcb.{k}"] = base[k] + merged_tv.reshape(base[k].shape)
-    save_file({k: v.contiguous() for k, v in out.items()}, str(OUT), metadata={"generator": "bench/new_methods_reference.py"})
+    save_file(
+        {k: v.contiguous() for k, v in out.items()}, str(OUT), metadata={"generator": "bench/new_methods_reference.py"}
+    )
     print(f"wrote {len(out)} tensors to {OUT}")
 
 

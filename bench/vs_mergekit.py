@@ -44,7 +44,11 @@ RECIPES: dict[str, tuple[str, list[dict], dict]] = {
     "ties": ("ties", [{"weight": w, "density": 0.5} for w in (0.5, 0.3, 0.2)], {}),
     "dare_ties": ("dare_ties", [{"weight": w, "density": 0.5} for w in (0.5, 0.3, 0.2)], {}),
     "della": ("della", [{"weight": w, "density": 0.5, "epsilon": 0.1} for w in (0.5, 0.3, 0.2)], {}),
-    "breadcrumbs_ties": ("breadcrumbs_ties", [{"weight": w, "density": 0.5, "gamma": 0.01} for w in (0.5, 0.3, 0.2)], {}),
+    "breadcrumbs_ties": (
+        "breadcrumbs_ties",
+        [{"weight": w, "density": 0.5, "gamma": 0.01} for w in (0.5, 0.3, 0.2)],
+        {},
+    ),
     "sce": ("sce", [{} for _ in range(3)], {"select_topk": 0.5}),
     "model_stock": ("model_stock", [{} for _ in range(3)], {}),
     "slerp": ("slerp", [{}], {"t": 0.4}),
@@ -78,8 +82,10 @@ def yaml_for(recipe: str, models: list[Path], weight_scale: float = 1.0, layer_e
                 if k == "weight":
                     v = v * weight_scale
                     if i == 0 and layer_edit is not None:
-                        lines.append(f"      {k}:\n        - filter: layers.7.\n          value: {layer_edit}\n"
-                                     f"        - value: {v}")
+                        lines.append(
+                            f"      {k}:\n        - filter: layers.7.\n          value: {layer_edit}\n"
+                            f"        - value: {v}"
+                        )
                         continue
                 lines.append(f"      {k}: {v}")
     if params:
@@ -90,8 +96,9 @@ def yaml_for(recipe: str, models: list[Path], weight_scale: float = 1.0, layer_e
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KB) of one command, measured by a small process of its own."""
-    r = subprocess.run([sys.executable, "-c", TIMER, *cmd], cwd=cwd, capture_output=True, text=True,
-                       env=os.environ | (env or {}))
+    r = subprocess.run(
+        [sys.executable, "-c", TIMER, *cmd], cwd=cwd, capture_output=True, text=True, env=os.environ | (env or {})
+    )
     if r.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
     _, rss, dt = [ln for ln in r.stderr.splitlines() if ln.startswith("MAXRSS")][-1].split()
@@ -112,8 +119,14 @@ MB_ENV = {"MERGEBUILD_SERVER": "off"}
 def run_mergekit(case: Path, cfg: Path, jobs: int) -> tuple[float, int]:
     shutil.rmtree(case / "mk-out", ignore_errors=True)
     # mergekit has no -j: it runs one task at a time on torch's intra-op threads (all cores)
-    cmd = [str(MK_VENV / "bin" / "mergekit-yaml"), str(cfg), str(case / "mk-out"), "--no-copy-tokenizer",
-           "--lazy-unpickle", "--quiet"]
+    cmd = [
+        str(MK_VENV / "bin" / "mergekit-yaml"),
+        str(cfg),
+        str(case / "mk-out"),
+        "--no-copy-tokenizer",
+        "--lazy-unpickle",
+        "--quiet",
+    ]
     return timed(cmd, case)
 
 
@@ -121,8 +134,17 @@ def run_mergebuild(case: Path, cfg: Path, jobs: int, fresh: bool) -> tuple[float
     if fresh:
         shutil.rmtree(case / "mb-out", ignore_errors=True)
         shutil.rmtree(case / "cache", ignore_errors=True)
-    cmd = [*mergebuild_command(), "--quiet", "--cache-dir", str(case / "cache"), "-j", str(jobs),
-           "--config", str(cfg), "mb-out"]
+    cmd = [
+        *mergebuild_command(),
+        "--quiet",
+        "--cache-dir",
+        str(case / "cache"),
+        "-j",
+        str(jobs),
+        "--config",
+        str(cfg),
+        "mb-out",
+    ]
     return timed(cmd, case, MB_ENV)
 
 
@@ -151,8 +173,20 @@ def disk_floor(case: Path, models: list[Path], nbytes: int) -> float:
 def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats: int) -> dict:
     """Alternating cold builds of both tools, then mergebuild's weight and one-layer edits."""
     cfg = case / f"{recipe}.yml"
-    runs: dict[str, list[float]] = {k: [] for k in ("mk_s", "mb_s", "mk_rss", "mb_rss", "cache_x", "written_x",
-                                                    "weight_edit_x", "layer_edit_x", "floor_s")}
+    runs: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "mk_s",
+            "mb_s",
+            "mk_rss",
+            "mb_rss",
+            "cache_x",
+            "written_x",
+            "weight_edit_x",
+            "layer_edit_x",
+            "floor_s",
+        )
+    }
     for r in range(repeats):
         cfg.write_text(yaml_for(recipe, models))
         order = ("mk", "mb") if r % 2 == 0 else ("mb", "mk")
@@ -183,12 +217,19 @@ def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats
         runs["layer_edit_x"].append(t / mb_cold)
     ratio = [b / a for a, b in zip(runs["mk_s"], runs["mb_s"])]
     rss = [b / a for a, b in zip(runs["mk_rss"], runs["mb_rss"])]
-    out = {"recipe": recipe, "repeats": repeats, "mk_s": runs["mk_s"], "mb_s": runs["mb_s"],
-           "cold_ratio": _summary(ratio), "rss_ratio": _summary(rss),
-           "mk_rss_mb": max(runs["mk_rss"]) / 1024, "mb_rss_mb": max(runs["mb_rss"]) / 1024,
-           "floor_s": runs["floor_s"],
-           "cold_floor": _summary([b / f for b, f in zip(runs["mb_s"], runs["floor_s"])]),
-           "weight_edit_floor": _summary(runs["weight_edit_floor"])}
+    out = {
+        "recipe": recipe,
+        "repeats": repeats,
+        "mk_s": runs["mk_s"],
+        "mb_s": runs["mb_s"],
+        "cold_ratio": _summary(ratio),
+        "rss_ratio": _summary(rss),
+        "mk_rss_mb": max(runs["mk_rss"]) / 1024,
+        "mb_rss_mb": max(runs["mb_rss"]) / 1024,
+        "floor_s": runs["floor_s"],
+        "cold_floor": _summary([b / f for b, f in zip(runs["mb_s"], runs["floor_s"])]),
+        "weight_edit_floor": _summary(runs["weight_edit_floor"]),
+    }
     for k in ("cache_x", "written_x", "weight_edit_x", "layer_edit_x"):
         out[k] = _summary(runs[k])
     return out
@@ -227,19 +268,30 @@ def main() -> int:
     shutil.rmtree(case, ignore_errors=True)
     case.mkdir(parents=True)
     results = []
-    print(f"{'recipe':18s} {'cold mb/mk':>18s} {'RSS mb/mk':>18s} {'cache/out':>18s} {'written/out':>18s} "
-          f"{'weight edit/cold':>18s} {'layer edit/cold':>18s} {'cold/floor':>18s} {'w.edit/floor':>18s}",
-          flush=True)
+    print(
+        f"{'recipe':18s} {'cold mb/mk':>18s} {'RSS mb/mk':>18s} {'cache/out':>18s} {'written/out':>18s} "
+        f"{'weight edit/cold':>18s} {'layer edit/cold':>18s} {'cold/floor':>18s} {'w.edit/floor':>18s}",
+        flush=True,
+    )
     for recipe in args.recipes:
         res = bench_recipe(recipe, case, models, args.jobs, args.repeats)
         results.append(res)
-        print(f"{recipe:18s} {fmt(res['cold_ratio']):>18s} {fmt(res['rss_ratio']):>18s} {fmt(res['cache_x']):>18s} "
-              f"{fmt(res['written_x']):>18s} {fmt(res['weight_edit_x']):>18s} {fmt(res['layer_edit_x']):>18s}"
-              f" {fmt(res['cold_floor']):>18s} {fmt(res['weight_edit_floor']):>18s}"
-              f"   mk {statistics.median(res['mk_s']):.1f} s {res['mk_rss_mb']:.0f} MB,"
-              f" mb {statistics.median(res['mb_s']):.1f} s {res['mb_rss_mb']:.0f} MB", flush=True)
-    summary = {"layers": args.layers, "hidden": args.hidden, "jobs": args.jobs, "models": N_MODELS,
-               "load_at_start": os.getloadavg(), "results": results}
+        print(
+            f"{recipe:18s} {fmt(res['cold_ratio']):>18s} {fmt(res['rss_ratio']):>18s} {fmt(res['cache_x']):>18s} "
+            f"{fmt(res['written_x']):>18s} {fmt(res['weight_edit_x']):>18s} {fmt(res['layer_edit_x']):>18s}"
+            f" {fmt(res['cold_floor']):>18s} {fmt(res['weight_edit_floor']):>18s}"
+            f"   mk {statistics.median(res['mk_s']):.1f} s {res['mk_rss_mb']:.0f} MB,"
+            f" mb {statistics.median(res['mb_s']):.1f} s {res['mb_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    summary = {
+        "layers": args.layers,
+        "hidden": args.hidden,
+        "jobs": args.jobs,
+        "models": N_MODELS,
+        "load_at_start": os.getloadavg(),
+        "results": results,
+    }
     (ROOT / f"last_vs_mergekit_L{args.layers}_H{args.hidden}.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(case, ignore_errors=True)
     return 0

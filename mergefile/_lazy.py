@@ -14,6 +14,7 @@ import threading
 from types import ModuleType
 from typing import Any
 
+
 class LazyModule:
     """A stand-in for a module that is imported when an attribute is first read."""
 

@@ -193,8 +193,16 @@ def make_llama(
         if dtype not in TORCH_DTYPES.values():
             raise ValueError(f"unsupported dtype {dtype}")
         _random_llama(
-            out, seed, dtype, hidden=hidden, layers=layers, intermediate=intermediate,
-            heads=heads, kv_heads=kv_heads, vocab=vocab, tie_embeddings=tie_embeddings,
+            out,
+            seed,
+            dtype,
+            hidden=hidden,
+            layers=layers,
+            intermediate=intermediate,
+            heads=heads,
+            kv_heads=kv_heads,
+            vocab=vocab,
+            tie_embeddings=tie_embeddings,
         )
     return out
 
@@ -237,8 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = json.loads((path / "config.json").read_text())
         size = (path / "model.safetensors").stat().st_size
         status = "already there" if name in existed else "made"
-        print(f"{name:5} {path}  {status}: llama, {config['num_hidden_layers']} layers, "
-              f"hidden {config['hidden_size']}, {size / 1e6:.1f} MB")
+        print(
+            f"{name:5} {path}  {status}: llama, {config['num_hidden_layers']} layers, "
+            f"hidden {config['hidden_size']}, {size / 1e6:.1f} MB"
+        )
     return 0
 
 

@@ -32,8 +32,15 @@ from collections.abc import Mapping
 
 from mergefile._tree import code_fingerprint
 
-__all__ = ["HUB_ENV", "IMPORT_TIME_ENV", "RESOLUTION_ENV", "RESOLUTION_ENV_EXCEPT",
-           "code_fingerprint", "import_environment", "resolution_environment"]
+__all__ = [
+    "HUB_ENV",
+    "IMPORT_TIME_ENV",
+    "RESOLUTION_ENV",
+    "RESOLUTION_ENV_EXCEPT",
+    "code_fingerprint",
+    "import_environment",
+    "resolution_environment",
+]
 
 # huggingface_hub, transformers: read both at import (cache folders) and while resolving models
 HUB_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_")
@@ -43,16 +50,38 @@ RESOLUTION_ENV = HUB_ENV + ("MERGEBUILD_",)
 RESOLUTION_ENV_EXCEPT = ("MERGEBUILD_SERVER",)  # where a build runs, not what it builds
 # ... and a build server's imports have read these (its fingerprint).
 IMPORT_TIME_ENV = (
-    "PYTHON", "LANG", "LC_", "HOME", "XDG_CACHE_HOME", "TMPDIR", "LD_", "MALLOC_",
-    "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "NUMEXPR_",
-    "TORCH", "PYTORCH_", "THP_", "CUDA_", "NVIDIA_",
-) + HUB_ENV + ("TOKENIZERS_",)
+    (
+        "PYTHON",
+        "LANG",
+        "LC_",
+        "HOME",
+        "XDG_CACHE_HOME",
+        "TMPDIR",
+        "LD_",
+        "MALLOC_",
+        "OMP_",
+        "KMP_",
+        "GOMP_",
+        "MKL_",
+        "OPENBLAS_",
+        "NUMEXPR_",
+        "TORCH",
+        "PYTORCH_",
+        "THP_",
+        "CUDA_",
+        "NVIDIA_",
+    )
+    + HUB_ENV
+    + ("TOKENIZERS_",)
+)
+
 
 def resolution_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The part of ``env`` (default: this process's) that an up-to-date answer depends on."""
     env = os.environ if env is None else env
-    return {k: v for k, v in sorted(env.items())
-            if k.startswith(RESOLUTION_ENV) and not k.startswith(RESOLUTION_ENV_EXCEPT)}
+    return {
+        k: v for k, v in sorted(env.items()) if k.startswith(RESOLUTION_ENV) and not k.startswith(RESOLUTION_ENV_EXCEPT)
+    }
 
 
 def import_environment(env: Mapping[str, str]) -> dict[str, str]:

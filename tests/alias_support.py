@@ -30,8 +30,9 @@ def run(argv: list[str]) -> int:
 def project(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> tuple[Path, list[str]]:
     work = tmp_path / "w"
     work.mkdir()
-    mergefile_for(work, {"base": tiny_models["base"], "a": tiny_models["a"]},
-                  "out/m: linear { base weight=0.5\n a weight=0.5 }")
+    mergefile_for(
+        work, {"base": tiny_models["base"], "a": tiny_models["a"]}, "out/m: linear { base weight=0.5\n a weight=0.5 }"
+    )
     settle()
     monkeypatch.chdir(tmp_path)
     argv = ["-C", "w", "--cache-dir", "cache"]

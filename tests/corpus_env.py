@@ -107,20 +107,39 @@ def _tensors(name: str, layers: int):
     t = {"model.embed_tokens.weight": w(VOCAB, HIDDEN), "model.norm.weight": norm(), "lm_head.weight": w(VOCAB, HIDDEN)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        t |= {p + "self_attn.q_proj.weight": w(HEADS * hd, HIDDEN), p + "self_attn.k_proj.weight": w(KV * hd, HIDDEN),
-              p + "self_attn.v_proj.weight": w(KV * hd, HIDDEN), p + "self_attn.o_proj.weight": w(HIDDEN, HEADS * hd),
-              p + "mlp.gate_proj.weight": w(INTER, HIDDEN), p + "mlp.up_proj.weight": w(INTER, HIDDEN),
-              p + "mlp.down_proj.weight": w(HIDDEN, INTER), p + "input_layernorm.weight": norm(),
-              p + "post_attention_layernorm.weight": norm()}  # fmt: skip
+        t |= {
+            p + "self_attn.q_proj.weight": w(HEADS * hd, HIDDEN),
+            p + "self_attn.k_proj.weight": w(KV * hd, HIDDEN),
+            p + "self_attn.v_proj.weight": w(KV * hd, HIDDEN),
+            p + "self_attn.o_proj.weight": w(HIDDEN, HEADS * hd),
+            p + "mlp.gate_proj.weight": w(INTER, HIDDEN),
+            p + "mlp.up_proj.weight": w(INTER, HIDDEN),
+            p + "mlp.down_proj.weight": w(HIDDEN, INTER),
+            p + "input_layernorm.weight": norm(),
+            p + "post_attention_layernorm.weight": norm(),
+        }
     return t
 
 
 def _config(layers: int) -> dict:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-            "intermediate_size": INTER, "num_attention_heads": HEADS, "num_key_value_heads": KV,
-            "num_hidden_layers": layers, "vocab_size": VOCAB, "max_position_embeddings": 128,
-            "rms_norm_eps": 1e-5, "hidden_act": "silu", "tie_word_embeddings": False,
-            "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}  # fmt: skip
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTER,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV,
+        "num_hidden_layers": layers,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 3,
+    }
 
 
 def _write_model(folder: Path, name: str, layers: int, tokenizer: Path) -> None:

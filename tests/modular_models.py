@@ -19,26 +19,60 @@ from mergefile.demo import make_tokenizer
 VOCAB = 128
 IMAGE_TOKEN = 127
 TEXT_LAYERS, VISION_LAYERS = 3, 2
-PREPROCESSOR = {"image_processor_type": "CLIPImageProcessor", "crop_size": {"height": 16, "width": 16},
-                "size": {"shortest_edge": 16}, "do_normalize": True}  # fmt: skip
+PREPROCESSOR = {
+    "image_processor_type": "CLIPImageProcessor",
+    "crop_size": {"height": 16, "width": 16},
+    "size": {"shortest_edge": 16},
+    "do_normalize": True,
+}
 
 
 def llava_config(vision: str = "clip_vision_model"):
     from transformers import LlavaConfig
 
-    text = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=TEXT_LAYERS,
-                num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64)  # fmt: skip
-    vis = dict(model_type=vision, hidden_size=16, intermediate_size=32, num_hidden_layers=VISION_LAYERS,
-               num_attention_heads=2, image_size=16, patch_size=8)  # fmt: skip
-    return LlavaConfig(text_config=text, vision_config=vis, image_token_index=IMAGE_TOKEN, vision_feature_layer=-1,
-                       image_seq_length=4, projector_hidden_act="gelu")  # fmt: skip
+    text = dict(
+        model_type="llama",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=TEXT_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
+    vis = dict(
+        model_type=vision,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=VISION_LAYERS,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+    )
+    return LlavaConfig(
+        text_config=text,
+        vision_config=vis,
+        image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=-1,
+        image_seq_length=4,
+        projector_hidden_act="gelu",
+    )
 
 
 def t5_config():
     from transformers import T5Config
 
-    return T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=3, num_heads=2,
-                    feed_forward_proj="gated-gelu", decoder_start_token_id=0)  # fmt: skip
+    return T5Config(
+        vocab_size=VOCAB,
+        d_model=16,
+        d_kv=4,
+        d_ff=32,
+        num_layers=2,
+        num_decoder_layers=3,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        decoder_start_token_id=0,
+    )
 
 
 def _save(model, out: Path, seed: int) -> Path:
@@ -67,7 +101,9 @@ def finetune(base: Path, out: Path, seed: int, scale: float = 0.02) -> Path:
     g = torch.Generator().manual_seed(seed)
     for f in sorted(base.glob("*.safetensors")):
         tensors = load_file(str(f))
-        noisy = {k: (v.float() + scale * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in sorted(tensors.items())}
+        noisy = {
+            k: (v.float() + scale * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in sorted(tensors.items())
+        }
         save_file(noisy, str(out / f.name), metadata={"format": "pt"})
     return out
 

@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-
 from mergefile import _tree, depends
 from mergefile.cli import noop
 from mergefile.server import environment as server_environment
@@ -20,9 +19,6 @@ from mergefile.server import fingerprint as server_fingerprint
 from mergefile.store import stamp
 from tests.alias_support import project, run, settle  # noqa: F401 (a fixture)
 from tests.helpers import REPO
-
-
-
 
 
 def request_of(work: Path) -> dict:

@@ -20,9 +20,9 @@ def test_planning_modules_do_not_import_torch():
 
 
 def test_lazy_proxy_forwards_every_attribute():
-    from mergefile._lazy import torch
-
     import torch as real
+
+    from mergefile._lazy import torch
 
     assert torch.load is real.load and torch.Tensor is real.Tensor
     assert torch.zeros(2).sum().item() == 0.0
@@ -34,11 +34,13 @@ def test_huge_pages_for_torch_are_asked_for_unless_the_user_said_otherwise():
     as a library sets nothing."""
     import os
 
-    code = ("import os, mergefile._lazy, mergefile.methods.registry, mergefile.run.build\n"
-            "assert 'THP_MEM_ALLOC_ENABLE' not in os.environ or os.environ['THP_MEM_ALLOC_ENABLE'] == '0'\n"
-            "from mergefile.cli.main import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(os.environ['THP_MEM_ALLOC_ENABLE'])")
+    code = (
+        "import os, mergefile._lazy, mergefile.methods.registry, mergefile.run.build\n"
+        "assert 'THP_MEM_ALLOC_ENABLE' not in os.environ or os.environ['THP_MEM_ALLOC_ENABLE'] == '0'\n"
+        "from mergefile.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    )
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     for given, expected in ((None, "1"), ("0", "0")):
         e = dict(env) if given is None else {**env, "THP_MEM_ALLOC_ENABLE": given}

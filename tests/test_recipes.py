@@ -35,7 +35,10 @@ def _recipe_files() -> list[Path]:
 
 
 RECIPE_FILES = _recipe_files()
-TWINS = sorted({p.parent for p in RECIPE_FILES if p.name == "merge.yml"} & {p.parent for p in RECIPE_FILES if p.name == "Mergefile"})
+TWINS = sorted(
+    {p.parent for p in RECIPE_FILES if p.name == "merge.yml"}
+    & {p.parent for p in RECIPE_FILES if p.name == "Mergefile"}
+)
 
 
 def _header(text: str) -> list[str]:

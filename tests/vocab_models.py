@@ -34,8 +34,14 @@ def write_tokenizer(out: Path, tokens: list[str], added: list[str]) -> None:
         if f.name.startswith("tokenizer") or f.name in ("special_tokens_map.json", "chat_template.jinja"):
             f.unlink()
     tok.save(str(out / "tokenizer.json"))
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-           "pad_token": "<pad>", "model_max_length": 256}
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "model_max_length": 256,
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
 
 

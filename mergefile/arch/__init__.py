@@ -5,7 +5,16 @@ inferred from tensor names (``generic.py``). ``slicing.py`` holds the frankenmer
 ``modular.py`` splits multi-module checkpoints (vision-language models, T5) by module.
 """
 
-from mergefile.arch.families import Family, Modular, ModuleSpec, arch_id, families, family_for, known_architectures, modular_families
+from mergefile.arch.families import (
+    Family,
+    Modular,
+    ModuleSpec,
+    arch_id,
+    families,
+    family_for,
+    known_architectures,
+    modular_families,
+)
 from mergefile.arch.generic import LayerLayout, LayerName, is_embedding, split_layer_name
 from mergefile.arch.modular import ModelModules, layer_layout, model_modules
 from mergefile.arch.slicing import check_architectures, config_get, config_set, loose_inputs, rewrite_config

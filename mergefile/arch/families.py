@@ -16,13 +16,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
-__all__ = ["Family", "Modular", "ModuleSpec", "arch_id", "families", "family_for", "known_architectures", "modular_families",
-           "modular_for"]
+__all__ = [
+    "Family",
+    "Modular",
+    "ModuleSpec",
+    "arch_id",
+    "families",
+    "family_for",
+    "known_architectures",
+    "modular_families",
+    "modular_for",
+]
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,17 @@ def _layer_patterns(names: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("^(?:" + "|".join(alts) + ")$")
 
 
-_TUPLE_FIELDS = ("model_types", "architectures", "embeddings", "pre", "layer", "post", "heads",
-                 "per_layer_arrays", "layer_index_lists")
+_TUPLE_FIELDS = (
+    "model_types",
+    "architectures",
+    "embeddings",
+    "pre",
+    "layer",
+    "post",
+    "heads",
+    "per_layer_arrays",
+    "layer_index_lists",
+)
 
 
 def _entry(name: str, raw: Mapping, table: Mapping, defaults: Mapping) -> Family:
@@ -96,7 +114,9 @@ def _entry(name: str, raw: Mapping, table: Mapping, defaults: Mapping) -> Family
     if "extends" in raw:
         parent = table[raw["extends"]]
         if "extends" in parent:
-            raise ValueError(f"families.json: '{name}' extends '{raw['extends']}', which extends again (one level only)")
+            raise ValueError(
+                f"families.json: '{name}' extends '{raw['extends']}', which extends again (one level only)"
+            )
         data.update(parent)
     data.update({k: v for k, v in raw.items() if k != "extends"})
     unknown = set(data) - (set(Family.__dataclass_fields__) - {"name"})
@@ -193,8 +213,14 @@ def modular_families() -> dict[str, Modular]:
         if name.startswith("_"):
             continue
         modules = tuple(_module(name, m, spec, table["_defaults"]) for m, spec in raw["modules"].items())
-        out[name] = Modular(name, tuple(raw.get("model_types", ())), tuple(raw.get("architectures", ())), modules,
-                            raw.get("vocab_size_key", "vocab_size"), tuple(raw.get("tagalong_files", ())))
+        out[name] = Modular(
+            name,
+            tuple(raw.get("model_types", ())),
+            tuple(raw.get("architectures", ())),
+            modules,
+            raw.get("vocab_size_key", "vocab_size"),
+            tuple(raw.get("tagalong_files", ())),
+        )
     return out
 
 

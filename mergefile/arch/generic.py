@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from mergefile.arch.families import Family, family_for
+from mergefile.arch.families import Family
 
 _LAYER = re.compile(r"^(?P<pre>(?:.*\.)?(?:layers|h|blocks|layer|decoder\.layers|block))\.(?P<idx>\d+)\.(?P<rest>.+)$")
 _EMBED_HINTS = ("embed", "wte", "wpe", "tok_embeddings", "word_embeddings", "embeddings")
@@ -144,7 +144,9 @@ def family_layout(fam: Family, names: list[str], config: Mapping) -> LayerLayout
     for name in names:
         m = fam.layer_regex.match(name)
         if m is not None:
-            layers.setdefault(int(m.group("idx")), []).append(_layer_name(m.group("pre"), m.group("idx"), m.group("rest")))
+            layers.setdefault(int(m.group("idx")), []).append(
+                _layer_name(m.group("pre"), m.group("idx"), m.group("rest"))
+            )
             if not fam.known_layer_name(m.group("rest")):
                 odd.append(f"{m.group('pre')}.N.{m.group('rest')}")
         elif name in pre_names:

@@ -68,7 +68,7 @@ def _prefixed(lay: LayerLayout, prefix: str, key_prefix: str, module: str) -> La
 def _module_layout(spec: ModuleSpec, names: list[str], config: Mapping) -> LayerLayout:
     sub = config_get(config, spec.config) if spec.config else config
     sub = sub if isinstance(sub, Mapping) else {}
-    stripped = sorted(n[len(spec.prefix):] for n in names)
+    stripped = sorted(n[len(spec.prefix) :] for n in names)
     fam = (part_for(sub) if spec.config else None) or spec.family
     lay = family_layout(fam, stripped, sub) if fam is not None else generic_layout(stripped, sub)
     return _prefixed(lay, spec.prefix, f"{spec.config}." if spec.config else "", spec.name)

@@ -90,13 +90,19 @@ def _array_keys(config: Mapping, layout: LayerLayout, old_layers: int) -> list[s
     if layout.family is not None:
         return [k for k in layout.per_layer_arrays if isinstance(config_get(config, k), list)]
     return [
-        k for k, v in config.items()
+        k
+        for k, v in config.items()
         if isinstance(v, list) and len(v) == old_layers and old_layers > 1 and not any(x in k for x in _NOT_PER_LAYER)
     ]
 
 
-def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tuple], head_in_output: bool | None,
-                   original: Mapping | None = None) -> tuple[dict, list[str]]:  # fmt: skip
+def rewrite_config(
+    config: Mapping,
+    layout: LayerLayout,
+    layer_map: Sequence[tuple],
+    head_in_output: bool | None,
+    original: Mapping | None = None,
+) -> tuple[dict, list[str]]:
     """The output ``config.json``: the donor's, fitted to the output's layers and head.
 
     Args:
@@ -120,7 +126,9 @@ def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tup
         if layout.layer_key:
             config_set(out, layout.layer_key, n)
         elif n != old:
-            warnings.append(f"config.json has no layer-count key (tried num_hidden_layers, n_layer, ...): it still says {old} layers, the output has {n}")
+            warnings.append(
+                f"config.json has no layer-count key (tried num_hidden_layers, n_layer, ...): it still says {old} layers, the output has {n}"
+            )
         for key in _array_keys(out, layout, old):
             donor = config_get(out, key)
             if len(donor) != old:
@@ -132,7 +140,11 @@ def rewrite_config(config: Mapping, layout: LayerLayout, layer_map: Sequence[tup
             config_set(out, key, new)
         for key in layout.layer_index_lists:
             if isinstance(config_get(out, key), list):
-                config_set(out, key, [k for k, (_, src, model) in enumerate(layer_map) if src in (config_get(model.config, key) or [])])
+                config_set(
+                    out,
+                    key,
+                    [k for k, (_, src, model) in enumerate(layer_map) if src in (config_get(model.config, key) or [])],
+                )
     if head_in_output is None:
         return out, warnings
     if layout.family is not None or "tie_word_embeddings" in out:

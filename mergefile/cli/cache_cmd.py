@@ -37,8 +37,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if name == "ls":
             q.add_argument("--unused", action="store_true", help="only entries no current target uses")
         if name == "gc":
-            q.add_argument("--max-size", type=parse_size, default=None, metavar="SIZE", help="then evict LRU entries down to SIZE (e.g. 20G)")
-            q.add_argument("--keep-unused", action="store_true", help="do not drop unused entries (no recipe needed; for a shared cache)")
+            q.add_argument(
+                "--max-size",
+                type=parse_size,
+                default=None,
+                metavar="SIZE",
+                help="then evict LRU entries down to SIZE (e.g. 20G)",
+            )
+            q.add_argument(
+                "--keep-unused",
+                action="store_true",
+                help="do not drop unused entries (no recipe needed; for a shared cache)",
+            )
             q.add_argument("--keep-logs", type=int, default=100, metavar="N", help="build logs to keep (default 100)")
             q.add_argument("-n", "--dry-run", action="store_true", help="say what would be dropped, drop nothing")
         if name == "clear":
@@ -59,7 +69,10 @@ def _human(n: float) -> str:
 def _recipe_if_any(args):
     """The recipe when one is there (to name entries), else None."""
     if args.config:
-        raise UserError("cache commands read a Mergefile, not --config", hint='include "merge.yml" as out/x in a Mergefile, or use -f FILE')
+        raise UserError(
+            "cache commands read a Mergefile, not --config",
+            hint='include "merge.yml" as out/x in a Mergefile, or use -f FILE',
+        )
     if args.file or Path("Mergefile").is_file():
         return load_recipe(args)
     return None
@@ -97,9 +110,13 @@ def _stats(args) -> int:
         return 0
     rate = "n/a" if t.hit_rate is None else f"{100 * t.hit_rate:.0f}%"
     print(f"cache:      {data['cache_dir']}")
-    print(f"size:       {_human(data['volume_bytes'])} of {_human(data['size_limit_bytes'])} limit, {data['entries']} entries")
-    print(f"last {t.runs} build(s): {t.hits} tensors from cache, {t.computed + t.recomputed} computed (hit rate {rate}), "
-          f"{t.up_to_date_targets} target(s) already up to date")
+    print(
+        f"size:       {_human(data['volume_bytes'])} of {_human(data['size_limit_bytes'])} limit, {data['entries']} entries"
+    )
+    print(
+        f"last {t.runs} build(s): {t.hits} tensors from cache, {t.computed + t.recomputed} computed (hit rate {rate}), "
+        f"{t.up_to_date_targets} target(s) already up to date"
+    )
     print(f"bytes saved: {_human(t.bytes_saved)} of input not read; read {_human(t.bytes_read)}")
     return 0
 
@@ -113,15 +130,17 @@ def _ls(args) -> int:
             if args.unused and use is not None and use.kind != "tensor (on disk)":
                 continue
             info = store.blobs.info(key)
-            rows.append({
-                "key": key,
-                "bytes": info[2] if info else None,
-                "dtype": info[0] if info else None,
-                "shape": list(info[1]) if info else None,
-                "kind": use.kind if use else "unused",
-                "target": use.target if use else None,
-                "tensor": use.tensor if use else None,
-            })
+            rows.append(
+                {
+                    "key": key,
+                    "bytes": info[2] if info else None,
+                    "dtype": info[0] if info else None,
+                    "shape": list(info[1]) if info else None,
+                    "kind": use.kind if use else "unused",
+                    "target": use.target if use else None,
+                    "tensor": use.tensor if use else None,
+                }
+            )
     rows.sort(key=lambda r: (r["target"] is None, r["target"] or "", r["tensor"] or "", r["kind"], r["key"]))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -139,7 +158,14 @@ def _gc(args) -> int:
 
     with open_store(args) as store:
         blobs = store.blobs
-        report = {"dropped": 0, "dropped_bytes": 0, "evicted": 0, "evicted_bytes": 0, "orphan_bytes": 0, "logs_pruned": 0}
+        report = {
+            "dropped": 0,
+            "dropped_bytes": 0,
+            "evicted": 0,
+            "evicted_bytes": 0,
+            "orphan_bytes": 0,
+            "logs_pruned": 0,
+        }
         if not args.keep_unused:
             mf = _recipe_if_any(args)
             if mf is None:
@@ -150,8 +176,10 @@ def _gc(args) -> int:
             try:
                 used, _ = current_usage(mf, store, args.allow_pickle)
             except UserError as e:
-                raise UserError(f"cache gc cannot tell which entries are in use, because the recipe does not plan: {e.render()}",
-                                hint="fix the recipe, or use --keep-unused --max-size SIZE") from None
+                raise UserError(
+                    f"cache gc cannot tell which entries are in use, because the recipe does not plan: {e.render()}",
+                    hint="fix the recipe, or use --keep-unused --max-size SIZE",
+                ) from None
             for key in list(blobs.keys()):
                 if key in used:
                     continue
@@ -171,10 +199,17 @@ def _gc(args) -> int:
         print(json.dumps(report, indent=2))
         return 0
     verb = "would drop" if args.dry_run else "dropped"
-    lines = [f"{verb} {report['dropped']} unused entries ({_human(report['dropped_bytes'])})"] if not args.keep_unused else []
+    lines = (
+        [f"{verb} {report['dropped']} unused entries ({_human(report['dropped_bytes'])})"]
+        if not args.keep_unused
+        else []
+    )
     if args.max_size is not None:
-        lines.append(f"evicted {report['evicted']} least-recently-used entries ({_human(report['evicted_bytes'])})"
-                     if not args.dry_run else f"would then evict least-recently-used entries down to {_human(args.max_size)}")
+        lines.append(
+            f"evicted {report['evicted']} least-recently-used entries ({_human(report['evicted_bytes'])})"
+            if not args.dry_run
+            else f"would then evict least-recently-used entries down to {_human(args.max_size)}"
+        )
     if report["orphan_bytes"]:
         lines.append(f"removed {_human(report['orphan_bytes'])} of files left by killed builds")
     lines.append(f"cache now {_human(report['volume_bytes'])} in {report['entries']} entries")
@@ -187,7 +222,10 @@ def _verify(args) -> int:
         total = len(store.blobs)
         bad = store.blobs.verify_all()
         owners = _owners(args, store) if bad else {}
-    rows = [{"key": k, "target": getattr(owners.get(k), "target", None), "tensor": getattr(owners.get(k), "tensor", None)} for k in bad]
+    rows = [
+        {"key": k, "target": getattr(owners.get(k), "target", None), "tensor": getattr(owners.get(k), "tensor", None)}
+        for k in bad
+    ]
     if args.json:
         print(json.dumps({"checked": total, "corrupt": rows}, indent=2))
     else:

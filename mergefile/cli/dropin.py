@@ -37,8 +37,20 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
 def build_namespace(args: argparse.Namespace, config: str, out: str, values: dict[str, object]) -> argparse.Namespace:
     """The build command's arguments for ``--config CONFIG OUT`` with these options."""
     ns = make_parser().parse_args([])
-    for name in ("directory", "cache_dir", "cache_size", "allow_pickle", "lenient", "dry_run", "always_make",
-                 "question", "explain", "json", "memory_budget", "no_wait"):
+    for name in (
+        "directory",
+        "cache_dir",
+        "cache_size",
+        "allow_pickle",
+        "lenient",
+        "dry_run",
+        "always_make",
+        "question",
+        "explain",
+        "json",
+        "memory_budget",
+        "no_wait",
+    ):
         setattr(ns, name, getattr(args, name))
     ns.config, ns.targets = config, [out]
     for name, value in mk.build_settings(values).items():
@@ -46,8 +58,14 @@ def build_namespace(args: argparse.Namespace, config: str, out: str, values: dic
     return ns
 
 
-def run_config(args: argparse.Namespace, config: str, out: str, prefix: str | None = None,
-               extra_notes: tuple[str, ...] = (), settings: dict | None = None) -> int:
+def run_config(
+    args: argparse.Namespace,
+    config: str,
+    out: str,
+    prefix: str | None = None,
+    extra_notes: tuple[str, ...] = (),
+    settings: dict | None = None,
+) -> int:
     """Build ``config`` as target ``out`` as ``mergebuild --config`` does, mergekit's flags applied."""
     from mergefile.cli.main import (
         build_command,

@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output).resolve().parent if args.output else Path.cwd()
     body = render_yaml(mf, args.target, str(out_dir))
     shown = args.output or "THIS.yml"
-    header = (f"# Exported from {path} target {args.target} by `mergebuild export`.\n"
-              f"# Build it: mergebuild --config {shown} {args.target}   (or mergekit-yaml {shown} OUT)\n")
+    header = (
+        f"# Exported from {path} target {args.target} by `mergebuild export`.\n"
+        f"# Build it: mergebuild --config {shown} {args.target}   (or mergekit-yaml {shown} OUT)\n"
+    )
     if args.output:
         write_file(Path(args.output), header + body)
     else:

@@ -32,18 +32,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model_opt", help="same as FINETUNED (mergekit's flag)")
     p.add_argument("--base-model", dest="base_opt", help="same as BASE")
     p.add_argument("--out-path", dest="out_opt", help="same as OUT")
-    p.add_argument("-r", "--rank", "--max-rank", dest="rank", type=int, default=None,
-                   help="rank of every module (default 128, mergekit's --max-rank)")
-    p.add_argument("--rank-pattern", action="append", default=[], metavar="FILTER=R",
-                   help="rank R for modules whose name contains FILTER (repeatable)")
+    p.add_argument(
+        "-r",
+        "--rank",
+        "--max-rank",
+        dest="rank",
+        type=int,
+        default=None,
+        help="rank of every module (default 128, mergekit's --max-rank)",
+    )
+    p.add_argument(
+        "--rank-pattern",
+        action="append",
+        default=[],
+        metavar="FILTER=R",
+        help="rank R for modules whose name contains FILTER (repeatable)",
+    )
     p.add_argument("--sv-epsilon", type=float, default=None, help="drop singular values at or below this")
-    p.add_argument("--distribute-scale", action=argparse.BooleanOptionalAction, default=None,
-                   help="split singular values between A and B (default on)")
-    p.add_argument("--embed-lora", action=argparse.BooleanOptionalAction, default=None,
-                   help="decompose embeddings and lm_head too (default off: saved in full)")
-    p.add_argument("--save-module", action="append", default=[], metavar="NAME", help="save NAME at full rank (repeatable)")
-    p.add_argument("-e", "--exclude-regex", action="append", default=[], metavar="RE", help="leave out matching modules")
-    p.add_argument("-i", "--include-regex", action="append", default=[], metavar="RE", help="consider only matching modules")
+    p.add_argument(
+        "--distribute-scale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="split singular values between A and B (default on)",
+    )
+    p.add_argument(
+        "--embed-lora",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decompose embeddings and lm_head too (default off: saved in full)",
+    )
+    p.add_argument(
+        "--save-module", action="append", default=[], metavar="NAME", help="save NAME at full rank (repeatable)"
+    )
+    p.add_argument(
+        "-e", "--exclude-regex", action="append", default=[], metavar="RE", help="leave out matching modules"
+    )
+    p.add_argument(
+        "-i", "--include-regex", action="append", default=[], metavar="RE", help="consider only matching modules"
+    )
     p.add_argument("--skip-undecomposable", action="store_true", help="leave out modules that cannot be decomposed")
     p.add_argument("--out-dtype", default=None, help="dtype of the adapter tensors (default: the fine-tune's)")
     add_recipe_options(p)
@@ -68,13 +94,24 @@ def lora_target(args: argparse.Namespace, base_dir: Path):
     if not (ft and base and out):
         raise UserError("extract-lora needs FINETUNED BASE OUT (or --model, --base-model, --out-path)")
     loc = Loc("<extract-lora>", 1, 1)
-    ref = lambda text: AutoRef(text, str(base_dir), loc)
+
+    def ref(text: str) -> AutoRef:
+        return AutoRef(text, str(base_dir), loc)
+
     params = [Param("finetuned", ref(ft), None, loc), Param("base", ref(base), None, loc)]
-    options = {"rank": args.rank, "sv_epsilon": args.sv_epsilon, "distribute_scale": args.distribute_scale,
-               "embed_lora": args.embed_lora, "skip_undecomposable": args.skip_undecomposable or None}
+    options = {
+        "rank": args.rank,
+        "sv_epsilon": args.sv_epsilon,
+        "distribute_scale": args.distribute_scale,
+        "embed_lora": args.embed_lora,
+        "skip_undecomposable": args.skip_undecomposable or None,
+    }
     params += [Param(k, v, None, loc) for k, v in options.items() if v is not None]
-    for name, values in (("save_modules", args.save_module), ("exclude_regex", args.exclude_regex),
-                         ("include_regex", args.include_regex)):
+    for name, values in (
+        ("save_modules", args.save_module),
+        ("exclude_regex", args.exclude_regex),
+        ("include_regex", args.include_regex),
+    ):
         if values:
             params.append(Param(name, tuple(values), None, loc))
     if args.out_dtype:
@@ -144,11 +181,17 @@ def run(args: argparse.Namespace) -> int:
     target = lora_target(args, Path.cwd())
     mf = Mergefile(str(Path.cwd() / "Mergefile"), (target,))
     settings = _mergekit_settings(args)
-    options = BuildOptions(jobs=max(1, int(settings.get("jobs", args.jobs))), device=str(settings.get("device", args.device)),
-                           force=args.always_make, dry_run=args.dry_run,
-                           memory_budget=args.memory_budget or default_memory_budget(), allow_pickle=args.allow_pickle,
-                           copy_tokenizer=bool(settings["copy_tokenizer"]), write_card=bool(settings["write_card"]),
-                           allow_crimes=bool(settings.get("allow_crimes", False)))
+    options = BuildOptions(
+        jobs=max(1, int(settings.get("jobs", args.jobs))),
+        device=str(settings.get("device", args.device)),
+        force=args.always_make,
+        dry_run=args.dry_run,
+        memory_budget=args.memory_budget or default_memory_budget(),
+        allow_pickle=args.allow_pickle,
+        copy_tokenizer=bool(settings["copy_tokenizer"]),
+        write_card=bool(settings["write_card"]),
+        allow_crimes=bool(settings.get("allow_crimes", False)),
+    )
     quiet = args.quiet or args.json or not sys.stderr.isatty()
     with open_store(args) as store, make_progress(quiet) as progress:
         report = build(mf, [target.name], store, options, progress, ["extract-lora"])

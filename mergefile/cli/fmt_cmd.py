@@ -36,8 +36,11 @@ def run(args: argparse.Namespace) -> int:
     if formatted == text:
         return 0
     if args.diff:
-        sys.stdout.writelines(difflib.unified_diff(
-            text.splitlines(keepends=True), formatted.splitlines(keepends=True), str(path), f"{path} (formatted)"))  # fmt: skip
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                text.splitlines(keepends=True), formatted.splitlines(keepends=True), str(path), f"{path} (formatted)"
+            )
+        )
     if args.check:
         print(f"{path}: not formatted (run: mergebuild fmt -f {path})", file=sys.stderr)
     if args.check or args.diff:

@@ -23,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="*", metavar="TARGET", help="draw these and what they need (default: everything)")
     add_recipe_options(p)
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write here (default: standard output)")
-    p.add_argument("--format", choices=FORMATS, default=None, help="dot, svg or png (default: from -o's suffix, else dot)")
+    p.add_argument(
+        "--format", choices=FORMATS, default=None, help="dot, svg or png (default: from -o's suffix, else dot)"
+    )
     p.add_argument("--no-status", action="store_true", help="do not compare with outputs (no stale marks; faster)")
 
 

@@ -22,8 +22,12 @@ from mergefile.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", metavar="YAML", help="the mergekit config (one or several documents)")
     p.add_argument("--target", default=None, metavar="NAME", help="the target it becomes (default: out/<YAML name>)")
-    p.add_argument("--target-prefix", default=None, metavar="P",
-                   help="stages of a multi-document file become targets P+name (default: the target's folder)")
+    p.add_argument(
+        "--target-prefix",
+        default=None,
+        metavar="P",
+        help="stages of a multi-document file become targets P+name (default: the target's folder)",
+    )
     p.add_argument("-o", "--output", default=None, metavar="FILE", help="write the Mergefile here (default: print it)")
     p.add_argument("-C", "--directory", default=None, help="change to DIR first")
     p.add_argument("--lenient", action="store_true", help="unknown keys warn instead of failing (as in mergekit)")
@@ -39,8 +43,8 @@ def write_file(path: Path, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mergefile.syntax import load_yaml_targets
-    from mergefile.syntax.convert import yaml_to_mergefile
     from mergefile.syntax.ast import normalize_name
+    from mergefile.syntax.convert import yaml_to_mergefile
     from mergefile.syntax.render_mergefile import render_mergefile
 
     enter_directory(args)
@@ -49,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"config file '{args.config}' not found")
     target = normalize_name(args.target or f"out/{config.stem}")
     if target in ("", ".", "..") or "\n" in target:
-        raise UserError(f"'{args.target}' cannot be a target name", hint="name an output folder, e.g. out/x or /scratch/x")
+        raise UserError(
+            f"'{args.target}' cannot be a target name", hint="name an output folder, e.g. out/x or /scratch/x"
+        )
     targets = load_yaml_targets(config, target, prefix=args.target_prefix, lenient=args.lenient)
     out_path = Path(args.output) if args.output else Path.cwd() / "Mergefile"
     mf = yaml_to_mergefile(targets, str(out_path.resolve()))

@@ -24,16 +24,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mergefile.errors import UserError
     from mergefile.plan.graph import build_graph, build_order
     from mergefile.plan.inputs import ResolveOptions
     from mergefile.plan.lockfile import Lockfile, diff_lock, lock_path, make_lock, read_lock
     from mergefile.plan.planner import Planner
     from mergefile.run.usage import all_targets
 
-    from mergefile.errors import UserError
-
     if args.config:
-        raise UserError("mergebuild lock reads a Mergefile, not --config", hint='include "merge.yml" as out/x in a Mergefile, or use -f FILE')
+        raise UserError(
+            "mergebuild lock reads a Mergefile, not --config",
+            hint='include "merge.yml" as out/x in a Mergefile, or use -f FILE',
+        )
     enter_directory(args)
     mf = load_recipe(args)
     path = lock_path(mf.path)
@@ -41,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     pins = old.pins if old is not None and not args.update else {}
     with open_store(args) as store:
         order = build_order(mf, build_graph(mf), all_targets(mf))
-        planner = Planner(mf, ResolveOptions(allow_pickle=args.allow_pickle, convert_dir=str(store.root / "converted"), pins=pins))
+        planner = Planner(
+            mf, ResolveOptions(allow_pickle=args.allow_pickle, convert_dir=str(store.root / "converted"), pins=pins)
+        )
         plans = [planner.plan(n) for n in order]
         new = make_lock(path, plans, store.stat.digests, planner.base_dir)
     changes = [msg for _, msg in diff_lock(old or Lockfile(path), new)]

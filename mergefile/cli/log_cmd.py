@@ -42,10 +42,15 @@ def _list(args, store) -> int:
         if r.error:
             state = f"  (failed: {r.error})"
         what = ", ".join(r.targets) or "-"
-        work = (f"{r.computed + r.recomputed} computed, {r.hits} from cache"
-                if r.computed + r.recomputed + r.hits else "up to date")
-        print(f"{r.run_id}  {_when(r.start)}  {secs:>8}  {work}; read {human_bytes(r.bytes_read)}, "
-              f"wrote {human_bytes(r.bytes_written)}  [{what}]{state}")
+        work = (
+            f"{r.computed + r.recomputed} computed, {r.hits} from cache"
+            if r.computed + r.recomputed + r.hits
+            else "up to date"
+        )
+        print(
+            f"{r.run_id}  {_when(r.start)}  {secs:>8}  {work}; read {human_bytes(r.bytes_read)}, "
+            f"wrote {human_bytes(r.bytes_written)}  [{what}]{state}"
+        )
     return 0
 
 
@@ -74,7 +79,10 @@ def _show(args, store) -> int:
             cols += [" " * 9, " " * 9]
         print(" ".join(cols) + f"  {rec.get('target', '')}  {rec.get('tensor', '')}".rstrip())
     rate = "" if s.hit_rate is None else f", hit rate {100 * s.hit_rate:.0f}%"
-    print(f"{s.computed + s.recomputed} computed, {s.hits} from cache{rate}" + ("" if s.finished else " (no summary: killed?)"))
+    print(
+        f"{s.computed + s.recomputed} computed, {s.hits} from cache{rate}"
+        + ("" if s.finished else " (no summary: killed?)")
+    )
     return 0
 
 

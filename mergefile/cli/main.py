@@ -41,11 +41,20 @@ VERBS: dict[str, tuple[str, str]] = {
     "import": ("mergefile.cli.import_cmd", "print a mergekit YAML config as an equivalent Mergefile"),
     "export": ("mergefile.cli.export_cmd", "print a target as an equivalent mergekit YAML config"),
     "fmt": ("mergefile.cli.fmt_cmd", "rewrite a Mergefile canonically, comments kept (--check for CI)"),
-    "evolve": ("mergefile.cli.evolve_cmd", "evolutionary merge search (CMA-ES, lm-eval, Ray) from a mergekit-evolve YAML"),
-    "yaml": ("mergefile.cli.yaml_cmd", "mergekit-yaml CONFIG OUT [options], built through the cache (docs/mergekit.md)"),
+    "evolve": (
+        "mergefile.cli.evolve_cmd",
+        "evolutionary merge search (CMA-ES, lm-eval, Ray) from a mergekit-evolve YAML",
+    ),
+    "yaml": (
+        "mergefile.cli.yaml_cmd",
+        "mergekit-yaml CONFIG OUT [options], built through the cache (docs/mergekit.md)",
+    ),
     "multi": ("mergefile.cli.multi_cmd", "mergekit-multi CONFIG -I DIR --out-path OUT [options]"),
     "moe": ("mergefile.cli.moe_cmd", "mergekit-moe CONFIG OUT [options]"),
-    "extract-lora": ("mergefile.cli.extract_lora_cmd", "extract a PEFT LoRA adapter from a fine-tune (like mergekit-extract-lora)"),
+    "extract-lora": (
+        "mergefile.cli.extract_lora_cmd",
+        "extract a PEFT LoRA adapter from a fine-tune (like mergekit-extract-lora)",
+    ),
     "server": ("mergefile.cli.server_cmd", "start|stop|status: a resident build server that keeps torch imported"),
     "ui": ("mergefile.cli.ui_cmd", "a local web page to see, edit and build the recipe (needs the ui extra)"),
 }
@@ -60,8 +69,12 @@ def add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-size", type=parse_size, default=None, help="cache size limit (e.g. 100G)")
     p.add_argument("--allow-pickle", action="store_true", help="read pickled .bin weights (weights-only loading)")
     p.add_argument("--lenient", action="store_true", help="unknown keys in mergekit YAML warn instead of failing")
-    p.add_argument("--target-prefix", default=None, metavar="P",
-                   help="with --config: stages of a multi-document YAML are targets P+name (default: TARGET's folder)")
+    p.add_argument(
+        "--target-prefix",
+        default=None,
+        metavar="P",
+        help="with --config: stages of a multi-document YAML are targets P+name (default: TARGET's folder)",
+    )
 
 
 def enter_directory(args) -> None:
@@ -107,22 +120,41 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="*", metavar="TARGET", help="targets to build (default: the first in the file)")
     add_recipe_options(p)
     p.add_argument("-n", "--dry-run", action="store_true", help="say what would be recomputed, build nothing")
-    p.add_argument("-B", "--always-make", action="store_true", help="rebuild everything (ignore outputs and cache hits)")
+    p.add_argument(
+        "-B", "--always-make", action="store_true", help="rebuild everything (ignore outputs and cache hits)"
+    )
     p.add_argument("-j", "--jobs", type=int, default=1, help="tensors (and independent targets) computed in parallel")
     p.add_argument("-q", "--question", action="store_true", help="exit 1 if anything is stale, 0 if up to date")
     p.add_argument("--explain", action="store_true", help="say why each stale target/tensor is stale")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--read-to-device", action="store_true", help="read inputs straight to --device and cast them there")
-    p.add_argument("--executor", choices=("local", "ray"), default="local", help="where tensors are computed (default: local threads)")
-    p.add_argument("--ray-address", default=None, metavar="ADDR", help="with --executor ray: join this Ray cluster (default: start a local Ray)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where tensors are computed (default: local threads)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --executor ray: join this Ray cluster (default: start a local Ray)",
+    )
     p.add_argument("--memory-budget", type=parse_size, default=None, help="bytes of tensors in flight (default: RAM/4)")
     p.add_argument("--no-wait", action="store_true", help="fail instead of waiting when an output is being built")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--allow-crimes", action="store_true", help="merge models of different architectures (refused by default)")
+    p.add_argument(
+        "--allow-crimes", action="store_true", help="merge models of different architectures (refused by default)"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="list every tensor in explanations")
-    p.add_argument("--out-shard-size", type=shard_size, default=None, metavar="SIZE",
-                   help="pack whole layers into shards of at most SIZE (5B = 5e9 bytes; default: one shard per layer)")
+    p.add_argument(
+        "--out-shard-size",
+        type=shard_size,
+        default=None,
+        metavar="SIZE",
+        help="pack whole layers into shards of at most SIZE (5B = 5e9 bytes; default: one shard per layer)",
+    )
     return p
 
 
@@ -136,13 +168,15 @@ def shard_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a shard size: {text!r} (e.g. 5B, 500M)") from None
 
 
-def load_recipe(args) -> "object":
+def load_recipe(args) -> object:
     from mergefile.syntax import load_yaml_targets, parse_mergefile
     from mergefile.syntax.ast import Mergefile
 
     if args.config:
         if len(args.targets) != 1:
-            raise UserError("--config needs exactly one TARGET: the output folder to build, e.g. mergebuild --config merge.yml out/model")
+            raise UserError(
+                "--config needs exactly one TARGET: the output folder to build, e.g. mergebuild --config merge.yml out/model"
+            )
         path = Path(args.config)
         if not path.is_file():
             raise UserError(f"config file '{args.config}' not found")
@@ -150,7 +184,11 @@ def load_recipe(args) -> "object":
         from mergefile.targets.moe_yaml import moe_yaml_to_target  # a mergekit-moe config (it has experts:)
 
         moe = moe_yaml_to_target(path, args.targets[0])
-        targets = (moe,) if moe else load_yaml_targets(path, args.targets[0], prefix=getattr(args, "target_prefix", None), lenient=lenient)
+        targets = (
+            (moe,)
+            if moe
+            else load_yaml_targets(path, args.targets[0], prefix=getattr(args, "target_prefix", None), lenient=lenient)
+        )
         return Mergefile(str(Path.cwd() / "Mergefile"), with_settings(targets, getattr(args, "target_settings", None)))
     path = Path(args.file or "Mergefile")
     if not path.is_file():
@@ -168,13 +206,24 @@ def with_settings(targets: tuple, settings: dict | None) -> tuple:
 
     from mergefile.syntax.ast import Param
 
-    return tuple(replace(t, params=(*(p for p in t.params if p.name not in settings),
-                                    *(Param(k, v, None, t.loc) for k, v in settings.items())))
-                 for t in targets)
+    return tuple(
+        replace(
+            t,
+            params=(
+                *(p for p in t.params if p.name not in settings),
+                *(Param(k, v, None, t.loc) for k, v in settings.items()),
+            ),
+        )
+        for t in targets
+    )
 
 
-def run_verb(name: str, argv: list[str], given: dict[str, tuple[str, object]] | None = None,
-             command_line: list[str] | None = None) -> int:
+def run_verb(
+    name: str,
+    argv: list[str],
+    given: dict[str, tuple[str, object]] | None = None,
+    command_line: list[str] | None = None,
+) -> int:
     """Run verb ``name``; ``given``: global options written before it (dest -> (flag, value));
     ``command_line``: the whole command, which a verb may alias (cli/noop.py)."""
     import importlib
@@ -212,7 +261,7 @@ def split_global_options(argv: list[str]) -> tuple[str, list[str], dict[str, tup
     given = vars(parser.parse_args(argv[:n]))
     defaults = vars(parser.parse_args([]))
     flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
-    return argv[n], argv[n + 1:], {k: (flags[k], v) for k, v in given.items() if v != defaults[k]}
+    return argv[n], argv[n + 1 :], {k: (flags[k], v) for k, v in given.items() if v != defaults[k]}
 
 
 def _apply_global_options(p: argparse.ArgumentParser, verb: str, given: dict[str, tuple[str, object]]) -> None:
@@ -227,8 +276,9 @@ def _apply_global_options(p: argparse.ArgumentParser, verb: str, given: dict[str
         elif dest == "directory":
             enter_directory(argparse.Namespace(directory=value))
         elif dest != "quiet":
-            raise UserError(f"option '{flag}' does not apply to 'mergebuild {verb}'; "
-                            f"see mergebuild {verb} --help for its options")
+            raise UserError(
+                f"option '{flag}' does not apply to 'mergebuild {verb}'; see mergebuild {verb} --help for its options"
+            )
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -280,8 +330,12 @@ def stamp_request(args) -> dict:
 
 def output_settings(args) -> dict:
     """Flags that change what an output holds (its shards, small files, random numbers)."""
-    return {"out_shard_size": args.out_shard_size, "copy_tokenizer": getattr(args, "copy_tokenizer", True),
-            "write_card": getattr(args, "write_card", True), "settings": getattr(args, "target_settings", None)}
+    return {
+        "out_shard_size": args.out_shard_size,
+        "copy_tokenizer": getattr(args, "copy_tokenizer", True),
+        "write_card": getattr(args, "write_card", True),
+        "settings": getattr(args, "target_settings", None),
+    }
 
 
 def stamped_noop(args, request: dict, argv: Sequence[str]) -> int | None:
@@ -312,17 +366,24 @@ def remember_command(args, request: dict, argv: Sequence[str]) -> None:
     record_alias(args.start_cwd, argv, request, resolve, args.question)
 
 
-def record_stamp(args, mf, request: dict, report, dry: bool, argv: Sequence[str] = (),
-                 started_ns: int | None = None) -> None:
+def record_stamp(
+    args, mf, request: dict, report, dry: bool, argv: Sequence[str] = (), started_ns: int | None = None
+) -> None:
     """After a run that leaves everything up to date, vouch for it (see ``stamped_noop``)."""
     if not report.watched.stampable or (dry and not report.up_to_date):
         return
     from mergefile.store import stamp
 
     recipe = [os.path.realpath(args.config)] if args.config else list(mf.files or (mf.path,))
-    if stamp.record(request["cache"], request, [r.name for r in report.targets],
-                    recipe + report.watched.paths, report.watched.messages,
-                    read_since_ns=started_ns, written=report.watched.outputs):
+    if stamp.record(
+        request["cache"],
+        request,
+        [r.name for r in report.targets],
+        recipe + report.watched.paths,
+        report.watched.messages,
+        read_since_ns=started_ns,
+        written=report.watched.outputs,
+    ):
         remember_command(args, request, argv)
 
 
@@ -349,6 +410,7 @@ def build_command(args, mf, argv: Sequence[str], request: dict | None = None, st
     )
     quiet = args.quiet or args.question or args.json or not sys.stderr.isatty()
     with open_store(args, read_only=dry) as store, make_progress(quiet) as progress, contextlib.ExitStack() as stack:
+
         def ray_executor():  # Ray starts (or is joined) only when something must be computed
             from mergefile.run.build import make_executor
             from mergefile.run.ray_executor import ray_session
@@ -395,8 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 0
     except OSError as e:  # the machine, not the recipe (a full disk, a failing read): exit 1
         where = f": {e.filename}" if e.filename else ""
-        print(f"mergebuild: error: {e.strerror or e}{where} (nothing half-written was kept; "
-              "rerun to resume from the cache)", file=sys.stderr)
+        print(
+            f"mergebuild: error: {e.strerror or e}{where} (nothing half-written was kept; "
+            "rerun to resume from the cache)",
+            file=sys.stderr,
+        )
         code = 1
     if argv is None:
         sys.exit(code)

@@ -32,8 +32,11 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("allow_crimes", "bool"),
-    Option("unsafe_truncate_embeddings", "bool",
-           "vocabularies are aligned by the tokenizer settings (tokenizer_source), never truncated"),
+    Option(
+        "unsafe_truncate_embeddings",
+        "bool",
+        "vocabularies are aligned by the tokenizer settings (tokenizer_source), never truncated",
+    ),
     Option("transformers_cache", "str"),
     Option("lora_merge_cache", "str", "a LoRA applied to a model is cached as tensors in the mergebuild cache"),
     Option("lora_merge_dtype", "str", "a LoRA is applied in the dtype of the model it is applied to"),
@@ -111,9 +114,11 @@ def build_settings(values: dict[str, object]) -> dict[str, object]:
     ``--cuda`` / ``--device`` give a device name here; whether it exists is checked when
     something must be computed (``resolve_device``), so a no-op never imports torch.
     """
-    out: dict[str, object] = {"out_shard_size": values.get("out_shard_size", DEFAULT_SHARD_SIZE),
-                              "copy_tokenizer": values.get("copy_tokenizer", True) is not False,
-                              "write_card": values.get("write_model_card", True) is not False}
+    out: dict[str, object] = {
+        "out_shard_size": values.get("out_shard_size", DEFAULT_SHARD_SIZE),
+        "copy_tokenizer": values.get("copy_tokenizer", True) is not False,
+        "write_card": values.get("write_model_card", True) is not False,
+    }
     if values.get("allow_crimes"):
         out["allow_crimes"] = True
     device = values.get("device") or ("cuda" if values.get("cuda") else None)

@@ -18,8 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_path", metavar="OUT", help="the output folder (any path)")
     p.add_argument("--load-in-4bit", action="store_true", help="mergekit-moe's flag (noted)")
     p.add_argument("--load-in-8bit", action="store_true", help="mergekit-moe's flag (noted)")
-    p.add_argument("--i-understand-this-is-not-useful-without-training", dest="allow_all_same",
-                   action="store_true", help="allow the same model as several experts")
+    p.add_argument(
+        "--i-understand-this-is-not-useful-without-training",
+        dest="allow_all_same",
+        action="store_true",
+        help="allow the same model as several experts",
+    )
     add_build_options(p)
 
 

@@ -48,8 +48,9 @@ def answer_alias(argv: Sequence[str]) -> int | None:
     return _answer(request, targets, messages, argv, question, alias=True)
 
 
-def _answer(request: dict, targets: list[str], messages: list[str], argv: Sequence[str], question: bool,
-            alias: bool) -> int:
+def _answer(
+    request: dict, targets: list[str], messages: list[str], argv: Sequence[str], question: bool, alias: bool
+) -> int:
     from mergefile.store.log import BuildLog
 
     for m in messages:
@@ -57,8 +58,17 @@ def _answer(request: dict, targets: list[str], messages: list[str], argv: Sequen
     run = BuildLog(os.path.join(request["cache"], "logs")).start_run(list(argv))
     for name in targets:
         run.record(target=name, status="up-to-date", stamp=True)
-    run.close(targets=targets, computed=0, hits=0, stage_hits=0, stage_misses=0, bytes_read=0,
-              bytes_written=0, stamp=True, **({"alias": True} if alias else {}))
+    run.close(
+        targets=targets,
+        computed=0,
+        hits=0,
+        stage_hits=0,
+        stage_misses=0,
+        bytes_read=0,
+        bytes_written=0,
+        stamp=True,
+        **({"alias": True} if alias else {}),
+    )
     if not question:
         for name in targets:
             print(up_to_date_line(name))

@@ -32,7 +32,8 @@ def _byte_rate_column():
 class RichProgress(Progress):
     def __init__(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RP
 
         self.console = Console(stderr=True)
         self.bar = RP(

@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         for name, size in files:
             print(f"{size:>14,}  {name}")
         total = sum(s for _, s in files)
-        print(f"would upload {len(files)} files ({human_bytes(total)}) from {folder} to {where}"
-              + (" (private)" if args.private else ""))
+        print(
+            f"would upload {len(files)} files ({human_bytes(total)}) from {folder} to {where}"
+            + (" (private)" if args.private else "")
+        )
         return 0
     from mergefile.io.hub import upload_folder
 
@@ -78,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
         url = upload_folder(str(folder), args.repo_id, private=args.private, revision=args.revision, message=message)
     except Exception as e:  # the hub library raises many types; all mean "could not upload"
         first = str(e).splitlines()[0] if str(e) else ""
-        raise UserError(f"upload to {where} failed: {type(e).__name__}: {first}",
-                        hint="logged in? (`hf auth login` or HF_TOKEN); offline? (HF_HUB_OFFLINE)") from None
+        raise UserError(
+            f"upload to {where} failed: {type(e).__name__}: {first}",
+            hint="logged in? (`hf auth login` or HF_TOKEN); offline? (HF_HUB_OFFLINE)",
+        ) from None
     print(f"pushed {len(files)} files to {where}: {url}")
     return 0

@@ -55,8 +55,6 @@ def dry_run_lines(r: TargetReport) -> list[str]:
     ]
 
 
-
-
 def build_line(r: TargetReport) -> str:
     if not r.built:
         return up_to_date_line(r.name)
@@ -78,7 +76,8 @@ def report_json(report: BuildReport, dry_run: bool) -> str:
                 "up_to_date": st.up_to_date,
                 "built": r.built,
                 "stale": [
-                    {"tensor": s.tensor, "reason": s.reason.name.lower(), "details": list(s.details)} for s in st.stale.values()
+                    {"tensor": s.tensor, "reason": s.reason.name.lower(), "details": list(s.details)}
+                    for s in st.stale.values()
                 ],
                 "removed": st.removed,
                 "shards_write": sorted(st.write_shards),

@@ -26,8 +26,12 @@ from mergefile.server.zygote import IDLE_ENV, parse_duration
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     start = sub.add_parser("start", help="start a server for this code and environment (and wait for it)")
-    start.add_argument("--idle", default=None, metavar="DURATION",
-                       help=f"stop after this long without a build, e.g. 30m, 3h (default: ${IDLE_ENV} or 3h)")
+    start.add_argument(
+        "--idle",
+        default=None,
+        metavar="DURATION",
+        help=f"stop after this long without a build, e.g. 30m, 3h (default: ${IDLE_ENV} or 3h)",
+    )
     start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for its imports (default 120)")
     stop = sub.add_parser("stop", help="stop the server for this code and environment (running builds finish)")
     stop.add_argument("--all", action="store_true", help="stop every server of this user, any version")
@@ -85,7 +89,9 @@ def _names(directory: str, key: str, every: bool) -> list[str]:
     """Server names (fingerprint prefixes) to look at: this client's, or every one there."""
     if not every:
         return [server_dir.name(key)]
-    names = {n.rsplit(".", 1)[0] for n in os.listdir(directory) if n.endswith((".sock", ".lock")) and not n.startswith(".")}
+    names = {
+        n.rsplit(".", 1)[0] for n in os.listdir(directory) if n.endswith((".sock", ".lock")) and not n.startswith(".")
+    }
     return sorted(names)
 
 
@@ -133,8 +139,18 @@ def _status(directory: str, key: str, as_json: bool) -> int:
             held = _held(Path(directory, f"{name}.lock"))
             if held is not None:
                 pid, phase = held
-                rows.append({"pid": pid, "phase": phase, "starting": phase == "starting", "serves_this_shell": False,
-                             "this_shell_next": name == mine, "builds": 0, "running": 0, "rss_bytes": _rss(pid)})
+                rows.append(
+                    {
+                        "pid": pid,
+                        "phase": phase,
+                        "starting": phase == "starting",
+                        "serves_this_shell": False,
+                        "this_shell_next": name == mine,
+                        "builds": 0,
+                        "running": 0,
+                        "rss_bytes": _rss(pid),
+                    }
+                )
             else:
                 _clean_dead(sock)
             continue
@@ -157,8 +173,10 @@ def _status(directory: str, key: str, as_json: bool) -> int:
             print(f"pid {r['pid']}: starting {whose} (after the build that started it ends){rss}")
             continue
         which = "serves builds here" if r["serves_this_shell"] else "another mergebuild version or environment"
-        print(f"pid {r['pid']}: {which}; up {_duration(time.time() - r['started'])}, {r['builds']} build(s) served, "
-              f"{r['running']} running{rss}; idle timeout {_duration(r['idle_s'])}")
+        print(
+            f"pid {r['pid']}: {which}; up {_duration(time.time() - r['started'])}, {r['builds']} build(s) served, "
+            f"{r['running']} running{rss}; idle timeout {_duration(r['idle_s'])}"
+        )
     return 0 if any(r["serves_this_shell"] for r in rows) else 1
 
 

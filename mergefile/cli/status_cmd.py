@@ -25,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     enter_directory(args)
     mf = load_recipe(args)
     with open_store(args, read_only=True) as store:
-        report = build(mf, requested_targets(args, mf), store, BuildOptions(dry_run=True, allow_pickle=args.allow_pickle))
+        report = build(
+            mf, requested_targets(args, mf), store, BuildOptions(dry_run=True, allow_pickle=args.allow_pickle)
+        )
     for r in report.targets:
         if args.explain:
             print("\n".join(explain_lines(r, args.verbose)))

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergefile._lazy import torch
-
 from mergefile.errors import UserError, did_you_mean
 
 __all__ = [
@@ -87,25 +86,53 @@ class _TorchDtypes(Mapping):
         return len(_DTYPES)
 
 
-TORCH_DTYPES: Mapping[str, "torch.dtype"] = _TorchDtypes()
-DTYPE_CODES: Mapping["torch.dtype", str] = _TorchDtypes(inverse=True)
+TORCH_DTYPES: Mapping[str, torch.dtype] = _TorchDtypes()
+DTYPE_CODES: Mapping[torch.dtype, str] = _TorchDtypes(inverse=True)
 
 _ALIASES: dict[str, str] = {
-    "bfloat16": "BF16", "bf16": "BF16",
-    "float16": "F16", "fp16": "F16", "f16": "F16", "half": "F16",
-    "float32": "F32", "fp32": "F32", "f32": "F32", "float": "F32",
-    "float64": "F64", "fp64": "F64", "f64": "F64", "double": "F64",
-    "int64": "I64", "i64": "I64", "long": "I64",
-    "int32": "I32", "i32": "I32", "int": "I32",
-    "int16": "I16", "i16": "I16", "short": "I16",
-    "int8": "I8", "i8": "I8",
-    "uint64": "U64", "u64": "U64",
-    "uint32": "U32", "u32": "U32",
-    "uint16": "U16", "u16": "U16",
-    "uint8": "U8", "u8": "U8",
+    "bfloat16": "BF16",
+    "bf16": "BF16",
+    "float16": "F16",
+    "fp16": "F16",
+    "f16": "F16",
+    "half": "F16",
+    "float32": "F32",
+    "fp32": "F32",
+    "f32": "F32",
+    "float": "F32",
+    "float64": "F64",
+    "fp64": "F64",
+    "f64": "F64",
+    "double": "F64",
+    "int64": "I64",
+    "i64": "I64",
+    "long": "I64",
+    "int32": "I32",
+    "i32": "I32",
+    "int": "I32",
+    "int16": "I16",
+    "i16": "I16",
+    "short": "I16",
+    "int8": "I8",
+    "i8": "I8",
+    "uint64": "U64",
+    "u64": "U64",
+    "uint32": "U32",
+    "u32": "U32",
+    "uint16": "U16",
+    "u16": "U16",
+    "uint8": "U8",
+    "u8": "U8",
     "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e4m3": "F8_E4M3", "fp8_e4m3": "F8_E4M3", "f8_e4m3": "F8_E4M3", "e4m3": "F8_E4M3",
-    "float8_e5m2": "F8_E5M2", "fp8_e5m2": "F8_E5M2", "f8_e5m2": "F8_E5M2", "e5m2": "F8_E5M2",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e4m3": "F8_E4M3",
+    "fp8_e4m3": "F8_E4M3",
+    "f8_e4m3": "F8_E4M3",
+    "e4m3": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "fp8_e5m2": "F8_E5M2",
+    "f8_e5m2": "F8_E5M2",
+    "e5m2": "F8_E5M2",
 }
 
 
@@ -153,7 +180,7 @@ class TensorInfo:
         return self.end - self.begin
 
 
-def parse_dtype(name: "str | torch.dtype") -> "torch.dtype":
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     """A torch dtype from a user-facing name ("bfloat16", "bf16", "torch.float16", "BF16", ...).
 
     Raises:
@@ -164,7 +191,7 @@ def parse_dtype(name: "str | torch.dtype") -> "torch.dtype":
     return TORCH_DTYPES[dtype_code(name)]
 
 
-def dtype_name(dtype: "torch.dtype") -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     """The name ``config.json`` uses for a dtype ("bfloat16", "float32", ...)."""
     return str(dtype).removeprefix("torch.")
 

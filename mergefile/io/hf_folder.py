@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 from mergefile._lazy import torch
-
 from mergefile.errors import UserError
 from mergefile.io.header import dtype_name
 from mergefile.io.writer import _atomic_write_bytes

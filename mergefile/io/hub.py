@@ -43,7 +43,7 @@ def hf_blob_digest(real_path: str) -> str | None:
 def hf_blob_sha256(real_path: str) -> str | None:
     """The sha256 of a weight file inside an HF cache, from its blob name; None elsewhere."""
     d = hf_blob_digest(real_path)
-    return d[len("sha256:"):] if d and d.startswith("sha256:") else None
+    return d[len("sha256:") :] if d and d.startswith("sha256:") else None
 
 
 def snapshot_of(folder: str) -> tuple[str, str] | None:

@@ -56,7 +56,11 @@ def base_models(inputs: tuple[CardInput, ...], lineage: tuple[str, ...] = ()) ->
 
 def _input_line(i: CardInput) -> str:
     if i.hub:
-        pin = ", ".join(x for x in (f"revision {i.revision}" if i.revision else "", f"commit {i.commit[:12]}" if i.commit else "") if x)
+        pin = ", ".join(
+            x
+            for x in (f"revision {i.revision}" if i.revision else "", f"commit {i.commit[:12]}" if i.commit else "")
+            if x
+        )
         text = f"[{i.hub}](https://huggingface.co/{i.hub})" + (f" ({pin})" if pin else "")
     elif i.target:
         text = f"`{i.label}` (built by an earlier target of the same recipe)"
@@ -73,11 +77,24 @@ def render_card(d: CardData) -> str:
         meta["base_model"] = bases
     front = yaml.safe_dump(meta, sort_keys=True, default_flow_style=False, allow_unicode=True)
     title = d.name.rstrip("/").rsplit("/", 1)[-1]
-    lines = ["---", front.rstrip("\n"), "---", "", f"# {title}", "",
-             "This model is a merge of pre-trained language models, built with mergebuild.", "",
-             "## Merge method", "",
-             f"**{d.method}**" + (f": {d.summary}" if d.summary else "") + (f" ([paper]({d.reference}))" if d.reference else ""), "",
-             "## Models merged", ""]
+    lines = [
+        "---",
+        front.rstrip("\n"),
+        "---",
+        "",
+        f"# {title}",
+        "",
+        "This model is a merge of pre-trained language models, built with mergebuild.",
+        "",
+        "## Merge method",
+        "",
+        f"**{d.method}**"
+        + (f": {d.summary}" if d.summary else "")
+        + (f" ([paper]({d.reference}))" if d.reference else ""),
+        "",
+        "## Models merged",
+        "",
+    ]
     lines += [_input_line(i) for i in d.inputs]
     if d.dtype:
         lines += ["", f"Weights are stored as `{d.dtype}`."]
@@ -100,7 +117,9 @@ def _value(v: Any, model_name: Callable[[Any], str]) -> Any:
     return v
 
 
-def _params(params: tuple[Param, ...], model_name: Callable[[Any], str], skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _params(
+    params: tuple[Param, ...], model_name: Callable[[Any], str], skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """mergekit ``parameters``: a plain value, or ``[{filter, value}, ..., {value}]`` when filtered."""
     rows: dict[str, list[tuple[str | None, Any]]] = {}
     for p in params:
@@ -170,12 +189,16 @@ def _inputs(owner: Any, model_name: Callable[[Any], str]) -> dict[str, Any]:
     return {"models": [_source(s, model_name) for s in owner.sources]}
 
 
-def render_mergekit_yaml(t: Target, model_name: Callable[[Any], str], dtype: str | None = None, *, source_yaml: str | None = None) -> str:
+def render_mergekit_yaml(
+    t: Target, model_name: Callable[[Any], str], dtype: str | None = None, *, source_yaml: str | None = None
+) -> str:
     """``mergebuild_config.yml``: the YAML a target came from, else a rendering of it."""
     head = f"# mergekit-style configuration of {t.name}, written by mergebuild (best effort)\n"
     if source_yaml is not None:
         return source_yaml if source_yaml.endswith("\n") else source_yaml + "\n"
-    body = yaml.safe_dump(mergekit_config(t, model_name, dtype), sort_keys=False, default_flow_style=None, allow_unicode=True)
+    body = yaml.safe_dump(
+        mergekit_config(t, model_name, dtype), sort_keys=False, default_flow_style=None, allow_unicode=True
+    )
     return head + body
 
 

@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergefile._lazy import torch
 import xxhash
 
+from mergefile._lazy import torch
 from mergefile.errors import UserError
 from mergefile.io.header import DTYPE_CODES, TensorInfo, read_header
 from mergefile.io.writer import tensor_bytes, write_safetensors
@@ -150,8 +150,7 @@ def _weight_map_files(folder: str, index_name: str) -> list[str]:
         file = os.path.join(folder, str(name))
         if not os.path.isfile(file):
             raise UserError(
-                f"'{index_path}' lists weight file '{name}', which is missing from the folder "
-                "(an incomplete download?)"
+                f"'{index_path}' lists weight file '{name}', which is missing from the folder (an incomplete download?)"
             )
         files.append(os.path.realpath(file))
     return files
@@ -225,9 +224,7 @@ def _load_pickle(file: str) -> dict[str, torch.Tensor]:
         ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise UserError(f"'{file}' does not hold a state dict (a map of names to tensors)")
     for name, t in obj.items():
         if t.dtype not in DTYPE_CODES:
@@ -255,8 +252,7 @@ def _convert_pickles(pickles: list[str], convert_dir: str | Path | None) -> list
             for src, name in zip(pickles, names):
                 state = _load_pickle(src)
                 entries = [
-                    (k, DTYPE_CODES[t.dtype], tuple(t.shape), (lambda t=t: tensor_bytes(t)))
-                    for k, t in state.items()
+                    (k, DTYPE_CODES[t.dtype], tuple(t.shape), (lambda t=t: tensor_bytes(t))) for k, t in state.items()
                 ]
                 write_safetensors(os.path.join(tmp, name), entries, {"format": "pt"})
                 del state, entries

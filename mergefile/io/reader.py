@@ -13,9 +13,9 @@ import os
 import threading
 from collections.abc import Sequence
 
-from mergefile._lazy import torch
 import xxhash
 
+from mergefile._lazy import torch
 from mergefile.errors import UserError
 from mergefile.io.header import TORCH_DTYPES, TensorInfo
 
@@ -47,9 +47,7 @@ class TensorReader:
                     with open(file, "rb") as f:
                         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
                 except FileNotFoundError:
-                    raise UserError(
-                        f"weight file '{file}' disappeared while the build was using it"
-                    ) from None
+                    raise UserError(f"weight file '{file}' disappeared while the build was using it") from None
                 self._maps[file] = mm
             return mm
 
@@ -147,9 +145,7 @@ def digest_tensors(path: str, infos: Sequence[TensorInfo]) -> dict[str, str]:
             with memoryview(mm) as whole:
                 for info in sorted(infos, key=lambda i: i.begin):
                     if info.end > len(mm):
-                        raise UserError(
-                            f"'{real}' is shorter than its header says (tensor '{info.name}')"
-                        )
+                        raise UserError(f"'{real}' is shorter than its header says (tensor '{info.name}')")
                     if info.nbytes == 0:
                         out[info.name] = empty
                         continue

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import contextmanager
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from mergefile._lazy import torch
-
 from mergefile.io.header import DTYPE_CODES, TORCH_DTYPES
 
 __all__ = ["tensor_bytes", "write_index", "write_safetensors"]
@@ -146,7 +145,7 @@ def write_safetensors(
     path = os.fspath(path)
     header, sizes = _header_bytes(entries, metadata)
     written = 0
-    with (_atomic_file(path) if durable else open(path, "wb")) as f:
+    with _atomic_file(path) if durable else open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little"))
         f.write(header)
         written = 8 + len(header)
@@ -154,9 +153,7 @@ def write_safetensors(
             data = fetch()
             got = data.nbytes if isinstance(data, memoryview) else len(data)
             if got != size:
-                raise ValueError(
-                    f"tensor '{name}' ({code}{list(shape)}) should be {size} bytes, fetch gave {got}"
-                )
+                raise ValueError(f"tensor '{name}' ({code}{list(shape)}) should be {size} bytes, fetch gave {got}")
             f.write(data)
             written += got
             del data

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.errors import ConfigError
 from mergefile.methods.base import MergeContext
 

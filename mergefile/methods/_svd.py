@@ -68,7 +68,9 @@ def thin_svd(m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch
     return u[:, :k], s[:k], vh[:k, :]
 
 
-def randomized_svd(m: torch.Tensor, k: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def randomized_svd(
+    m: torch.Tensor, k: int, gen: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Approximate top-``k`` triplets of ``m`` at ``O(mnk)`` cost: why embeddings can be SVD'd.
 
     The exact SVD of a vocab x hidden matrix costs ``O(m n^2)``; a range finder of ``1.5 k``
@@ -103,4 +105,4 @@ def pack(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> torch.Tensor:
 
 def unpack(packed: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inverse of :func:`pack` for a matrix with ``rows`` rows."""
-    return packed[:, :rows].T, packed[:, rows], packed[:, rows + 1:]
+    return packed[:, :rows].T, packed[:, rows], packed[:, rows + 1 :]

@@ -17,13 +17,13 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from mergefile._lazy import torch
-
 from mergefile.errors import ConfigError
 from mergefile.methods.base import REQUIRED, MergeContext, Method
 
 
-def with_defaults(method: Method, per_model: Sequence[Mapping[str, Any]], params: Mapping[str, Any],
-                  base_index: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def with_defaults(
+    method: Method, per_model: Sequence[Mapping[str, Any]], params: Mapping[str, Any], base_index: int | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Fill declared defaults; a missing required value is an error (None for the base)."""
     glob = dict(params)
     for p in method.global_params:
@@ -65,8 +65,9 @@ class StageRunner(Protocol):
     seeds one (its choice is what makes stage outputs reproducible) or reads a cached result.
     """
 
-    def __call__(self, method: Method, i: int, x: torch.Tensor, base: torch.Tensor,
-                 params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor: ...
+    def __call__(
+        self, method: Method, i: int, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any], ctx: MergeContext
+    ) -> torch.Tensor: ...
 
 
 def _stage_generator(parent: torch.Generator | None) -> torch.Generator | None:
@@ -91,8 +92,14 @@ class SeededStages:
         return method.stage.fn(x, base, params, replace(ctx, generator=_stage_generator(self.parent)))
 
 
-def run_method(method: Method, tensors: list[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-               params: Mapping[str, Any], ctx: MergeContext, stages: StageRunner | None = None) -> torch.Tensor:
+def run_method(
+    method: Method,
+    tensors: list[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+    stages: StageRunner | None = None,
+) -> torch.Tensor:
     """Merge ``tensors`` with resolved ``per_model``/``params``: stage each non-base input, then merge.
 
     ``stages`` obtains each stage output (default ``SeededStages(ctx.generator)``). With
@@ -110,10 +117,14 @@ def run_method(method: Method, tensors: list[torch.Tensor], per_model: Sequence[
     return method.merge(inputs, per_model, params, ctx)
 
 
-def apply_method(method: Method, tensors: Sequence[torch.Tensor],
-                 per_model: Sequence[Mapping[str, Any]] | None = None,
-                 params: Mapping[str, Any] | None = None,
-                 ctx: MergeContext | None = None, stages: StageRunner | None = None) -> torch.Tensor:
+def apply_method(
+    method: Method,
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]] | None = None,
+    params: Mapping[str, Any] | None = None,
+    ctx: MergeContext | None = None,
+    stages: StageRunner | None = None,
+) -> torch.Tensor:
     """Merge ``tensors`` with ``method`` in memory: fill defaults, check, then ``run_method``.
 
     Example:

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method
 
@@ -51,16 +50,21 @@ def threshold(scores: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor
     return med + 1.5 * (q3 - q1)
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Base plus the other model's delta where its importance is an upper outlier."""
     if len(tensors) == 1:
         return tensors[0]
     base = require_base("arcee_fusion", tensors, ctx)
     idx = others(tensors, ctx)
     if len(idx) != 1:
-        raise method_error("arcee_fusion", ctx,
-                           f"takes the base and exactly one other model, got {len(tensors)} inputs")
+        raise method_error(
+            "arcee_fusion", ctx, f"takes the base and exactly one other model, got {len(tensors)} inputs"
+        )
     b, o = native(base), native(tensors[idx[0]])
     scores = importance(o.cpu(), b.cpu())  # on the CPU whatever the device: one mask everywhere
     mask = (scores >= threshold(scores, ctx.generator)).float().to(o.device)

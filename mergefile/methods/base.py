@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.errors import ConfigError
 
 
@@ -82,7 +81,9 @@ class MergeContext:
 #   per_model: one mapping per tensor with the resolved per-model parameters (base included;
 #              its required-but-unset per-model parameters are None).
 #   params:    the resolved global parameters.
-MergeFn = Callable[[Sequence["torch.Tensor"], Sequence[Mapping[str, Any]], Mapping[str, Any], MergeContext], "torch.Tensor"]
+MergeFn = Callable[
+    [Sequence["torch.Tensor"], Sequence[Mapping[str, Any]], Mapping[str, Any], MergeContext], "torch.Tensor"
+]
 
 # stage(x, base, params, ctx) -> tensor, run once per non-base model; ``params`` holds only the
 # parameters named in ``Stage.params`` (that model's per-model values, and global ones).
@@ -91,8 +92,9 @@ StageFn = Callable[["torch.Tensor", "torch.Tensor", Mapping[str, Any], MergeCont
 
 # split(x, base, params, ctx) -> (what merge receives, its compact form or None): the compact
 # form (e.g. a packed keep-mask) is what the stage cache stores; None means nothing worth storing.
-SplitFn = Callable[["torch.Tensor", "torch.Tensor", Mapping[str, Any], "MergeContext"],
-                   "tuple[torch.Tensor, torch.Tensor | None]"]
+SplitFn = Callable[
+    ["torch.Tensor", "torch.Tensor", Mapping[str, Any], "MergeContext"], "tuple[torch.Tensor, torch.Tensor | None]"
+]
 # apply(x, base, compact) -> what merge receives, rebuilt from a cached compact form; must equal
 # split's first result bit for bit.
 ApplyFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]

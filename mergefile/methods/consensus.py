@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 from mergefile.methods.gta import COMBINERS, Consensus
@@ -47,15 +46,21 @@ def consensus_mask(taus: torch.Tensor, merged: torch.Tensor, mask_lambda: float,
     return tall.sum(dim=0) >= k
 
 
-def _merged_ties(taus: torch.Tensor, weights: torch.Tensor, per_model: Sequence[Mapping[str, Any]],
-                 idx: list[int]) -> torch.Tensor:
+def _merged_ties(
+    taus: torch.Tensor, weights: torch.Tensor, per_model: Sequence[Mapping[str, Any]], idx: list[int]
+) -> torch.Tensor:
     """TIES' merged task vector of already weighted ``taus``: trim, elect signs, disjoint mean."""
     trimmed = torch.stack([trim(t, float(per_model[i]["density"])) for t, i in zip(taus, idx)])
     return COMBINERS[Consensus.SUM](trimmed, weights, True)
 
 
-def _merge(ties: bool, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-           params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def _merge(
+    ties: bool,
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """``base + lambda * (tau_m * consensus)`` (module docstring)."""
     name = "consensus_ties" if ties else "consensus_ta"
     base = require_base(name, tensors, ctx)

@@ -27,7 +27,6 @@ from functools import partial
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, model_param, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
 from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Keep, Sparsifier, SparsifyOptions, select
@@ -68,23 +67,58 @@ _N, _S = Consensus.NONE, Consensus.SUM
 
 # name, sparsifier, consensus, normalize, rescale  (reference §1.3 table)
 ROWS: tuple[GTARow, ...] = (
-    GTARow("task_arithmetic", None, _N, False, False, "https://arxiv.org/abs/2212.04089",
-           "base + lambda * sum of weighted task vectors"),
-    GTARow("ties", _M, _S, True, False, _TIES,
-           "top-k magnitude trim, sign election, disjoint mean of task vectors"),
-    GTARow("dare_ties", _R, _S, False, True, _DARE,
-           "random drop-and-rescale of task vectors, then TIES sign election"),
-    GTARow("dare_linear", _R, _N, False, True, _DARE,
-           "random drop-and-rescale of task vectors, then a weighted sum"),
-    GTARow("breadcrumbs", _O, _N, False, False, _BREADCRUMBS,
-           "drop largest outliers and smallest entries of task vectors, then a weighted sum",
-           (_GAMMA,)),
-    GTARow("breadcrumbs_ties", _O, _S, False, False, _BREADCRUMBS,
-           "breadcrumbs sparsification, then TIES sign election", (_GAMMA,)),
-    GTARow("della", _D, _S, True, True, _DELLA,
-           "magnitude-ranked random pruning (MagPrune), then TIES sign election", (_EPSILON,)),
-    GTARow("della_linear", _D, _N, False, True, _DELLA,
-           "magnitude-ranked random pruning (MagPrune), then a weighted sum", (_EPSILON,)),
+    GTARow(
+        "task_arithmetic",
+        None,
+        _N,
+        False,
+        False,
+        "https://arxiv.org/abs/2212.04089",
+        "base + lambda * sum of weighted task vectors",
+    ),
+    GTARow("ties", _M, _S, True, False, _TIES, "top-k magnitude trim, sign election, disjoint mean of task vectors"),
+    GTARow("dare_ties", _R, _S, False, True, _DARE, "random drop-and-rescale of task vectors, then TIES sign election"),
+    GTARow("dare_linear", _R, _N, False, True, _DARE, "random drop-and-rescale of task vectors, then a weighted sum"),
+    GTARow(
+        "breadcrumbs",
+        _O,
+        _N,
+        False,
+        False,
+        _BREADCRUMBS,
+        "drop largest outliers and smallest entries of task vectors, then a weighted sum",
+        (_GAMMA,),
+    ),
+    GTARow(
+        "breadcrumbs_ties",
+        _O,
+        _S,
+        False,
+        False,
+        _BREADCRUMBS,
+        "breadcrumbs sparsification, then TIES sign election",
+        (_GAMMA,),
+    ),
+    GTARow(
+        "della",
+        _D,
+        _S,
+        True,
+        True,
+        _DELLA,
+        "magnitude-ranked random pruning (MagPrune), then TIES sign election",
+        (_EPSILON,),
+    ),
+    GTARow(
+        "della_linear",
+        _D,
+        _N,
+        False,
+        True,
+        _DELLA,
+        "magnitude-ranked random pruning (MagPrune), then a weighted sum",
+        (_EPSILON,),
+    ),
 )
 
 
@@ -100,16 +134,18 @@ def _stage_keep(kind: Sparsifier, delta: torch.Tensor, params: Mapping[str, Any]
     return select(delta, kind, opts)
 
 
-def _stage_split(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any],
-                 ctx: MergeContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _stage_split(
+    kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any], ctx: MergeContext
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One model's sparsified task vector (input dtype) and its packed selection."""
     delta = native(x) - native(base)
     keep = _stage_keep(kind, delta, params, ctx)
     return keep.apply(delta), keep.pack()
 
 
-def _stage_fn(kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any],
-              ctx: MergeContext) -> torch.Tensor:
+def _stage_fn(
+    kind: Sparsifier, x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any], ctx: MergeContext
+) -> torch.Tensor:
     """One model's sparsified task vector, in the input dtype."""
     return _stage_split(kind, x, base, params, ctx)[0]
 
@@ -156,8 +192,9 @@ COMBINERS: dict[Consensus, Callable[[torch.Tensor, torch.Tensor, bool], torch.Te
 }
 
 
-def _stack_deltas(tensors: Sequence[torch.Tensor], idx: list[int], base: torch.Tensor,
-                  staged: bool, consume: bool) -> torch.Tensor:
+def _stack_deltas(
+    tensors: Sequence[torch.Tensor], idx: list[int], base: torch.Tensor, staged: bool, consume: bool
+) -> torch.Tensor:
     """The task vectors stacked (N, ...), in the base's compute dtype.
 
     Staged inputs already are task vectors; with ``consume`` (``ctx.consume_inputs``) a list's
@@ -175,8 +212,13 @@ def _stack_deltas(tensors: Sequence[torch.Tensor], idx: list[int], base: torch.T
     return out
 
 
-def _merge(row: GTARow, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-           params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def _merge(
+    row: GTARow,
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Combine the (staged) task vectors and add them back to the base."""
     base = require_base(row.name, tensors, ctx)
     idx = others(tensors, ctx)
@@ -209,13 +251,19 @@ def _stage(row: GTARow) -> Stage | None:
     if row.sparsifier is None:
         return None
     names = ("density", *(p.name for p in row.extra), "rescale")
-    return Stage("sparsify", names, partial(_stage_fn, row.sparsifier),
-                 random=row.sparsifier in RANDOM_SPARSIFIERS,
-                 split=partial(_stage_split, row.sparsifier), apply=_stage_apply)
+    return Stage(
+        "sparsify",
+        names,
+        partial(_stage_fn, row.sparsifier),
+        random=row.sparsifier in RANDOM_SPARSIFIERS,
+        split=partial(_stage_split, row.sparsifier),
+        apply=_stage_apply,
+    )
 
 
-def _check(row: GTARow, params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]],
-           base_index: int | None) -> None:
+def _check(
+    row: GTARow, params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], base_index: int | None
+) -> None:
     """Sparsifier parameters out of range (reference §1.4), caught before any tensor is read.
 
     Negative density/gamma/epsilon have no meaning; DELLA needs ``0 < density ± epsilon < 1``
@@ -233,7 +281,8 @@ def _check(row: GTARow, params: Mapping[str, Any], per_model: Sequence[Mapping[s
         if row.sparsifier is Sparsifier.DELLA_MAGPRUNE and d is not None and eps is not None and 0 < d < 1:
             if not (d - eps > 0 and d + eps < 1):
                 raise ParamCheckError(
-                    f"density ± epsilon must lie in (0, 1), got density={d}, epsilon={eps}", i,
+                    f"density ± epsilon must lie in (0, 1), got density={d}, epsilon={eps}",
+                    i,
                     hint="lower epsilon, or move density away from 0 and 1",
                 )
 
@@ -256,5 +305,4 @@ def build(row: GTARow) -> Method:
 
 
 METHODS: tuple[Method, ...] = tuple(build(r) for r in ROWS)
-(TASK_ARITHMETIC, TIES, DARE_TIES, DARE_LINEAR,
- BREADCRUMBS, BREADCRUMBS_TIES, DELLA, DELLA_LINEAR) = METHODS
+(TASK_ARITHMETIC, TIES, DARE_TIES, DARE_LINEAR, BREADCRUMBS, BREADCRUMBS_TIES, DELLA, DELLA_LINEAR) = METHODS

@@ -24,7 +24,6 @@ from functools import partial
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods._svd import polar, svd
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
@@ -58,8 +57,13 @@ def iso_cts(taus: Sequence[torch.Tensor], fraction: float) -> torch.Tensor:
     return (polar(torch.cat(us, dim=1)) * flat) @ polar(torch.cat(vs, dim=0))
 
 
-def _merge(cts: bool, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-           params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def _merge(
+    cts: bool,
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """``base + alpha * iso(tau_1 .. tau_T)`` (module docstring)."""
     base = require_base("iso_cts" if cts else "iso_c", tensors, ctx)
     idx = others(tensors, ctx)

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, model_param, native, out_dtype
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
@@ -36,8 +35,7 @@ def _scaled_to_unit(x: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
     return (x / norm).to(x.dtype)
 
 
-def _log_sum(mean: torch.Tensor, units: Sequence[torch.Tensor], alphas: Sequence[float],
-             tol: float) -> torch.Tensor:
+def _log_sum(mean: torch.Tensor, units: Sequence[torch.Tensor], alphas: Sequence[float], tol: float) -> torch.Tensor:
     """``sum_i a_i log_mean(u_i)`` in the working dtype, one model at a time."""
     flat_mean = mean.reshape(-1)
     step = torch.zeros_like(mean)
@@ -53,8 +51,7 @@ def _log_sum(mean: torch.Tensor, units: Sequence[torch.Tensor], alphas: Sequence
     return step
 
 
-def karcher_mean(tensors: Sequence[torch.Tensor], alphas: Sequence[float], max_iter: int,
-                 tol: float) -> torch.Tensor:
+def karcher_mean(tensors: Sequence[torch.Tensor], alphas: Sequence[float], max_iter: int, tol: float) -> torch.Tensor:
     """Weighted Karcher mean of same-dtype, same-shape tensors; ``alphas`` (floats) sum to 1."""
     acc = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     norms = [_norm(x, acc) for x in tensors]
@@ -84,8 +81,12 @@ def karcher_mean(tensors: Sequence[torch.Tensor], alphas: Sequence[float], max_i
     return scale * mean
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Weighted Karcher mean of all inputs (the base included, as in mergekit)."""
     if len(tensors) == 1:
         return tensors[0]

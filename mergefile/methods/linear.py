@@ -14,18 +14,20 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, model_param, out_dtype, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
 _ZERO_SUM = 1e-8
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Weighted (and by default normalized) sum of the inputs."""
-    picked = [i for i in range(len(tensors))
-              if not (i == ctx.base_index and per_model[i].get("weight") is None)]
+    picked = [i for i in range(len(tensors)) if not (i == ctx.base_index and per_model[i].get("weight") is None)]
     if not picked:
         raise method_error("linear", ctx, "no input has a weight")
     w = [model_param("linear", per_model[i], "weight", i, ctx) for i in picked]
@@ -37,8 +39,12 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     if params["normalize"]:
         total = sum(w)
         if abs(total) < _ZERO_SUM:
-            raise method_error("linear", ctx, f"weights {w} sum to 0 and normalize is on",
-                               "set normalize = false, or change the weights")
+            raise method_error(
+                "linear",
+                ctx,
+                f"weights {w} sum to 0 and normalize is on",
+                "set normalize = false, or change the weights",
+            )
         out = out.div_(total)
     return finish(out, out_dtype(tensors, ctx))
 
@@ -49,8 +55,9 @@ def check(params: Mapping[str, Any], per_model: Sequence[Mapping[str, Any]], bas
     if None in w:  # merge names the input without a weight
         return
     if params["normalize"] and w and abs(sum(w)) < _ZERO_SUM:
-        raise ParamCheckError(f"weights {w} sum to 0 and normalize is on",
-                              hint="set normalize = false, or change the weights")
+        raise ParamCheckError(
+            f"weights {w} sum to 0 and normalize is on", hint="set normalize = false, or change the weights"
+        )
 
 
 METHOD = Method(

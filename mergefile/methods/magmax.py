@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
@@ -25,8 +24,12 @@ def max_magnitude(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     return best
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """``base + lambda * maxabs(tau_i)``."""
     base = require_base("magmax", tensors, ctx)
     idx = others(tensors, ctx)

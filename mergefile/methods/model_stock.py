@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
@@ -30,16 +29,24 @@ def stock_ratio(offsets: list[torch.Tensor]) -> torch.Tensor:
     return (n * cos / (1 + (n - 1) * cos)).clamp(0, 1)
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Interpolate between the base and the fine-tunes' mean by the Model Stock ratio."""
     base = require_base("model_stock", tensors, ctx)
     idx = others(tensors, ctx)
     if not idx:
         return base
     if len(idx) < 2:
-        raise method_error("model_stock", ctx, "needs the base plus at least two other models",
-                           "add a fine-tune, or use slerp / task_arithmetic for one")
+        raise method_error(
+            "model_stock",
+            ctx,
+            "needs the base plus at least two other models",
+            "add a fine-tune, or use slerp / task_arithmetic for one",
+        )
     w0 = native(base)  # in the inputs' dtype, as mergekit 0.1.5
     ws = [native(tensors[i]) for i in idx]
     if params["filter_wise"]:

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, model_param, native, others, out_dtype
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
@@ -38,8 +37,12 @@ def multislerp(xs: torch.Tensor, weights: torch.Tensor, eps: float) -> torch.Ten
     return direction * (norms.squeeze(-1) * weights).sum()
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Spherical barycentre of the non-base models (of their task vectors when a base is given)."""
     idx = others(tensors, ctx)
     if len(idx) == 1:
@@ -63,8 +66,9 @@ def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]
     res = multislerp(flat, weights, float(params["eps"]))
     if res is None:
         if len(idx) != 2:
-            raise method_error("multislerp", ctx, "the weighted mean direction is zero (antipodal inputs?)",
-                               "change the weights")
+            raise method_error(
+                "multislerp", ctx, "the weighted mean direction is zero (antipodal inputs?)", "change the weights"
+            )
         res = flat[0] * weights[0] + flat[1] * weights[1]
     out = res.view(xs.shape[1:])
     if base is not None:

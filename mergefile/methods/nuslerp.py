@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, model_param, native, others, out_dtype
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
@@ -30,8 +29,7 @@ def _direction(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp(min=_NORM_EPS)
 
 
-def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False,
-            flatten: bool = True) -> torch.Tensor:
+def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False, flatten: bool = True) -> torch.Tensor:
     """Slerp ``v0 -> v1`` by ``t``: whole tensor (flatten), else per vector along one dim.
 
     Computed in the tensors' dtype; ``t`` stays a Python float."""
@@ -52,15 +50,23 @@ def nuslerp(t: float, v0: torch.Tensor, v1: torch.Tensor, row_wise: bool = False
     return res.reshape(shape)
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Weighted slerp of the two non-base models (of their task vectors when a base is given)."""
     if len(tensors) == 1:
         return tensors[0]
     idx = others(tensors, ctx)
     if len(idx) != 2:
-        raise method_error("nuslerp", ctx, f"takes exactly two models besides the base, got {len(idx)}",
-                           "the base must be a third model; use multislerp for more")
+        raise method_error(
+            "nuslerp",
+            ctx,
+            f"takes exactly two models besides the base, got {len(idx)}",
+            "the base must be a third model; use multislerp for more",
+        )
     w1, w2 = (model_param("nuslerp", per_model[i], "weight", i, ctx) for i in idx)
     t = 0.5 if abs(w1 + w2) < 1e-6 else w2 / (w1 + w2)
     dtype = tensors[0].dtype

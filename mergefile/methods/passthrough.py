@@ -6,17 +6,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """The single input, times ``scale`` when one is set."""
     if len(tensors) != 1:
-        raise method_error("passthrough", ctx, f"takes exactly one input, got {len(tensors)}",
-                           "use slices to pick one source per layer")
+        raise method_error(
+            "passthrough",
+            ctx,
+            f"takes exactly one input, got {len(tensors)}",
+            "use slices to pick one source per layer",
+        )
     scale = per_model[0].get("scale")
     if scale is None:
         return tensors[0]

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
@@ -41,7 +40,9 @@ def minmax(rows: torch.Tensor) -> torch.Tensor:
     """Per row ``(x - min) / (max - min)``; 0 for a row without spread."""
     lo, hi = rows.min(dim=1, keepdim=True).values, rows.max(dim=1, keepdim=True).values
     span = hi - lo
-    return torch.where(span > 0, (rows - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(rows))
+    return torch.where(
+        span > 0, (rows - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(rows)
+    )
 
 
 def balance(taus: torch.Tensor, pcb_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +60,12 @@ def balance(taus: torch.Tensor, pcb_ratio: float) -> tuple[torch.Tensor, torch.T
     return clipped, beta
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """``base + sum_i w_i beta_i tau_i / sum_i beta_i`` (module docstring)."""
     base = require_base("pcb", tensors, ctx)
     idx = others(tensors, ctx)

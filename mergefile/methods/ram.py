@@ -13,7 +13,6 @@ from functools import partial
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
@@ -36,8 +35,13 @@ def ram_delta(tvs: torch.Tensor, epsilon: float, r: float | None = None, alpha: 
     return merged.sum(dim=0)
 
 
-def _merge(plus: bool, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-           params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def _merge(
+    plus: bool,
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     name = "ramplus_tl" if plus else "ram"
     base = require_base(name, tensors, ctx)
     idx = others(tensors, ctx)

@@ -15,12 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 from mergefile.methods.select import stable_top
 from mergefile.methods.sparsify import keep_count
-
 
 _CHUNK = 1 << 16  # entries per pass: the float64 scratch of a chunk stays in the L2 cache
 
@@ -39,14 +37,14 @@ def variance(tvs: torch.Tensor) -> torch.Tensor:
     flat = tvs.reshape(n, -1)
     out = torch.empty(flat.shape[1], dtype=tvs.dtype)
     for start in range(0, flat.shape[1], _CHUNK):
-        x = flat[:, start:start + _CHUNK].to(torch.float64)
+        x = flat[:, start : start + _CHUNK].to(torch.float64)
         mean = torch.zeros_like(x[0])
         m2 = torch.zeros_like(mean)
         for i in range(n):  # from zero, as torch's accumulator: an inf's first update is nan
             delta = x[i] - mean
             mean.add_(delta / float(i + 1))
             m2.add_(delta * (x[i] - mean))
-        out[start:start + _CHUNK] = m2.div_(n)
+        out[start : start + _CHUNK] = m2.div_(n)
     return out.view(tvs.shape[1:])
 
 
@@ -68,8 +66,12 @@ def sce_weights(tvs: torch.Tensor) -> torch.Tensor:
     return w / total
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Select, calculate, erase, then add the merged task vector to the base."""
     base = require_base("sce", tensors, ctx)
     idx = others(tensors, ctx)

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, method_error, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamSpec
 
@@ -38,13 +37,20 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     if not n:
         return ((1 - tt) * a + tt * b).reshape(v0.shape).to(dtype)
     spans = [(i, min(i + CHUNK_ELEMENTS, n)) for i in range(0, n, CHUNK_ELEMENTS)]
-    na = torch.linalg.vector_norm(torch.stack([
-        torch.linalg.vector_norm(a[:, i:j].to(dtype), dim=1, keepdim=True) for i, j in spans]), dim=0)
-    nb = torch.linalg.vector_norm(torch.stack([
-        torch.linalg.vector_norm(b[:, i:j].to(dtype), dim=1, keepdim=True) for i, j in spans]), dim=0)
+    na = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(a[:, i:j].to(dtype), dim=1, keepdim=True) for i, j in spans]), dim=0
+    )
+    nb = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(b[:, i:j].to(dtype), dim=1, keepdim=True) for i, j in spans]), dim=0
+    )
     na, nb = torch.where(na > _EPS, na, 1), torch.where(nb > _EPS, nb, 1)
-    dot = torch.stack([((a[:, i:j].to(dtype) / na) * (b[:, i:j].to(dtype) / nb)).sum(dim=1, keepdim=True)
-                       for i, j in spans]).sum(dim=0).clamp(-1, 1)
+    dot = (
+        torch.stack(
+            [((a[:, i:j].to(dtype) / na) * (b[:, i:j].to(dtype) / nb)).sum(dim=1, keepdim=True) for i, j in spans]
+        )
+        .sum(dim=0)
+        .clamp(-1, 1)
+    )
     linear = dot.abs() > DOT_THRESHOLD
     theta = torch.acos(torch.where(linear, 0, dot))
     sin_theta = torch.sin(theta)
@@ -56,16 +62,24 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
     return out.reshape(v0.shape)
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """Slerp from the base to the other model by ``t``."""
     if len(tensors) == 1:  # only one model has this tensor: copy it, as mergekit does
         return tensors[0]
     base = require_base("slerp", tensors, ctx)
     rest = others(tensors, ctx)
     if len(rest) != 1:
-        raise method_error("slerp", ctx, f"takes the base and exactly one other model, got {len(tensors)} inputs",
-                           "use multislerp or karcher for more models")
+        raise method_error(
+            "slerp",
+            ctx,
+            f"takes the base and exactly one other model, got {len(tensors)} inputs",
+            "use multislerp or karcher for more models",
+        )
     return finish(slerp(float(params["t"]), base, tensors[rest[0]]), base.dtype)
 
 

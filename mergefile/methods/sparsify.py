@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mergefile._lazy import torch
-
 from mergefile.errors import ConfigError
 from mergefile.methods._common import draw_uniform
 from mergefile.methods.select import stable_range, stable_ranks, stable_top
@@ -99,7 +98,7 @@ class Keep:
         if code:
             dtype = torch.float32 if code == 2 and like.dtype != torch.float32 else like.dtype
             size = torch.empty((), dtype=dtype).element_size()
-            scale = torch.from_numpy(raw[nbits:nbits + size].copy()).view(dtype).reshape(())
+            scale = torch.from_numpy(raw[nbits : nbits + size].copy()).view(dtype).reshape(())
             scale = scale.to(like.device)
         return Keep(mask.reshape(like.shape).to(like.device), scale)
 
@@ -218,7 +217,7 @@ SELECTORS: dict[Sparsifier, SelectFn] = {
 }
 
 
-def _dense(select: SelectFn) -> Callable[["torch.Tensor", SparsifyOptions], "torch.Tensor"]:
+def _dense(select: SelectFn) -> Callable[[torch.Tensor, SparsifyOptions], torch.Tensor]:
     def run(x: torch.Tensor, opts: SparsifyOptions) -> torch.Tensor:
         return select(x, opts).apply(x)
 

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods._svd import pack, polar, randomized_svd, thin_svd, unpack
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
@@ -48,8 +47,12 @@ def stage_svd(x: torch.Tensor, base: torch.Tensor, params: Mapping[str, Any], ct
     return pack(u, s, vh)
 
 
-def combine(factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], weights: Sequence[float],
-            k: int, shape: tuple[int, int]) -> torch.Tensor:
+def combine(
+    factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    weights: Sequence[float],
+    k: int,
+    shape: tuple[int, int],
+) -> torch.Tensor:
     """``U_perp diag(S) V_perp^T`` of the first ``k`` triplets of every task (module docstring)."""
     if k == 0:
         return torch.zeros(shape, dtype=factors[0][1].dtype, device=factors[0][1].device)
@@ -59,8 +62,12 @@ def combine(factors: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], 
     return (polar(u) * s) @ polar(vh)
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """``base + alpha * TSV-M(tau_1 .. tau_T)`` from the staged SVDs."""
     base = require_base("tsv", tensors, ctx)
     idx = others(tensors, ctx)

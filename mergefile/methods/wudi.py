@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods._common import finish, others, require_base, up
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec
 
@@ -51,13 +50,17 @@ def adam(t: torch.Tensor, grad: Callable[[torch.Tensor], torch.Tensor], steps: i
         g = grad(t)
         m1.mul_(b1).add_(g, alpha=1 - b1)
         m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (m2.sqrt() / (1 - b2 ** k) ** 0.5).add_(EPS)
-        t = t.addcdiv(m1, denom, value=-lr / (1 - b1 ** k))
+        denom = (m2.sqrt() / (1 - b2**k) ** 0.5).add_(EPS)
+        t = t.addcdiv(m1, denom, value=-lr / (1 - b1**k))
     return t
 
 
-def merge(tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]],
-          params: Mapping[str, Any], ctx: MergeContext) -> torch.Tensor:
+def merge(
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+) -> torch.Tensor:
     """``base + argmin L`` for matrices, ``base + mean(tau_i)`` otherwise."""
     base = require_base("wudi", tensors, ctx)
     idx = others(tensors, ctx)

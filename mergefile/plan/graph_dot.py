@@ -74,8 +74,12 @@ def target_graph_dot(
     """
     rules = mf.targets()
     names = [n for n in rules if only is None or n in only]
-    lines = ["digraph mergebuild {", "  rankdir=LR;", '  node [fontname="Helvetica" fontsize=10];',
-             '  edge [fontname="Helvetica" fontsize=9 color="#555555"];']
+    lines = [
+        "digraph mergebuild {",
+        "  rankdir=LR;",
+        '  node [fontname="Helvetica" fontsize=10];',
+        '  edge [fontname="Helvetica" fontsize=9 color="#555555"];',
+    ]
     models: dict[str, str] = {}
     for plan in plans.values():
         for m in plan.inputs:

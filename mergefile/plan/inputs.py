@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from mergefile.errors import ConfigError, Loc, UserError, did_you_mean, unknown
-from mergefile.syntax.ast import AutoRef, HfRef, PathRef, Ref, Sym
 from mergefile.plan.kinds import on_load
+from mergefile.syntax.ast import AutoRef, HfRef, PathRef, Ref, Sym
 
-HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "tokenizer.model", "*.txt", "*.jinja", "*.tiktoken"]
+HUB_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.json",
+    "tokenizer.model",
+    "*.txt",
+    "*.jinja",
+    "*.tiktoken",
+]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -105,7 +113,7 @@ def download_hub(repo: str, revision: str | None, loc: Loc | None, offline: bool
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # pragma: no cover - dependency declared
-        raise UserError(f"huggingface_hub is needed for hf(\"{repo}\")") from e
+        raise UserError(f'huggingface_hub is needed for hf("{repo}")') from e
     from mergefile.io.hub import hub_cache_dir
 
     kwargs: dict[str, Any] = {"repo_id": repo, "revision": revision, "allow_patterns": HUB_PATTERNS}
@@ -176,8 +184,11 @@ class ModelResolver:
             if name in self.target_names:
                 return self._resolve_name(Sym(name, ref.loc), loc)
             if not _HUB_ID.match(name):
-                raise ConfigError(f"model '{ref.text}' is neither a local folder ({local}) nor a hub id", ref.loc or loc,
-                                  _where_hint(ref))
+                raise ConfigError(
+                    f"model '{ref.text}' is neither a local folder ({local}) nor a hub id",
+                    ref.loc or loc,
+                    _where_hint(ref),
+                )
             return self.resolve(HfRef(name, rev, ref.loc), loc, label or ref.text)
         raise ConfigError(f"not a model reference: {ref!r}", loc)
 
@@ -193,8 +204,16 @@ class ModelResolver:
         key = f"{id(model)}:{arch}"
         if key not in self._dirs:
             config = dict(model.config, architectures=[arch])
-            self._dirs[key] = InputModel(label=model.label, path=model.path, config=config, tensors=model.tensors,
-                                         target=model.target, hub=model.hub, source=model.source, arch=arch)
+            self._dirs[key] = InputModel(
+                label=model.label,
+                path=model.path,
+                config=config,
+                tensors=model.tensors,
+                target=model.target,
+                hub=model.hub,
+                source=model.source,
+                arch=arch,
+            )
         return self._dirs[key]
 
     def _with_lora(self, ref: Ref, lora: Ref, loc: Loc | None, label: str | None) -> InputModel:
@@ -206,7 +225,11 @@ class ModelResolver:
         if base.source is not None:
             raise ConfigError(f"model '{base.label}' already has a LoRA applied; apply one adapter per model", here)
         if isinstance(lora, PathRef):
-            folder = Path(lora.loc.file).parent / lora.path if lora.loc and lora.loc.file not in ("<string>", "") else self.base_dir / lora.path
+            folder = (
+                Path(lora.loc.file).parent / lora.path
+                if lora.loc and lora.loc.file not in ("<string>", "")
+                else self.base_dir / lora.path
+            )
         elif isinstance(lora, HfRef):
             folder = Path(download_hub(lora.repo, lora.revision, here, self.options.offline))
             self._note_hub(lora.revision, str(folder))
@@ -293,5 +316,7 @@ def _where_hint(ref: AutoRef) -> str | None:
     other = yaml_folder(ref)
     if other is None or os.path.realpath(other) == os.path.realpath(ref.base_dir):
         return None
-    return (f"mergekit paths are read from the working directory ({ref.base_dir}), as mergekit reads them;"
-            f" the YAML's folder ({other}) was tried too")
+    return (
+        f"mergekit paths are read from the working directory ({ref.base_dir}), as mergekit reads them;"
+        f" the YAML's folder ({other}) was tried too"
+    )

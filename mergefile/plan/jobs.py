@@ -94,7 +94,9 @@ class TargetPlan:
         from mergefile.plan.inputs import TensorMeta
 
         tensors = {j.name: TensorMeta(j.name, j.result_dtype, j.result_shape) for j in self.jobs}
-        return InputModel(label=self.name, path=str(self.out_dir), config=self.config, tensors=tensors, target=self.name)
+        return InputModel(
+            label=self.name, path=str(self.out_dir), config=self.config, tensors=tensors, target=self.name
+        )
 
 
 def _group_order(g: tuple) -> tuple:

@@ -33,8 +33,17 @@ if TYPE_CHECKING:
     from mergefile.plan.planner import Planner
     from mergefile.syntax.ast import Mergefile, Target
 
-__all__ = ["Generator", "OnLoad", "TargetKind", "generators", "kind", "on_load", "register_generator",
-           "register_kind", "register_on_load"]
+__all__ = [
+    "Generator",
+    "OnLoad",
+    "TargetKind",
+    "generators",
+    "kind",
+    "on_load",
+    "register_generator",
+    "register_kind",
+    "register_on_load",
+]
 
 
 class TargetKind(Protocol):

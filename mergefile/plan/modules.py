@@ -65,13 +65,15 @@ def modular_arch(p: Planner, t: Target, base: InputModel | None) -> Modular | No
         what = f"model '{donor.label}' ({arch_id(donor.config)})" if donor is not None else "it"
         raise ConfigError(
             f"target '{t.name}' has 'module' blocks, but {what} is not a known multi-module architecture",
-            t.modules[0].loc or t.loc, f"known: {_known()}; override_architecture names the class a model is read as",
-        )  # fmt: skip
+            t.modules[0].loc or t.loc,
+            f"known: {_known()}; override_architecture names the class a model is read as",
+        )
     if mm is not None and t.slices:
         raise ConfigError(
             f"{arch_id(donor.config)} has several layer stacks ({', '.join(mm.arch.module_names)}): slices go inside"
-            " 'module' blocks (mergekit 'modules:')", t.slices[0].loc or t.loc,
-        )  # fmt: skip
+            " 'module' blocks (mergekit 'modules:')",
+            t.slices[0].loc or t.loc,
+        )
     return mm.arch if mm is not None else None
 
 
@@ -91,9 +93,10 @@ def _holders(t: Target, arch: Modular, label: str) -> dict[str, Holder]:
     if missing:
         raise ConfigError(
             f"target '{t.name}' has no block for module(s) {', '.join(missing)} of {label}: every module's tensors"
-            " must come from somewhere", t.modules[0].loc or t.loc,
+            " must come from somewhere",
+            t.modules[0].loc or t.loc,
             "add e.g. 'module " + missing[0] + " { base }' (mergekit would silently leave them out)",
-        )  # fmt: skip
+        )
     return {n: out[n] for n in names}
 
 
@@ -106,8 +109,11 @@ def _layout_of(name: str, arch: Modular, loc: Loc | None) -> LayoutOf:
             raise ConfigError(f"model '{m.label}' ({arch_id(m.config)}) has no module '{name}' of {arch.name}", loc)
         if mm.unowned:
             shown = ", ".join(mm.unowned[:4]) + (" ..." if len(mm.unowned) > 4 else "")
-            raise ConfigError(f"model '{m.label}' has tensors outside every module of {arch.name}: {shown}", loc,
-                              "add their prefix to a module in mergefile/arch/families.json")  # fmt: skip
+            raise ConfigError(
+                f"model '{m.label}' has tensors outside every module of {arch.name}: {shown}",
+                loc,
+                "add their prefix to a module in mergefile/arch/families.json",
+            )
         return mm.layouts[name]
 
     return get
@@ -132,14 +138,16 @@ def plan_modules(p: Planner, t: Target, method: Method, base: InputModel | None,
         raise ConfigError(f"{method.name} needs a base model: add base=MODEL", t.method_loc or t.loc)
     pool = Inputs()
     planned = {}  # module -> (its slices, its layout getter)
-    for name, h in holders.items():
+    for h in holders.values():
         refs = list(h.sources) + [s for sl in h.slices for s in sl.sources]
         for s in refs:
             pool.index_of(p.resolver.resolve(s.ref, s.loc))
     if base is not None and method.base is not BaseRule.IGNORED:
         pool.index_of(base)
     models = pool.models  # grows no further: every module's sources are in it
-    warnings = check_architectures([(m.label, m.config) for m in models], p.resolver.options.allow_crimes, t.name, t.loc)
+    warnings = check_architectures(
+        [(m.label, m.config) for m in models], p.resolver.options.allow_crimes, t.name, t.loc
+    )
     for name, h in holders.items():
         layout_of = _layout_of(name, arch, h.loc or t.loc)
         slices = p.sources(h, method, base, f"module '{name}' of target '{t.name}'", layout_of)
@@ -171,10 +179,20 @@ def plan_modules(p: Planner, t: Target, method: Method, base: InputModel | None,
         jobs = vocab.apply(jobs, models)
         fit_config(config, donor.get_layout(), vocab.size)
     plan = TargetPlan(
-        name=t.name, out_dir=p.base_dir / t.name, target=t, method=method, inputs=models, jobs=jobs, config=config,
-        donor=vocab.donor if vocab is not None else donor, num_layers=sum(len(s[1]) for s in stacks.values()),
-        layer_key=None, warnings=warnings, vocab=vocab, layout=ModularFiles(donor.path, arch.tagalong_files),
-    )  # fmt: skip
+        name=t.name,
+        out_dir=p.base_dir / t.name,
+        target=t,
+        method=method,
+        inputs=models,
+        jobs=jobs,
+        config=config,
+        donor=vocab.donor if vocab is not None else donor,
+        num_layers=sum(len(s[1]) for s in stacks.values()),
+        layer_key=None,
+        warnings=warnings,
+        vocab=vocab,
+        layout=ModularFiles(donor.path, arch.tagalong_files),
+    )
     plan.assign_shards()
     return plan
 

@@ -94,7 +94,9 @@ def coerce(spec: ParamSpec, value: Any, loc: Loc | None, where: str) -> Any:
     else:
         ok = True
     if not ok:
-        kind = {float: "a number", int: "an integer", bool: "true or false", str: "a word or string"}.get(want, str(want))
+        kind = {float: "a number", int: "an integer", bool: "true or false", str: "a word or string"}.get(
+            want, str(want)
+        )
         raise ConfigError(f"parameter '{spec.name}' must be {kind}, got {value!r} ({where})", loc)
     return value
 
@@ -129,7 +131,9 @@ def resolve(
     if not required:
         return None
     raise ConfigError(
-        f"missing required parameter '{spec.name}' {where} for tensor '{tensor}'", loc,
+        f"missing required parameter '{spec.name}' {where} for tensor '{tensor}'",
+        loc,
         hint=f"set {spec.name}=... on the model line, or once for all models on the target"
-        if spec.per_model else f"set {spec.name}=... on the target or its slice",
+        if spec.per_model
+        else f"set {spec.name}=... on the target or its slice",
     )

@@ -23,8 +23,8 @@ from mergefile.plan.inputs import InputModel, ModelResolver, ResolveOptions
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob, freeze
 from mergefile.plan.kinds import kind
 from mergefile.plan.modules import modular_arch, plan_modules
-from mergefile.plan.pool import Inputs, check_unique
 from mergefile.plan.params import Level, layer_t, resolve, substitute
+from mergefile.plan.pool import Inputs, check_unique
 from mergefile.plan.tokenizer_recipe import TOKENIZER_SETTINGS
 from mergefile.plan.vocab import fit_config, plan_vocab
 from mergefile.syntax.ast import AutoRef, HfRef, Mergefile, Module, Param, PathRef, Phony, Slice, Source, Sym, Target
@@ -113,7 +113,9 @@ class Planner:
         for p in (p for m in t.modules for p in m.params):
             if p.name not in method_names:
                 raise _unknown_param(p, method, method_names)
-        for src in list(t.sources) + [s for m in t.modules for s in m.sources] + [s for sl in slices for s in sl.sources]:
+        for src in (
+            list(t.sources) + [s for m in t.modules for s in m.sources] + [s for sl in slices for s in sl.sources]
+        ):
             for p in src.params:
                 spec = method.param(p.name)
                 if spec is None:
@@ -162,8 +164,9 @@ class Planner:
         return self.resolver.resolve(value, p.loc)
 
     # -- slices -------------------------------------------------------------------------
-    def sources(self, h: Holder, method: Method, base: InputModel | None, what: str,
-                layout_of: LayoutOf = whole_layout) -> list[_Slice]:  # fmt: skip
+    def sources(
+        self, h: Holder, method: Method, base: InputModel | None, what: str, layout_of: LayoutOf = whole_layout
+    ) -> list[_Slice]:
         """The slices of a target or a module (``what`` names it in errors)."""
         if h.sources and h.slices:
             raise ConfigError(f"{what} mixes model lines and 'slice' lines; use one or the other", h.loc)
@@ -174,7 +177,9 @@ class Planner:
             return [self._whole_models(h, method, base, what, layout_of)]
         return [self._slice(sl, method, base, layout_of, isinstance(h, Module)) for sl in h.slices]
 
-    def _whole_models(self, h: Holder, method: Method, base: InputModel | None, what: str, layout_of: LayoutOf) -> _Slice:
+    def _whole_models(
+        self, h: Holder, method: Method, base: InputModel | None, what: str, layout_of: LayoutOf
+    ) -> _Slice:
         srcs: list[_Src] = []
         for s in h.sources:
             if s.layers is not None:
@@ -196,7 +201,9 @@ class Planner:
         template = base_index if base_index is not None else 0
         return _Slice(srcs, (), base_index, template, h.loc)
 
-    def _slice(self, sl: Slice, method: Method, base: InputModel | None, layout_of: LayoutOf, module: bool = False) -> _Slice:
+    def _slice(
+        self, sl: Slice, method: Method, base: InputModel | None, layout_of: LayoutOf, module: bool = False
+    ) -> _Slice:
         srcs: list[_Src] = []
         for s in sl.sources:
             m = self.resolver.resolve(s.ref, s.loc)
@@ -209,7 +216,9 @@ class Planner:
             if n == 0:
                 raise ConfigError(
                     f"cannot slice model '{m.label}': its layer count cannot be inferred (no tensor names like "
-                    "'model.layers.N.…' and no num_hidden_layers/n_layer in config.json)", s.loc)
+                    "'model.layers.N.…' and no num_hidden_layers/n_layer in config.json)",
+                    s.loc,
+                )
             if start < 0 or end <= start:
                 raise ConfigError(f"bad layer range [{start}:{end}] (need 0 <= start < end)", s.loc)
             if end > n:
@@ -249,8 +258,9 @@ class Planner:
         named = [self.resolver.resolve(s.ref, s.loc) for s in [*t.sources, *(s for sl in t.slices for s in sl.sources)]]
         if base is not None and method.base is not BaseRule.IGNORED:
             named.append(base)
-        warnings = check_architectures([(m.label, m.config) for m in named], self.resolver.options.allow_crimes,
-                                       t.name, t.loc)  # before layer counts: a different class explains those
+        warnings = check_architectures(
+            [(m.label, m.config) for m in named], self.resolver.options.allow_crimes, t.name, t.loc
+        )  # before layer counts: a different class explains those
         warnings += density_warnings(t)
         slices = self.sources(t, method, base, f"target '{t.name}'")
         models = [s.model for sl in slices for s in sl.sources]
@@ -261,7 +271,10 @@ class Planner:
         jobs, layer_map = self.stack_jobs(self.job_factory(t, method, warnings, pool), slices, whole_layout, None)
         check_unique(jobs, t)
         inputs = pool.models
-        donor = next((s.model for s in slices[0].sources if base is not None and s.model is base), slices[0].sources[slices[0].template].model)
+        donor = next(
+            (s.model for s in slices[0].sources if base is not None and s.model is base),
+            slices[0].sources[slices[0].template].model,
+        )
         layout = donor.get_layout()
         config, notes = rewrite_config(donor.config, layout, layer_map, any(layout.is_head(j.name) for j in jobs))
         warnings += notes
@@ -292,8 +305,9 @@ class Planner:
         seed = int(substitute(seed_p.value, self.variables)) if seed_p else 0
         return _JobFactory(self, t, method, dtype, out_dtype, seed, warnings, inputs.index_of)
 
-    def stack_jobs(self, ctx: _JobFactory, slices: list[_Slice], layout_of: LayoutOf,
-                   module: str | None) -> tuple[list[TensorJob], list[tuple]]:  # fmt: skip
+    def stack_jobs(
+        self, ctx: _JobFactory, slices: list[_Slice], layout_of: LayoutOf, module: str | None
+    ) -> tuple[list[TensorJob], list[tuple]]:
         """Jobs of one layer stack: pre-layer tensors from the first slice, renumbered layers,
         post-layer tensors from the last slice. ``module`` tags the shard groups (None: a
         single-module model) and makes token-indexed tensors, not name look-alikes, embeddings."""
@@ -317,8 +331,16 @@ class Planner:
             for j in range(sl.length):
                 for ln in lay.templates(tsrc.start + j):
                     names = [ln.at(s.start + j) for s in sl.sources]
-                    jobs.append(ctx.job(ln.at(out_layer), ("layer", out_layer, *tag), sl, names, layer_t(j, sl.length),
-                                        False if module is not None else None))
+                    jobs.append(
+                        ctx.job(
+                            ln.at(out_layer),
+                            ("layer", out_layer, *tag),
+                            sl,
+                            names,
+                            layer_t(j, sl.length),
+                            False if module is not None else None,
+                        )
+                    )
                 layer_map.append((id(tsrc.model), tsrc.start + j, tsrc.model))
                 out_layer += 1
         for name, names in loose_inputs([layout_of(s.model) for s in last.sources], last.template, "post"):
@@ -336,8 +358,9 @@ class _JobFactory:
         self.target_params = tuple(q for q in t.params if q.name not in SETTINGS)
         self.file_params = tuple(q for q in planner.file_params if method.param(q.name) is not None)
 
-    def job(self, out_name: str, group: tuple, sl: _Slice, names: Sequence[str], tpos: float,
-            embed: bool | None = None) -> TensorJob:  # fmt: skip
+    def job(
+        self, out_name: str, group: tuple, sl: _Slice, names: Sequence[str], tpos: float, embed: bool | None = None
+    ) -> TensorJob:
         """One output tensor; ``embed`` None: an embedding when its name looks like one."""
         method = self.method
         srcs = list(sl.sources)
@@ -345,7 +368,10 @@ class _JobFactory:
         base_index = sl.base_index
         for s, n in zip(srcs, names):
             if n not in s.model.tensors:
-                raise ConfigError(f"tensor '{n}' is missing from model '{s.model.label}' (needed for '{out_name}')", s.ast.loc or self.t.loc)
+                raise ConfigError(
+                    f"tensor '{n}' is missing from model '{s.model.label}' (needed for '{out_name}')",
+                    s.ast.loc or self.t.loc,
+                )
         shapes = [tuple(s.model.tensors[n].shape) for s, n in zip(srcs, names)]
         embed = (is_embedding(out_name) or _vocab_bias(srcs, names)) if embed is None else embed
         keep = list(range(len(srcs)))
@@ -361,26 +387,55 @@ class _JobFactory:
             want = (
                 f"exactly {method.min_models}"
                 if method.max_models == method.min_models
-                else f"at least {method.min_models}" + (f" and at most {method.max_models}" if method.max_models else "")
+                else f"at least {method.min_models}"
+                + (f" and at most {method.max_models}" if method.max_models else "")
             )
             got = ", ".join(s.model.label for s in srcs)
-            raise ConfigError(f"{method.name} needs {want} input models (base included), got {n_models}: {got}", sl.loc or self.t.loc)
-        levels_global = [Level("slice", sl.params), Level("module", sl.outer), Level("target", self.target_params),
-                         Level("file", self.file_params)]
+            raise ConfigError(
+                f"{method.name} needs {want} input models (base included), got {n_models}: {got}", sl.loc or self.t.loc
+            )
+        levels_global = [
+            Level("slice", sl.params),
+            Level("module", sl.outer),
+            Level("target", self.target_params),
+            Level("file", self.file_params),
+        ]
         here = sl.loc or self.t.loc
         params = {
-            spec.name: resolve(spec, levels_global, out_name, tpos, self.p.variables, where=f"of target '{self.t.name}'", loc=here)
+            spec.name: resolve(
+                spec, levels_global, out_name, tpos, self.p.variables, where=f"of target '{self.t.name}'", loc=here
+            )
             for spec in method.global_params
         }
         per_model = []
         for i, (s, n) in enumerate(zip(srcs, names)):
             levels = [Level(f"model {s.model.label}", s.ast.params)] + levels_global
             where = f"for model '{s.model.label}' in target '{self.t.name}'"
-            per_model.append({
-                spec.name: resolve(spec, levels, n, tpos, self.p.variables, required=i != base_index, where=where, loc=s.ast.loc or here)
-                for spec in method.model_params
-            })
-        check_params(method, params, per_model, base_index, [(s.model.label, s.ast.loc) for s in srcs], here, out_name, self.t.name)
+            per_model.append(
+                {
+                    spec.name: resolve(
+                        spec,
+                        levels,
+                        n,
+                        tpos,
+                        self.p.variables,
+                        required=i != base_index,
+                        where=where,
+                        loc=s.ast.loc or here,
+                    )
+                    for spec in method.model_params
+                }
+            )
+        check_params(
+            method,
+            params,
+            per_model,
+            base_index,
+            [(s.model.label, s.ast.loc) for s in srcs],
+            here,
+            out_name,
+            self.t.name,
+        )
         return TensorJob(
             name=out_name,
             group=group,

@@ -28,8 +28,14 @@ __all__ = ["JobRemap", "ModelVocab", "TokenizerSpec", "VocabPlan", "load_backend
 
 REMAP_VERSION = 1  # bump when the fill rules change: every remapped embedding rebuilds
 _FIELD_NAMES = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
-NORMAL_ADDED: Fields = (("content", ""), ("lstrip", False), ("normalized", True), ("rstrip", False),
-                        ("single_word", False), ("special", False))
+NORMAL_ADDED: Fields = (
+    ("content", ""),
+    ("lstrip", False),
+    ("normalized", True),
+    ("rstrip", False),
+    ("single_word", False),
+    ("special", False),
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,11 @@ class VocabPlan:
         out = []
         for job in jobs:
             r = self.remaps.get(job.name)
-            out.append(job if r is None else dataclasses.replace(job, vocab=r.digest, result_shape=(r.size, *job.result_shape[1:])))
+            out.append(
+                job
+                if r is None
+                else dataclasses.replace(job, vocab=r.digest, result_shape=(r.size, *job.result_shape[1:]))
+            )
         return out
 
 
@@ -95,7 +105,9 @@ def load_backend(folder: str) -> Any:
     path = Path(folder) / "tokenizer.json"
     if path.is_file():
         return Tokenizer.from_file(str(path))
-    if not any((Path(folder) / n).is_file() for n in ("tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")):
+    if not any(
+        (Path(folder) / n).is_file() for n in ("tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+    ):
         return None
     try:
         from transformers import AutoTokenizer
@@ -131,8 +143,18 @@ def _read_ids(folder: str) -> tuple[dict[str, int], dict[int, Fields]] | None:
 
 def added_fields(tok: Any) -> Fields:
     """An AddedToken as sorted, hashable fields."""
-    return tuple(sorted({"content": tok.content, "lstrip": tok.lstrip, "normalized": tok.normalized, "rstrip": tok.rstrip,
-                         "single_word": tok.single_word, "special": tok.special}.items()))
+    return tuple(
+        sorted(
+            {
+                "content": tok.content,
+                "lstrip": tok.lstrip,
+                "normalized": tok.normalized,
+                "rstrip": tok.rstrip,
+                "single_word": tok.single_word,
+                "special": tok.special,
+            }.items()
+        )
+    )
 
 
 def folder_identity(folder: str) -> str:
@@ -188,7 +210,9 @@ def _in_id_order(v: ModelVocab, label: str, limit: int | None) -> list[str]:
     return [t for _, t in toks]
 
 
-def _output_tokens(recipe: TokenizerRecipe, start: ModelVocab, start_label: str, union: Sequence[ModelVocab]) -> tuple[list[str], list[Fields], int | None]:
+def _output_tokens(
+    recipe: TokenizerRecipe, start: ModelVocab, start_label: str, union: Sequence[ModelVocab]
+) -> tuple[list[str], list[Fields], int | None]:
     """Output tokens in id order, the tokens appended to the start tokenizer, and the strip limit."""
     limit = None if recipe.mode == "model" else start.limit
     tokens = _in_id_order(start, start_label, limit)
@@ -258,8 +282,13 @@ def _job_remap(job: Any, c: _Ctx) -> JobRemap | None:
         models.append(m)
     force = tuple(sorted(index[t] for t in c.recipe.force))
     ident = list(range(len(c.tokens)))
-    if not force and c.size == len(c.tokens) and all(
-        t.tolist() == ident and c.inputs[r.model].tensors[r.tensor].shape[0] == c.size for t, r in zip(tables, job.inputs)
+    if (
+        not force
+        and c.size == len(c.tokens)
+        and all(
+            t.tolist() == ident and c.inputs[r.model].tensors[r.tensor].shape[0] == c.size
+            for t, r in zip(tables, job.inputs)
+        )
     ):
         return None
     fills = []
@@ -272,15 +301,27 @@ def _job_remap(job: Any, c: _Ctx) -> JobRemap | None:
             continue
         j = next((k for k, m in enumerate(models) if m is src.model), None)
         if j is None:
-            raise ConfigError(f"token {tok!r} takes its row from '{src.model.label}', which is not an input of '{job.name}'", src.loc)
+            raise ConfigError(
+                f"token {tok!r} takes its row from '{src.model.label}', which is not an input of '{job.name}'", src.loc
+            )
         old = tables[j][new] if src.kind == "model" else src.row(c.vocabs[id(src.model)])
         if old < 0:
-            what = f"{tok!r}" if src.kind == "model" else f"{src.token if src.token_id is None else src.token_id!r} (the row for {tok!r})"
+            what = (
+                f"{tok!r}"
+                if src.kind == "model"
+                else f"{src.token if src.token_id is None else src.token_id!r} (the row for {tok!r})"
+            )
             raise ConfigError(f"token {what} is not in the vocabulary of model '{src.model.label}'", src.loc)
         fills.append((new, "row", j, old))
     base = next((k for k, m in enumerate(models) if m is c.base), None)
-    payload = {"version": REMAP_VERSION, "tables": [_digest(t) for t in tables], "size": c.size, "base": base,
-               "fills": [list(f) for f in fills], "force": list(force)}
+    payload = {
+        "version": REMAP_VERSION,
+        "tables": [_digest(t) for t in tables],
+        "size": c.size,
+        "base": base,
+        "fills": [list(f) for f in fills],
+        "force": list(force),
+    }
     return JobRemap(key_of("vocab-remap", payload), c.size, len(c.tokens), tuple(tables), base, tuple(fills), force)
 
 
@@ -300,7 +341,13 @@ def _token_rows(model: Any, name: str) -> bool:
         return name in lay.vocab
     if name in lay.vocab:
         return shape[0] == size
-    return len(shape) == 1 and shape[0] == size and name.endswith("bias") and name in lay.post and "norm" not in name.lower()
+    return (
+        len(shape) == 1
+        and shape[0] == size
+        and name.endswith("bias")
+        and name in lay.post
+        and "norm" not in name.lower()
+    )
 
 
 def _vocab_of(planner: Any, model: Any, base_vocab: ModelVocab | None, warnings: list[str]) -> ModelVocab:
@@ -313,7 +360,9 @@ def _vocab_of(planner: Any, model: Any, base_vocab: ModelVocab | None, warnings:
     return dataclasses.replace(base_vocab, limit=_limit(model, base_vocab.limit))
 
 
-def plan_vocab(planner: Any, t: Any, base: Any, donor: Any, inputs: list, jobs: list, warnings: list[str]) -> VocabPlan | None:
+def plan_vocab(
+    planner: Any, t: Any, base: Any, donor: Any, inputs: list, jobs: list, warnings: list[str]
+) -> VocabPlan | None:
     """The target's tokenizer plan, or None when it sets no tokenizer option.
 
     Args:
@@ -332,7 +381,9 @@ def plan_vocab(planner: Any, t: Any, base: Any, donor: Any, inputs: list, jobs: 
     if recipe.mode is None:
         ident = model_vocab(planner, donor)
         if ident is None:
-            raise ConfigError(f"chat_template is set, but model '{donor.label}' has no tokenizer to put it in", recipe.chat.loc)
+            raise ConfigError(
+                f"chat_template is set, but model '{donor.label}' has no tokenizer to put it in", recipe.chat.loc
+            )
         spec_key = key_of("tokenizer", {"source": ident.identity, "chat_template": chat})
         spec = TokenizerSpec(ident.folder, None, (), chat, (), spec_key)
         return VocabPlan(None, {}, None, tokenizer=spec, donor=donor)
@@ -348,13 +399,20 @@ def plan_vocab(planner: Any, t: Any, base: Any, donor: Any, inputs: list, jobs: 
     start = vocabs[id(start_model)]
     out_added = {i: f for i, f in start.added.items() if strip is None or i < strip}
     out_added.update({len(tokens) - len(added) + k: f for k, f in enumerate(added)})
-    c = _Ctx(recipe, inputs, vocabs, tokens, size, vbase, {i: _table(tokens, vocabs[id(m)]) for i, m in enumerate(inputs)})
+    c = _Ctx(
+        recipe, inputs, vocabs, tokens, size, vbase, {i: _table(tokens, vocabs[id(m)]) for i, m in enumerate(inputs)}
+    )
     _warn_orphans(c, warnings)
     remaps = {j.name: r for j in jobs if _is_vocab_job(j, inputs) and (r := _job_remap(j, c)) is not None}
     spec = None
     if strip is not None or added or chat is not None:
-        payload = {"source": start.identity, "strip_to": strip, "add": [dict(f) for f in added], "chat_template": chat,
-                   "tokens": _digest_tokens(tokens)}
+        payload = {
+            "source": start.identity,
+            "strip_to": strip,
+            "add": [dict(f) for f in added],
+            "chat_template": chat,
+            "tokens": _digest_tokens(tokens),
+        }
         spec = TokenizerSpec(start.folder, strip, tuple(added), chat, tuple(tokens), key_of("tokenizer", payload))
     return VocabPlan(tuple(tokens), out_added, size, remaps, spec, donor=start_model)
 
@@ -368,10 +426,14 @@ def _digest_tokens(tokens: Sequence[str]) -> str:
 def _warn_orphans(c: _Ctx, warnings: list[str]) -> None:
     """Tokens no input model has and no rule fills get zero rows: say so (mergekit warns too)."""
     configured = {t for t, s in c.recipe.tokens.items() if s.kind != "auto"}
-    orphans = [tok for k, tok in enumerate(c.tokens) if tok not in configured and all(t[k] < 0 for t in c.tables.values())]
+    orphans = [
+        tok for k, tok in enumerate(c.tokens) if tok not in configured and all(t[k] < 0 for t in c.tables.values())
+    ]
     if orphans:
         shown = ", ".join(repr(o) for o in orphans[:5]) + (" ..." if len(orphans) > 5 else "")
-        warnings.append(f"{len(orphans)} output token(s) are in no input model's vocabulary; their rows are zeros: {shown}")
+        warnings.append(
+            f"{len(orphans)} output token(s) are in no input model's vocabulary; their rows are zeros: {shown}"
+        )
 
 
 def fit_config(config: dict, layout: Any, size: int) -> None:

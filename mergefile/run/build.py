@@ -16,23 +16,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mergefile._lazy import preload, torch
-
 from mergefile.errors import UserError
 from mergefile.plan.graph import build_graph, build_order
 from mergefile.plan.inputs import ResolveOptions
 from mergefile.plan.jobs import TargetPlan, TensorJob
+from mergefile.plan.kinds import generators
 from mergefile.plan.lockfile import check_plans, lock_for, lock_path
 from mergefile.plan.planner import Planner
 from mergefile.run.compute import InputLoader, JobResult, compute_job, job_input_bytes
-from mergefile.run.deferred import (SharedDigests, defer_keys, deferrable, read_by_others, read_once_mode,
-                                    readahead_window)
+from mergefile.run.deferred import (
+    SharedDigests,
+    defer_keys,
+    deferrable,
+    read_by_others,
+    read_once_mode,
+    readahead_window,
+)
 from mergefile.run.executor import Executor, LocalExecutor, ScheduledJob
 from mergefile.run.plan_keys import KeyedPlan, key_plan
-from mergefile.plan.kinds import generators
+from mergefile.run.portable import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_portable
 from mergefile.run.publish import OutputWriter, aux_files, hub_lineage
 from mergefile.run.schedule import Cancelled, run_targets
 from mergefile.run.stale import TargetStatus, compare
-from mergefile.run.portable import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_portable
 from mergefile.store.lock import output_lock
 from mergefile.store.store import Store
 from mergefile.syntax.ast import Mergefile
@@ -113,9 +118,15 @@ def _check_device(device: str, executor: str = "local") -> None:
         raise UserError(f"unknown device '{device}' (use cpu or cuda)")
 
 
-def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: BuildOptions,
-               progress: Progress | None = None, watched: Watched | None = None,
-               defer: bool = False) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
+def plan_build(
+    mf: Mergefile,
+    requested: Sequence[str],
+    store: Store,
+    options: BuildOptions,
+    progress: Progress | None = None,
+    watched: Watched | None = None,
+    defer: bool = False,
+) -> list[tuple[TargetPlan, KeyedPlan, TargetStatus, object]]:
     """Plan, key and compare every needed target. Reads headers and the stat-cache only.
 
     An ``evolve`` target (a target generator) first becomes its best candidate: a build runs its
@@ -134,8 +145,15 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
     order = build_order(mf, g, requested)
     lock = lock_for(mf)  # Mergefile.lock: hub references resolve to their pinned commits
     pins = lock.pins if lock is not None else {}
-    planner = Planner(mf, ResolveOptions(allow_pickle=options.allow_pickle, convert_dir=str(store.root / "converted"), pins=pins,
-                                      allow_crimes=options.allow_crimes))
+    planner = Planner(
+        mf,
+        ResolveOptions(
+            allow_pickle=options.allow_pickle,
+            convert_dir=str(store.root / "converted"),
+            pins=pins,
+            allow_crimes=options.allow_crimes,
+        ),
+    )
     keyed: dict[str, KeyedPlan] = {}
     out = []
     others = read_by_others(g, order) if defer and lock is None else None
@@ -145,7 +163,9 @@ def plan_build(mf: Mergefile, requested: Sequence[str], store: Store, options: B
         for name in order:
             plan = planner.plan(name)
             plan.hub_lineage = hub_lineage(plan, {p.name: p.hub_lineage for p, *_ in out})
-            if options.out_shard_size and all(n.startswith("model") for n in plan.shard_names.values()):  # model folders
+            if options.out_shard_size and all(
+                n.startswith("model") for n in plan.shard_names.values()
+            ):  # model folders
                 plan.shard_names = pack_shards(plan, options.out_shard_size)
             if others is not None and deferrable(plan, name, others):
                 kp = defer_keys(plan, store.stat, shared, mode)
@@ -338,8 +358,19 @@ def _prerequisites(mf: Mergefile, names: list[str]) -> dict[str, set[str]]:
     return {n: {norm[a] for a in nx.ancestors(g, normalize_name(n)) if a in norm} for n in names}
 
 
-def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, report: TargetReport, run,
-                  executor: Executor, stop: threading.Event | None = None) -> None:
+def _build_target(
+    plan,
+    kp,
+    st,
+    aux,
+    store: Store,
+    options,
+    progress: Progress,
+    report: TargetReport,
+    run,
+    executor: Executor,
+    stop: threading.Event | None = None,
+) -> None:
     from mergefile.io.reader import TensorReader
 
     t0 = time.perf_counter()
@@ -375,27 +406,45 @@ def _build_target(plan, kp, st, aux, store: Store, options, progress: Progress, 
                 run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
             elif name not in computed:
                 report.cache_hits += 1
-                run.record(target=plan.name, tensor=name, key=key, status="hit",
-                           bytes_saved=job_input_bytes(jobs_by_name[name], plan))
+                run.record(
+                    target=plan.name,
+                    tensor=name,
+                    key=key,
+                    status="hit",
+                    bytes_saved=job_input_bytes(jobs_by_name[name], plan),
+                )
             return t
 
-        writer = OutputWriter(plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch, computed,
-                              keep_bytes=options.memory_budget // 2)
+        writer = OutputWriter(
+            plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch, computed, keep_bytes=options.memory_budget // 2
+        )
         try:
-            for item, out in executor.run(items):
+            for _item, out in executor.run(items):
                 if stop is not None and stop.is_set():
                     raise Cancelled(plan.name)
                 res = absorb(out, store.blobs)
                 if res.status == "hit":  # a deferred job's key found in the store (a resumed build)
                     report.cache_hits += 1
-                    run.record(target=plan.name, tensor=res.name, key=res.key, status="hit",
-                               bytes_saved=job_input_bytes(jobs_by_name[res.name], plan))
+                    run.record(
+                        target=plan.name,
+                        tensor=res.name,
+                        key=res.key,
+                        status="hit",
+                        bytes_saved=job_input_bytes(jobs_by_name[res.name], plan),
+                    )
                 else:
                     report.computed += 1
-                    run.record(target=plan.name, tensor=res.name, key=res.key, status="computed",
-                               seconds=round(res.seconds, 6), bytes_read=res.bytes_read,
-                               bytes_written=res.bytes_written, stage_hits=res.stage_hits,
-                               stage_misses=res.stage_misses)
+                    run.record(
+                        target=plan.name,
+                        tensor=res.name,
+                        key=res.key,
+                        status="computed",
+                        seconds=round(res.seconds, 6),
+                        bytes_read=res.bytes_read,
+                        bytes_written=res.bytes_written,
+                        stage_hits=res.stage_hits,
+                        stage_misses=res.stage_misses,
+                    )
                 report.stage_hits += res.stage_hits
                 report.stage_misses += res.stage_misses
                 report.bytes_read += res.bytes_read
@@ -424,8 +473,15 @@ def _driver_device(options: BuildOptions) -> str:
     return options.device
 
 
-def _scheduled_jobs(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], loader, store: Store,
-                options: BuildOptions, executor: Executor) -> list[ScheduledJob]:
+def _scheduled_jobs(
+    plan: TargetPlan,
+    kp: KeyedPlan,
+    need: list[TensorJob],
+    loader,
+    store: Store,
+    options: BuildOptions,
+    executor: Executor,
+) -> list[ScheduledJob]:
     """Each job scheduled: a closure over this target's loader, and for remote executors the
     portable job."""
     remote = getattr(executor, "remote", False)
@@ -458,11 +514,22 @@ def _scheduled_jobs(plan: TargetPlan, kp: KeyedPlan, need: list[TensorJob], load
         return info
 
     def portable(job: TensorJob):
-        return make_portable(job, kp, str(store.blobs.directory), store.blobs.size_limit, options.device,
-                             options.read_to_device, options.allow_pickle, hub, derive)
+        return make_portable(
+            job,
+            kp,
+            str(store.blobs.directory),
+            store.blobs.size_limit,
+            options.device,
+            options.read_to_device,
+            options.allow_pickle,
+            hub,
+            derive,
+        )
 
-    return [ScheduledJob(j.name, work(j), job_peak_bytes(j, plan, options.device), portable(j) if remote else None)
-            for j in need]
+    return [
+        ScheduledJob(j.name, work(j), job_peak_bytes(j, plan, options.device), portable(j) if remote else None)
+        for j in need
+    ]
 
 
 def default_memory_budget() -> int:

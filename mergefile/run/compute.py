@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.methods.apply import has_stages, run_method
 from mergefile.methods.base import EmbedPolicy, MergeContext, Method
 from mergefile.methods.registry import get_method
@@ -130,8 +129,16 @@ class KeyedStages:
     is done (the merge reads the stage output, not the input). Counts go to ``res``.
     """
 
-    def __init__(self, keys: dict[int, str], seed: int, blobs=None, store: bool = False, device: str = "cpu",
-                 res: JobResult | None = None, release=None):
+    def __init__(
+        self,
+        keys: dict[int, str],
+        seed: int,
+        blobs=None,
+        store: bool = False,
+        device: str = "cpu",
+        res: JobResult | None = None,
+        release=None,
+    ):
         self.keys, self.seed, self.blobs, self.store, self.device = keys, seed, blobs, store, device
         self.res, self.release = res, release
 
@@ -157,7 +164,9 @@ class KeyedStages:
         return y
 
 
-def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, device: str = "cpu") -> tuple[torch.Tensor, JobResult]:
+def compute_job(
+    job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, device: str = "cpu"
+) -> tuple[torch.Tensor, JobResult]:
     """Merge one tensor; store and return it (on CPU).
 
     The IO around ``methods.apply.run_method``: load, cast, re-index and align the inputs, key and
@@ -183,9 +192,15 @@ def compute_job(job: TensorJob, kp: KeyedPlan, loader: InputLoader, blobs, devic
     if has_stages(method, len(tensors), job.base_index):
         plan = stage_plan(method, job, stage_inputs(job, kp))
         # the merge reads stage outputs, not these inputs: their mapped pages go once staged
-        stages = KeyedStages({i: sk for i, _, sk in plan}, job.seed, blobs,
-                             _keep_stages(method, tensors, job.base_index, len(plan)), device, res,
-                             release=lambda i: loader.release([job.inputs[i]]))
+        stages = KeyedStages(
+            {i: sk for i, _, sk in plan},
+            job.seed,
+            blobs,
+            _keep_stages(method, tensors, job.base_index, len(plan)),
+            device,
+            res,
+            release=lambda i: loader.release([job.inputs[i]]),
+        )
     ctx = MergeContext(job.name, job.is_embed, job.base_index, _generator(key, job.seed), consume_inputs=True)
     result = run_method(method, tensors, [dict(p) for p in job.per_model], dict(job.params), ctx, stages)
     if job.out_dtype:

@@ -24,7 +24,6 @@ from mergefile.run.plan_keys import HASH_THREADS, KeyedPlan, hub_digests, job_pa
 from mergefile.store.keys import input_key, key_of
 from mergefile.store.statcache import identity
 
-
 READ_ONCE_ENV = "MERGEBUILD_READ_ONCE"
 READ_ONCE_MODES = ("auto", "always", "never")
 
@@ -151,8 +150,14 @@ class DeferredKeys:
     inputs' digests ready and their bytes still in the page cache.
     """
 
-    def __init__(self, kp: KeyedPlan, stat, unknown: dict[str, dict[str, Any]],
-                 refs: dict[tuple[str, str], list[tuple[int, str]]], shared: SharedDigests):
+    def __init__(
+        self,
+        kp: KeyedPlan,
+        stat,
+        unknown: dict[str, dict[str, Any]],
+        refs: dict[tuple[str, str], list[tuple[int, str]]],
+        shared: SharedDigests,
+    ):
         self.kp, self.stat, self._refs, self._shared = kp, stat, refs, shared
         self._unknown = unknown  # file -> name -> info, still to hash
         self._hashed: dict[str, dict[str, tuple[int, int, str]]] = defaultdict(dict)

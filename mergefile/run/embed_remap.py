@@ -22,7 +22,9 @@ def _index(table, device) -> torch.Tensor:
     return torch.frombuffer(table, dtype=torch.int64).clone().to(device)
 
 
-def _defaults(gathered: list[torch.Tensor], has: list[torch.Tensor], tensors: Sequence[torch.Tensor], r: JobRemap) -> torch.Tensor:
+def _defaults(
+    gathered: list[torch.Tensor], has: list[torch.Tensor], tensors: Sequence[torch.Tensor], r: JobRemap
+) -> torch.Tensor:
     """Rows for models lacking a token (or forced): fills, else base row, else mean of holders."""
     acc = torch.zeros_like(gathered[0], dtype=torch.float32)
     count = torch.zeros(r.real, dtype=torch.float32, device=acc.device)
@@ -70,4 +72,6 @@ def remap_inputs(tensors: Sequence[torch.Tensor], r: JobRemap) -> list[torch.Ten
 
 def remapped_keys(in_keys: Sequence[str], digest: str) -> list[str]:
     """Keys of the re-indexed inputs, for cached stages: each depends on every input and the remap."""
-    return [key_of("remapped-input", {"inputs": list(in_keys), "remap": digest, "position": i}) for i in range(len(in_keys))]
+    return [
+        key_of("remapped-input", {"inputs": list(in_keys), "remap": digest, "position": i}) for i in range(len(in_keys))
+    ]

@@ -111,6 +111,7 @@ class LocalExecutor:
         pending: dict[Future, ScheduledJob] = {}
         it = iter(items)
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="mergebuild") as pool:
+
             def submit() -> bool:
                 item = next(it, None)
                 if item is None:

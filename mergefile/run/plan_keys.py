@@ -54,7 +54,9 @@ def job_payload(job: TensorJob, method: Method, in_keys: list[str]) -> dict[str,
     return payload
 
 
-def stage_key(method: Method, params: Mapping[str, Any], x_key: str, base_key: str, dtype: str | None, seed: int) -> str:
+def stage_key(
+    method: Method, params: Mapping[str, Any], x_key: str, base_key: str, dtype: str | None, seed: int
+) -> str:
     """Key of a per-model stage output (e.g. one model's sparsified task vector)."""
     assert method.stage is not None
     return key_of(
@@ -81,7 +83,7 @@ def hub_digests(file: str, infos) -> dict[str, str] | None:
     return {i.name: f"sha256:{sha}:{i.begin}-{i.end}" for i in infos}
 
 
-def stage_inputs(job: TensorJob, kp: "KeyedPlan") -> list[str]:
+def stage_inputs(job: TensorJob, kp: KeyedPlan) -> list[str]:
     """Input keys as a job's stages see them: re-indexed inputs get keys of their own."""
     in_keys = [kp.input_keys[(r.model, r.tensor)] for r in job.inputs]
     if job.vocab is not None:
@@ -193,5 +195,8 @@ def key_plan(plan: TargetPlan, stat, upstream: Mapping[str, KeyedPlan]) -> Keyed
 
 def recipe_of(plan: TargetPlan, job: TensorJob, payload: dict[str, Any]) -> dict[str, Any]:
     """The recipe recorded in the manifest: the key preimage plus the names ``--explain`` shows."""
-    return {**payload, "models": [plan.inputs[r.model].label for r in job.inputs],
-            "tensors": [r.tensor for r in job.inputs]}
+    return {
+        **payload,
+        "models": [plan.inputs[r.model].label for r in job.inputs],
+        "tensors": [r.tensor for r in job.inputs],
+    }

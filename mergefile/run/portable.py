@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mergefile._lazy import torch
-
 from mergefile.io.header import DTYPE_SIZES, TensorInfo, dtype_code
 from mergefile.plan.inputs import InputModel
 from mergefile.plan.jobs import TargetPlan, TensorJob
@@ -109,8 +108,11 @@ class PortableJob:
             loader: Any = InputLoader(_PortablePlan(self._models()), reader, blobs, self.allow_pickle)
             if self.read_to_device:
                 loader = DeviceLoader(loader, self.device)
-            kp = KeyedPlan(None, {(i.model, i.tensor): i.key for i in self.inputs},  # type: ignore[arg-type]
-                           {self.job.name: self.key})
+            kp = KeyedPlan(
+                None,
+                {(i.model, i.tensor): i.key for i in self.inputs},  # type: ignore[arg-type]
+                {self.job.name: self.key},
+            )
             _, res = compute_job(self.job, kp, loader, blobs, self.device)
         finally:
             reader.close()
@@ -122,8 +124,9 @@ class PortableJob:
         models: dict[int, InputModel] = {}
         for i in self.inputs:
             upstream = "derived" if i.derived else "upstream" if i.output_dir else None
-            m = models.setdefault(i.model, InputModel(label=str(i.model), path=i.output_dir or "", config={},
-                                                      tensors={}, target=upstream))
+            m = models.setdefault(
+                i.model, InputModel(label=str(i.model), path=i.output_dir or "", config={}, tensors={}, target=upstream)
+            )
             if i.info is not None:
                 m.tensors[i.tensor] = _local_file(i)  # type: ignore[index]
         return models
@@ -149,10 +152,17 @@ def _local_file(i: PortableInput) -> TensorInfo:
     return dataclasses.replace(info, file=os.path.realpath(path))
 
 
-def make_portable(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int, device: str = "cpu",
-              read_to_device: bool = False, allow_pickle: bool = False,
-              hub_names: dict[int, dict[str, str]] | None = None,
-              derive: Callable[[Any, str], TensorInfo | None] | None = None) -> PortableJob:
+def make_portable(
+    job: TensorJob,
+    kp: KeyedPlan,
+    cache_dir: str,
+    cache_size: int,
+    device: str = "cpu",
+    read_to_device: bool = False,
+    allow_pickle: bool = False,
+    hub_names: dict[int, dict[str, str]] | None = None,
+    derive: Callable[[Any, str], TensorInfo | None] | None = None,
+) -> PortableJob:
     """The portable job computing ``job`` of a keyed plan (driver side; reads no tensor data, except
     to make derived inputs).
 
@@ -171,7 +181,9 @@ def make_portable(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int
         key = kp.input_keys[(r.model, r.tensor)]
         if getattr(model, "source", None) is not None:  # derived tensors: made here, read from the cache
             if derive is None:
-                raise ValueError(f"input '{model.label}' is derived (a LoRA applied, MoE gates): make_portable needs derive")
+                raise ValueError(
+                    f"input '{model.label}' is derived (a LoRA applied, MoE gates): make_portable needs derive"
+                )
             info = derive(r, key)
             inputs.append(PortableInput(r.model, r.tensor, key, info=info, derived=info is None))
             continue
@@ -185,8 +197,16 @@ def make_portable(job: TensorJob, kp: KeyedPlan, cache_dir: str, cache_size: int
             commit = os.path.basename(os.path.normpath(model.path))
             hub = (model.hub[0], commit if _COMMIT.match(commit) else (model.hub[1] or "main"), names[info.file])
         inputs.append(PortableInput(r.model, r.tensor, key, info=info, hub=hub))
-    return PortableJob(job, kp.keys[job.name], tuple(inputs), cache_dir, cache_size,
-                      "cuda" if device.startswith("cuda") else device, read_to_device, allow_pickle)
+    return PortableJob(
+        job,
+        kp.keys[job.name],
+        tuple(inputs),
+        cache_dir,
+        cache_size,
+        "cuda" if device.startswith("cuda") else device,
+        read_to_device,
+        allow_pickle,
+    )
 
 
 def hub_file_names(plan: TargetPlan) -> dict[int, dict[str, str]]:

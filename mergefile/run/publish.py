@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mergefile._lazy import torch
 import xxhash
 
+from mergefile._lazy import torch
 from mergefile.plan.card import card_texts
 from mergefile.plan.jobs import TargetPlan
 from mergefile.store.keys import key_of
@@ -44,8 +44,8 @@ class AuxFiles:
 def aux_files(plan: TargetPlan, copy_tokenizer: bool = True, write_card: bool = True) -> AuxFiles:
     """The small files of ``plan``'s output; without the tokenizer's or the card's when told
     (mergekit's ``--no-copy-tokenizer``, ``--no-write-model-card``): the key follows."""
-    from mergefile.io.hf_folder import TOKENIZER_FILES
     from mergefile.io.header import code_name
+    from mergefile.io.hf_folder import TOKENIZER_FILES
 
     config = json.loads(json.dumps(plan.config))
     codes = {j.result_dtype for j in plan.jobs}
@@ -155,9 +155,17 @@ class OutputWriter:
 
     QUEUE = 2  # shards handed to the writer thread and not yet on disk
 
-    def __init__(self, plan: TargetPlan, keys: dict[str, str], recipes: dict[str, dict], reuse: set[str],
-                 aux: AuxFiles, fetch: Callable[[str], torch.Tensor], fresh: set[str] = frozenset(),
-                 keep_bytes: int = 0):
+    def __init__(
+        self,
+        plan: TargetPlan,
+        keys: dict[str, str],
+        recipes: dict[str, dict],
+        reuse: set[str],
+        aux: AuxFiles,
+        fetch: Callable[[str], torch.Tensor],
+        fresh: set[str] = frozenset(),
+        keep_bytes: int = 0,
+    ):
         from concurrent.futures import ThreadPoolExecutor
 
         self.plan, self.keys, self.recipes, self.reuse, self.aux, self.fetch = plan, keys, recipes, reuse, aux, fetch
@@ -172,8 +180,9 @@ class OutputWriter:
         for jobs in self.by_shard.values():
             jobs.sort(key=lambda j: j.name)
         self.shard_of = {j.name: plan.shard_of(j) for j in plan.jobs}
-        self.waiting = {sh: {j.name for j in jobs if j.name in fresh}
-                        for sh, jobs in self.by_shard.items() if sh not in reuse}
+        self.waiting = {
+            sh: {j.name for j in jobs if j.name in fresh} for sh, jobs in self.by_shard.items() if sh not in reuse
+        }
         self.held: dict[str, torch.Tensor] = {}
         self.held_bytes, self.keep_bytes = 0, keep_bytes
         self.written = 0
@@ -232,7 +241,11 @@ class OutputWriter:
                 for job in jobs:
                     weight_map[job.name] = shard
                     total += job.nbytes
-                    man.tensors[job.name] = {"key": self.keys[job.name], "shard": shard, "recipe": self.recipes[job.name]}
+                    man.tensors[job.name] = {
+                        "key": self.keys[job.name],
+                        "shard": shard,
+                        "recipe": self.recipes[job.name],
+                    }
                 man.shards[shard] = shard_stat(tmp / shard)
             if len(self.by_shard) > 1:
                 write_index(tmp, weight_map, total, metadata={"mergebuild": "1"})

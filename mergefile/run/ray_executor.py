@@ -80,12 +80,20 @@ class RayExecutor:
 
     remote = True  # scheduled jobs must carry their portable job
 
-    def __init__(self, jobs: int = 1, memory_budget: int = 4 * 2**30, device: str = "cpu",
-                 max_retries: int = 3, gpus_per_task: float | None = None):
+    def __init__(
+        self,
+        jobs: int = 1,
+        memory_budget: int = 4 * 2**30,
+        device: str = "cpu",
+        max_retries: int = 3,
+        gpus_per_task: float | None = None,
+    ):
         ray = _import_ray()
         if not ray.is_initialized():
-            raise UserError("Ray is not initialized: call ray.init() or use ray_session() first "
-                            "(the mergebuild CLI does it for --executor ray)")
+            raise UserError(
+                "Ray is not initialized: call ray.init() or use ray_session() first "
+                "(the mergebuild CLI does it for --executor ray)"
+            )
         self.jobs = max(1, jobs)
         self.budget = MemoryBudget(memory_budget)
         self.max_retries = max_retries
@@ -97,8 +105,7 @@ class RayExecutor:
                 raise UserError(f"--device {device} with --executor ray, but the Ray cluster has no GPUs")
             self._gpus = min(1.0, gpus_per_task if gpus_per_task else 1.0 / self.jobs)
         # A memory request above every node's memory would never be scheduled: cap it.
-        self._max_memory = int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")),
-                                   default=0))
+        self._max_memory = int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
 
     def _options(self, item: ScheduledJob) -> dict[str, Any]:
         opts: dict[str, Any] = {"num_cpus": 1, "max_retries": self.max_retries, "retry_exceptions": False}

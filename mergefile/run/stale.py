@@ -86,7 +86,11 @@ def diff_recipe(old: dict[str, Any], new: dict[str, Any]) -> tuple[Reason, tuple
     else:
         for i, label in enumerate(nm):
             if old["inputs"][i] != new["inputs"][i]:
-                what = "tensor " + new["tensors"][i] if old.get("tensors", [None] * len(nm))[i] != new["tensors"][i] else "content"
+                what = (
+                    "tensor " + new["tensors"][i]
+                    if old.get("tensors", [None] * len(nm))[i] != new["tensors"][i]
+                    else "content"
+                )
                 out.append((Reason.INPUT_CHANGED, f"{label} ({what}) changed"))
             opm = old.get("per_model", [{}] * len(nm))[i] if i < len(old.get("per_model", [])) else {}
             npm = new.get("per_model", [])[i]

@@ -35,13 +35,17 @@ def strip_tokenizer_json(data: dict, limit: int) -> None:
         dropped = {t for t, i in model["vocab"].items() if i >= limit}
         model["vocab"] = {t: i for t, i in model["vocab"].items() if i < limit}
         if kind == "BPE":
-            model["merges"] = [m for m in model.get("merges", []) if not dropped & {*_merge_parts(m), "".join(_merge_parts(m))}]
+            model["merges"] = [
+                m for m in model.get("merges", []) if not dropped & {*_merge_parts(m), "".join(_merge_parts(m))}
+            ]
     elif kind == "Unigram":
         model["vocab"] = model["vocab"][:limit]
         if model.get("unk_id") is not None and model["unk_id"] >= limit:
             raise UserError(f"cannot strip the tokenizer to {limit} tokens: its unknown token has id {model['unk_id']}")
     else:
-        raise UserError(f"cannot strip a {kind} tokenizer to the model's vocab_size ({limit}); only BPE, WordPiece, WordLevel and Unigram")
+        raise UserError(
+            f"cannot strip a {kind} tokenizer to the model's vocab_size ({limit}); only BPE, WordPiece, WordLevel and Unigram"
+        )
     data["added_tokens"] = [a for a in data.get("added_tokens", []) if a["id"] < limit]
 
 
@@ -57,8 +61,14 @@ def _build(spec: TokenizerSpec) -> Any:
         backend = Tokenizer.from_str(json.dumps(data))
     for fields in spec.add:
         f = dict(fields)
-        tok = AddedToken(f["content"], single_word=f["single_word"], lstrip=f["lstrip"], rstrip=f["rstrip"],
-                         normalized=f["normalized"], special=f["special"])
+        tok = AddedToken(
+            f["content"],
+            single_word=f["single_word"],
+            lstrip=f["lstrip"],
+            rstrip=f["rstrip"],
+            normalized=f["normalized"],
+            special=f["special"],
+        )
         (backend.add_special_tokens if f["special"] else backend.add_tokens)([tok])
     vocab = backend.get_vocab(with_added_tokens=True)
     got = sorted(vocab, key=vocab.__getitem__)
@@ -66,7 +76,8 @@ def _build(spec: TokenizerSpec) -> Any:
         first = next((i for i, (a, b) in enumerate(zip(got, spec.expect)) if a != b), min(len(got), len(spec.expect)))
         raise UserError(
             f"the merged tokenizer does not match the planned vocabulary ({len(got)} tokens, planned {len(spec.expect)}; "
-            f"first difference at id {first})", hint="a tokenizer whose added tokens overlap its vocabulary? please report it"
+            f"first difference at id {first})",
+            hint="a tokenizer whose added tokens overlap its vocabulary? please report it",
         )
     return backend
 
@@ -112,7 +123,9 @@ def write_tokenizer(spec: TokenizerSpec, out_dir: Path) -> list[str]:
             shutil.copyfile(src / name, out / name)
             written.append(name)
     if cfg is not None:
-        (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / "tokenizer_config.json").write_text(
+            json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         written.append("tokenizer_config.json")
     if spec.chat_template is not None and not template_in_config:
         (out / "chat_template.jinja").write_text(spec.chat_template, encoding="utf-8")

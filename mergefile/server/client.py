@@ -40,13 +40,24 @@ from mergefile.server.environment import batch_job, build_environment, cgroup
 MODE_ENV = "MERGEBUILD_SERVER"
 ZYGOTE = "from mergefile.server.zygote import main; main()"
 FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
-LIMITS = ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_RSS", "RLIMIT_NOFILE", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE",
-          "RLIMIT_NPROC", "RLIMIT_MEMLOCK", "RLIMIT_STACK")
+LIMITS = (
+    "RLIMIT_AS",
+    "RLIMIT_DATA",
+    "RLIMIT_RSS",
+    "RLIMIT_NOFILE",
+    "RLIMIT_CPU",
+    "RLIMIT_FSIZE",
+    "RLIMIT_CORE",
+    "RLIMIT_NPROC",
+    "RLIMIT_MEMLOCK",
+    "RLIMIT_STACK",
+)
 
 
 # Verbs that never compute a tensor, and flags that make any command compute none.
-READ_ONLY_VERBS = frozenset({"status", "graph", "cache", "log", "fmt", "import", "export", "lock", "push", "server",
-                             "ui", "help"})
+READ_ONLY_VERBS = frozenset(
+    {"status", "graph", "cache", "log", "fmt", "import", "export", "lock", "push", "server", "ui", "help"}
+)
 READ_ONLY_FLAGS = frozenset({"-h", "--help", "--version", "-n", "--dry-run", "-q", "--question"})
 
 
@@ -92,7 +103,13 @@ def computes_tensors(argv: list[str]) -> bool:
             break
         if word in READ_ONLY_FLAGS or word in READ_ONLY_VERBS:
             return False
-        if len(word) > 1 and word[0] == "-" and word[1] != "-" and set(word[1:]) & {"n", "q", "h"} and word[1:].isalpha():
+        if (
+            len(word) > 1
+            and word[0] == "-"
+            and word[1] != "-"
+            and set(word[1:]) & {"n", "q", "h"}
+            and word[1:].isalpha()
+        ):
             return False
     return True
 
@@ -135,10 +152,16 @@ def spawn(directory: str, key: str, after: int | None = None):
     except OSError:
         pass
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-c", ZYGOTE, directory, key, sys.path[0], str(after or 0)],
-                                env=build_environment(dict(os.environ)),  # no secrets a build does not need
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
-                                start_new_session=True, close_fds=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE, directory, key, sys.path[0], str(after or 0)],
+            env=build_environment(dict(os.environ)),  # no secrets a build does not need
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def client_state() -> dict:
@@ -146,8 +169,14 @@ def client_state() -> dict:
     umask = os.umask(0)
     os.umask(umask)
     limits = {name: list(resource.getrlimit(getattr(resource, name))) for name in LIMITS if hasattr(resource, name)}
-    state = {"cwd": os.getcwd(), "env": build_environment(dict(os.environ)), "umask": umask, "limits": limits,
-             "nice": os.getpriority(os.PRIO_PROCESS, 0), "cgroup": cgroup()}
+    state = {
+        "cwd": os.getcwd(),
+        "env": build_environment(dict(os.environ)),
+        "umask": umask,
+        "limits": limits,
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "cgroup": cgroup(),
+    }
     if hasattr(os, "sched_getaffinity"):
         state["affinity"] = sorted(os.sched_getaffinity(0))
     return state
@@ -188,8 +217,11 @@ def run(argv: list[str]) -> int | None:
         if start:
             proc = spawn(directory, key, after=os.getpid())
             if os.isatty(2):
-                print(f"mergebuild: starting a build server in the background for the next builds (pid {proc.pid}; "
-                      "`mergebuild server stop` ends it, MERGEBUILD_SERVER=off turns this off)", file=sys.stderr)
+                print(
+                    f"mergebuild: starting a build server in the background for the next builds (pid {proc.pid}; "
+                    "`mergebuild server stop` ends it, MERGEBUILD_SERVER=off turns this off)",
+                    file=sys.stderr,
+                )
         return None
     try:
         state = client_state()
@@ -231,6 +263,7 @@ def _build(conn: socket.socket, request: dict) -> int | None:
 
 def _forward_signals(pid: int) -> None:
     """Signals meant for this process go to the build (its process group, as a terminal would)."""
+
     def send(signum: int) -> None:
         try:
             os.killpg(pid, signum)

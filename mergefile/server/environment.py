@@ -25,25 +25,66 @@ import os
 
 from mergefile.depends import IMPORT_TIME_ENV, RESOLUTION_ENV, import_environment
 
-__all__ = ["BATCH_JOB_ENV", "BUILD_ENV", "ENVIRONMENT_DEFAULTS", "IMPORT_TIME_ENV", "RUNTIME_ENV", "batch_job",
-           "build_environment", "cgroup", "import_environment", "set_environment_defaults"]
+__all__ = [
+    "BATCH_JOB_ENV",
+    "BUILD_ENV",
+    "ENVIRONMENT_DEFAULTS",
+    "IMPORT_TIME_ENV",
+    "RUNTIME_ENV",
+    "batch_job",
+    "build_environment",
+    "cgroup",
+    "import_environment",
+    "set_environment_defaults",
+]
 
 # Read while a build runs besides those two lists: the hub client (tokens, proxies,
 # certificates), Ray and wandb (evolve), the terminal (progress bars, colours, width), time zone
 # and user.
 RUNTIME_ENV = (
-    "HUGGING_FACE_", "RAY_", "WANDB_", "XDG_", "SSL_CERT_", "REQUESTS_CA_BUNDLE",
-    "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-    "no_proxy", "all_proxy", "PATH", "USER", "LOGNAME", "SHELL", "TERM", "COLORTERM", "COLUMNS", "LINES",
-    "NO_COLOR", "FORCE_COLOR", "CLICOLOR", "TZ",
+    "HUGGING_FACE_",
+    "RAY_",
+    "WANDB_",
+    "XDG_",
+    "SSL_CERT_",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "PATH",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TERM",
+    "COLORTERM",
+    "COLUMNS",
+    "LINES",
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "CLICOLOR",
+    "TZ",
 )
 
 BUILD_ENV = IMPORT_TIME_ENV + RESOLUTION_ENV + RUNTIME_ENV
 
 # Variables a batch scheduler sets in every job: a build inside a job must stay in the job's
 # process tree, where the scheduler's memory, CPU and time limits and its accounting apply.
-BATCH_JOB_ENV = ("SLURM_JOB_ID", "SLURM_JOBID", "PBS_JOBID", "LSB_JOBID", "FLUX_JOB_ID", "COBALT_JOBID",
-                 "_CONDOR_JOB_AD", "AZ_BATCH_TASK_ID")
+BATCH_JOB_ENV = (
+    "SLURM_JOB_ID",
+    "SLURM_JOBID",
+    "PBS_JOBID",
+    "LSB_JOBID",
+    "FLUX_JOB_ID",
+    "COBALT_JOBID",
+    "_CONDOR_JOB_AD",
+    "AZ_BATCH_TASK_ID",
+)
 
 
 def build_environment(env: dict[str, str]) -> dict[str, str]:

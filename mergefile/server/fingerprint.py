@@ -44,8 +44,10 @@ def interpreter() -> list:
 def grammar_files() -> list:
     """Both places the grammar is looked for (installed wheel, source checkout)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    candidates = (os.path.join(package, "grammar", "mergefile.lark"),
-                  os.path.join(os.path.dirname(package), "grammar", "mergefile.lark"))
+    candidates = (
+        os.path.join(package, "grammar", "mergefile.lark"),
+        os.path.join(os.path.dirname(package), "grammar", "mergefile.lark"),
+    )
     return [(p, _identity(p)) for p in candidates]
 
 

@@ -132,8 +132,10 @@ class Server:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self._listen()
         self._phase("serving")
-        log(f"serving {self.files['sock']} (imports took {time.perf_counter() - t0:.1f} s; "
-            f"idle timeout {self.idle_s:.0f} s)")
+        log(
+            f"serving {self.files['sock']} (imports took {time.perf_counter() - t0:.1f} s; "
+            f"idle timeout {self.idle_s:.0f} s)"
+        )
         self.own_fds = [lock_fd, wake_r, wake_w]
         try:
             self._make_spare()
@@ -157,8 +159,13 @@ class Server:
         listener.listen(64)
         os.replace(tmp, sock_path)  # clients see a socket that already accepts, or none
         self.listener, self.sock_ino = listener, os.stat(sock_path).st_ino
-        info = {"pid": os.getpid(), "fingerprint": self.key, "started": self.started, "python": sys.executable,
-                "idle_s": self.idle_s}
+        info = {
+            "pid": os.getpid(),
+            "fingerprint": self.key,
+            "started": self.started,
+            "python": sys.executable,
+            "idle_s": self.idle_s,
+        }
         tmp_info = self.files["json"].with_suffix(f".json.{os.getpid()}")
         tmp_info.write_text(json.dumps(info))
         os.replace(tmp_info, self.files["json"])
@@ -276,8 +283,9 @@ class Server:
             elif request.get("fingerprint") != self.key:
                 protocol.send(conn, {"refused": "another version of mergebuild or another environment"})
             elif request.get("state", {}).get("cgroup", "") != cgroup():
-                protocol.send(conn, {"refused": "the client runs in another cgroup, whose limits a served build "
-                                                "would escape"})
+                protocol.send(
+                    conn, {"refused": "the client runs in another cgroup, whose limits a served build would escape"}
+                )
             elif len(fds) != 3:
                 protocol.send(conn, {"refused": "stdin, stdout and stderr must come with the request"})
             elif self.spare is not None and self._hand_over(conn, request, fds):
@@ -346,8 +354,15 @@ class Server:
             conn.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "fingerprint": self.key, "started": self.started, "builds": self.builds,
-                "running": len(self.children), "idle_s": self.idle_s, "python": sys.executable}
+        return {
+            "pid": os.getpid(),
+            "fingerprint": self.key,
+            "started": self.started,
+            "builds": self.builds,
+            "running": len(self.children),
+            "idle_s": self.idle_s,
+            "python": sys.executable,
+        }
 
 
 def main() -> None:

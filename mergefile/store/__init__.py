@@ -28,13 +28,13 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mergefile.store.blobs import BlobStore
-    from mergefile.store.keys import HASH_VERSION, canonical_json, input_key, key_of, seed_from_key
-    from mergefile.store.lock import lock_path, output_lock
-    from mergefile.store.log import BuildLog, RunLog
-    from mergefile.store.statcache import StatCache
-    from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store, default_cache_dir
+if TYPE_CHECKING:  # pragma: no cover  (for type checkers: __getattr__ loads these on first use)
+    from mergefile.store.blobs import BlobStore  # noqa: F401
+    from mergefile.store.keys import HASH_VERSION, canonical_json, input_key, key_of, seed_from_key  # noqa: F401
+    from mergefile.store.lock import lock_path, output_lock  # noqa: F401
+    from mergefile.store.log import BuildLog, RunLog  # noqa: F401
+    from mergefile.store.statcache import StatCache  # noqa: F401
+    from mergefile.store.store import DEFAULT_SIZE_LIMIT, Store, default_cache_dir  # noqa: F401
 
 
 def __getattr__(name: str) -> object:

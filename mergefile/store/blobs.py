@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import diskcache
-from mergefile._lazy import torch
 import xxhash
 
+from mergefile._lazy import torch
 from mergefile.io.header import DTYPE_CODES as _CODES
 from mergefile.io.header import DTYPE_SIZES as _SIZES
 from mergefile.io.header import TORCH_DTYPES as _DTYPES
@@ -58,7 +58,7 @@ class _BlobReader:
             part = self._parts[0]
             if self._pos < len(part):
                 end = len(part) if n is None or n < 0 else self._pos + n
-                chunk = part[self._pos:end]
+                chunk = part[self._pos : end]
                 self._pos += len(chunk)
                 return chunk
             self._parts.pop(0)
@@ -67,8 +67,10 @@ class _BlobReader:
 
 
 def _encode_header(key: str, code: str, shape: list[int], nbytes: int, digest: str) -> bytes:
-    meta = {"t": {"dtype": code, "shape": shape, "data_offsets": [0, nbytes]},
-            "__metadata__": {"xxh3": digest, "key": key}}
+    meta = {
+        "t": {"dtype": code, "shape": shape, "data_offsets": [0, nbytes]},
+        "__metadata__": {"xxh3": digest, "key": key},
+    }
     body = json.dumps(meta, separators=(",", ":")).encode()
     body += b" " * (-len(body) % 8)
     return struct.pack("<Q", len(body)) + body
@@ -80,14 +82,13 @@ def _parse_header(head: bytes, key: str) -> tuple[str, list[int], int, int, str]
         (n,) = struct.unpack_from("<Q", head, 0)
         if n > _MAX_HEADER or len(head) < 8 + n:
             raise _Corrupt("header length")
-        meta = json.loads(head[8:8 + n])
+        meta = json.loads(head[8 : 8 + n])
         t, md = meta["t"], meta["__metadata__"]
         code, shape, (begin, end) = t["dtype"], [int(s) for s in t["shape"]], t["data_offsets"]
         numel = 1
         for s in shape:
             numel *= s
-        ok = (md["key"] == key and begin == 0 and min(shape, default=0) >= 0
-              and end == numel * _SIZES[code])
+        ok = md["key"] == key and begin == 0 and min(shape, default=0) >= 0 and end == numel * _SIZES[code]
         digest = str(md["xxh3"])
     except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _Corrupt(f"unreadable header: {exc}") from exc
@@ -126,8 +127,7 @@ class BlobStore:
     def __init__(self, directory: str | Path, size_limit: int):
         self.directory = Path(directory)
         self.size_limit = int(size_limit)
-        self._cache = diskcache.Cache(str(directory), size_limit=self.size_limit,
-                                      eviction_policy="least-recently-used")
+        self._cache = diskcache.Cache(str(directory), size_limit=self.size_limit, eviction_policy="least-recently-used")
         self._lock = threading.Lock()
         self.hits = self.misses = self.bytes_read = self.bytes_written = 0
 
@@ -140,8 +140,7 @@ class BlobStore:
         if code is None:
             raise TypeError(f"dtype {tensor.dtype} cannot be stored as a safetensors blob")
         data = _tensor_bytes(tensor)
-        header = _encode_header(key, code, list(tensor.shape), len(data),
-                                xxhash.xxh3_128_hexdigest(data))
+        header = _encode_header(key, code, list(tensor.shape), len(data), xxhash.xxh3_128_hexdigest(data))
         if not self._cache.add(key, _BlobReader(header, data), read=True, retry=True):
             return 0  # another thread/process won the race with identical content
         size = len(header) + len(data)
@@ -187,7 +186,7 @@ class BlobStore:
                 buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         if verify:
             with memoryview(buf) as mv:
-                ok = xxhash.xxh3_128_hexdigest(mv[start:start + nbytes]) == digest
+                ok = xxhash.xxh3_128_hexdigest(mv[start : start + nbytes]) == digest
             if not ok:
                 if isinstance(buf, mmap.mmap):
                     buf.close()
@@ -270,7 +269,8 @@ class BlobStore:
         # diskcache exposes no public "least recently used" query; this mirrors its own
         # eviction SELECT for the LRU policy (read-only, so it cannot break its invariants).
         rows = self._cache._sql(  # noqa: SLF001
-            "SELECT key, size FROM Cache ORDER BY access_time LIMIT ?", (limit,)).fetchall()
+            "SELECT key, size FROM Cache ORDER BY access_time LIMIT ?", (limit,)
+        ).fetchall()
         return [(k, int(s or 0)) for k, s in rows]
 
     def sweep_orphans(self, min_age_s: float = 3600.0) -> int:
@@ -279,8 +279,12 @@ class BlobStore:
         Only files older than ``min_age_s`` go, so a put in flight elsewhere (file written,
         row not yet inserted) is never swept.
         """
-        known = {row[0] for row in self._cache._sql(  # noqa: SLF001
-            "SELECT filename FROM Cache WHERE filename IS NOT NULL").fetchall()}
+        known = {
+            row[0]
+            for row in self._cache._sql(  # noqa: SLF001
+                "SELECT filename FROM Cache WHERE filename IS NOT NULL"
+            ).fetchall()
+        }
         cutoff = time.time() - min_age_s
         freed = 0
         for path in self.directory.glob("*/*/*.val"):

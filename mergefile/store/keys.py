@@ -92,8 +92,7 @@ def canonical_json(obj: Any) -> bytes:
         norm = _fast_normalize(obj)
     except _NotCanonical:
         norm = _normalize(obj, "$")
-    text = json.dumps(norm, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    text = json.dumps(norm, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return text.encode("utf-8")
 
 

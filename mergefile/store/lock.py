@@ -64,14 +64,19 @@ def _same_file(fd: int, path: Path) -> bool:
 
 def _locked(out_dir: str | Path, pid: int | None) -> LockedError:
     who = f"pid {pid}" if pid is not None else "pid unknown"
-    return LockedError(f"{out_dir} is being built by another mergebuild ({who})",
-                       hint="wait for it to finish, or build another target")
+    return LockedError(
+        f"{out_dir} is being built by another mergebuild ({who})", hint="wait for it to finish, or build another target"
+    )
 
 
 @contextmanager
-def output_lock(out_dir: str | Path, *, wait: bool = True,
-                on_wait: Callable[[int | None], None] | None = None,
-                timeout: float | None = None) -> Iterator[Path]:
+def output_lock(
+    out_dir: str | Path,
+    *,
+    wait: bool = True,
+    on_wait: Callable[[int | None], None] | None = None,
+    timeout: float | None = None,
+) -> Iterator[Path]:
     """Hold the exclusive build lock of out_dir for the duration of the block.
 
     Args:

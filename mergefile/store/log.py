@@ -30,10 +30,8 @@ class RunLog:
         self.run_id = run_id
         self.path = path
         self._lock = threading.Lock()
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                                       0o644)
-        self._write({"run_id": run_id, "start": True, "argv": list(argv), "pid": os.getpid(),
-                     "time": time.time()})
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._write({"run_id": run_id, "start": True, "argv": list(argv), "pid": os.getpid(), "time": time.time()})
 
     def record(self, **fields: object) -> None:
         """Append one record, e.g. ``record(target=..., tensor=..., key=..., status="hit")``."""

@@ -37,8 +37,17 @@ from mergefile._tree import identity as _identity
 from mergefile._tree import walk as _walk
 from mergefile.depends import code_fingerprint, resolution_environment
 
-__all__ = ["alias_dir", "check", "check_alias", "code_fingerprint", "environment", "forget", "record",
-           "record_alias", "request_id"]
+__all__ = [
+    "alias_dir",
+    "check",
+    "check_alias",
+    "code_fingerprint",
+    "environment",
+    "forget",
+    "record",
+    "record_alias",
+    "request_id",
+]
 
 STAMP_VERSION = 1  # of stamps and aliases alike
 STAMP_DIR = "stamps"
@@ -70,9 +79,15 @@ def _path(cache_dir: str | os.PathLike, rid: str) -> str:
     return os.path.join(cache_dir, STAMP_DIR, f"{rid}.json")
 
 
-def record(cache_dir: str | os.PathLike, request: Mapping[str, object], targets: Iterable[str],
-           depends: Iterable[str], messages: Iterable[str] = (), read_since_ns: int | None = None,
-           written: Iterable[str] = ()) -> bool:
+def record(
+    cache_dir: str | os.PathLike,
+    request: Mapping[str, object],
+    targets: Iterable[str],
+    depends: Iterable[str],
+    messages: Iterable[str] = (),
+    read_since_ns: int | None = None,
+    written: Iterable[str] = (),
+) -> bool:
     """Write the stamp for ``request``: its targets are up to date given ``depends`` as they are.
 
     Args:
@@ -155,8 +170,12 @@ def _load(path: str) -> object:
 
 def _vouches(stamp: object, request: object) -> bool:
     """Whether ``stamp`` (as read) is for ``request`` and everything it depends on still holds."""
-    if (not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION
-            or stamp.get("request") != request or stamp.get("env") != environment()):
+    if (
+        not isinstance(stamp, dict)
+        or stamp.get("version") != STAMP_VERSION
+        or stamp.get("request") != request
+        or stamp.get("env") != environment()
+    ):
         return False
     written = int(stamp.get("written_ns", 0))
     for p, ident in stamp.get("files", {}).items():
@@ -192,8 +211,9 @@ def _alias_path(cwd: str, argv: Sequence[str]) -> str:
     return os.path.join(alias_dir(), xxhash.xxh3_128_hexdigest(text.encode()) + ".json")
 
 
-def record_alias(cwd: str, argv: Sequence[str], request: Mapping[str, object],
-                 resolve: Sequence[tuple[str, str]], question: bool) -> None:
+def record_alias(
+    cwd: str, argv: Sequence[str], request: Mapping[str, object], resolve: Sequence[tuple[str, str]], question: bool
+) -> None:
     """Remember which stamp this exact command meant (after that stamp vouched for it).
 
     Args:
@@ -204,8 +224,13 @@ def record_alias(cwd: str, argv: Sequence[str], request: Mapping[str, object],
         question: the command was ``-q`` (its answer prints nothing).
     """
     path = _alias_path(cwd, argv)
-    data = {"version": STAMP_VERSION, "cache": request["cache"], "stamp": request_id(request),
-            "resolve": [list(p) for p in resolve], "question": bool(question)}
+    data = {
+        "version": STAMP_VERSION,
+        "cache": request["cache"],
+        "stamp": request_id(request),
+        "resolve": [list(p) for p in resolve],
+        "question": bool(question),
+    }
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"

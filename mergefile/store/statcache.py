@@ -53,8 +53,9 @@ class StatCache:
             treated as racy and re-hashed.
     """
 
-    def __init__(self, cache: diskcache.Cache, *, hasher: Hasher | None = None,
-                 racy_slack_ns: int = DEFAULT_RACY_SLACK_NS):
+    def __init__(
+        self, cache: diskcache.Cache, *, hasher: Hasher | None = None, racy_slack_ns: int = DEFAULT_RACY_SLACK_NS
+    ):
         self._cache = cache
         self._hasher = hasher or _default_hasher
         self._slack = racy_slack_ns

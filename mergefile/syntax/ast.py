@@ -10,7 +10,6 @@ Values (``Value``) are plain Python: ``int``, ``float``, ``str`` (a quoted strin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from mergefile.errors import Loc
 
@@ -68,8 +67,8 @@ def normalize_name(name: str) -> str:
     return name.rstrip("/") or name
 
 
-Ref = Union[Sym, HfRef, PathRef, AutoRef]
-Value = Union[int, float, str, bool, tuple, Sym, HfRef, PathRef, AutoRef]
+Ref = Sym | HfRef | PathRef | AutoRef
+Value = int | float | str | bool | tuple | Sym | HfRef | PathRef | AutoRef
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ class Include:
     loc: Loc | None = field(default=None, compare=False)
 
 
-Statement = Union[Assign, ModelDecl, Target, Phony, Include]
+Statement = Assign | ModelDecl | Target | Phony | Include
 
 
 @dataclass(frozen=True)

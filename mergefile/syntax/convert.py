@@ -19,11 +19,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from mergefile.errors import ConfigError
-from mergefile.syntax.model_paths import local_folder
 from mergefile.syntax.ast import (
-    AutoRef, HfRef, Mergefile, ModelDecl, Param, PathRef, Ref, Slice, Source, Statement,
-    Sym, Target, Value,
-)  # fmt: skip
+    AutoRef,
+    HfRef,
+    Mergefile,
+    ModelDecl,
+    Param,
+    PathRef,
+    Ref,
+    Slice,
+    Source,
+    Statement,
+    Sym,
+    Target,
+    Value,
+)
+from mergefile.syntax.model_paths import local_folder
 
 KEYWORDS = ("model", "include", "as", "slice", "module", "hf", "true", "false")
 ENUM_WORDS = ("union", "base", "zero", "auto")  # bare words with a meaning of their own
@@ -115,11 +126,9 @@ def map_refs(t: Target, fn: Callable[[AutoRef], Value]) -> Target:
         return tuple(replace(x, sources=sources(x.sources), params=params(x.params)) for x in sl)
 
     modules = tuple(
-        replace(m, sources=sources(m.sources), slices=slices(m.slices), params=params(m.params))
-        for m in t.modules
-    )  # fmt: skip
-    return replace(t, params=params(t.params), sources=sources(t.sources),
-                   slices=slices(t.slices), modules=modules)  # fmt: skip
+        replace(m, sources=sources(m.sources), slices=slices(m.slices), params=params(m.params)) for m in t.modules
+    )
+    return replace(t, params=params(t.params), sources=sources(t.sources), slices=slices(t.slices), modules=modules)
 
 
 def _autorefs(t: Target) -> list[AutoRef]:
@@ -145,4 +154,3 @@ def yaml_to_mergefile(targets: Sequence[Target], out_path: str) -> Mergefile:
     named = [map_refs(t, namer) for t in targets]
     ordered: list[Statement] = [named[-1], *named[:-1]]
     return Mergefile(out_path, tuple(namer.decls) + tuple(ordered))
-

@@ -8,9 +8,9 @@ text and what was expected in words -- never Lark terminal names.
 from __future__ import annotations
 
 import functools
-import os
-import logging
 import importlib.resources
+import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -224,10 +224,8 @@ def _char_error(e: UnexpectedCharacters, text: str, path: str) -> MergefileSynta
     loc = Loc(path, e.line, e.column)
     ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
     if ch == '"':
-        return MergefileSyntaxError(
-            "unterminated string", loc, 'a string must end with \'"\' on the same line'
-        )
-    path_text = re.match(r"(\.{1,2}/|/|\.[A-Za-z_])[^\s:{}()\[\]=,;\"]*", text[e.pos_in_stream:])
+        return MergefileSyntaxError("unterminated string", loc, "a string must end with '\"' on the same line")
+    path_text = re.match(r"(\.{1,2}/|/|\.[A-Za-z_])[^\s:{}()\[\]=,;\"]*", text[e.pos_in_stream :])
     if path_text:  # a folder written bare: ../out/x, /scratch/x, .hidden
         word = path_text.group(0)
         return MergefileSyntaxError(f"a path must be quoted: {word}", loc, f'write "{word}"')
@@ -236,13 +234,9 @@ def _char_error(e: UnexpectedCharacters, text: str, path: str) -> MergefileSynta
         while end < len(text) and (text[end].isalnum() or text[end] in "._+-"):
             end += 1
         bad = text[e.pos_in_stream : end]
-        return MergefileSyntaxError(
-            f"bad number '{bad}'", loc, "expected a number like 3, -0.5 or 1e-3"
-        )
+        return MergefileSyntaxError(f"bad number '{bad}'", loc, "expected a number like 3, -0.5 or 1e-3")
     if ch == "\\":
-        return MergefileSyntaxError(
-            "unexpected '\\'", loc, "a line continuation '\\' must be last on its line"
-        )
+        return MergefileSyntaxError("unexpected '\\'", loc, "a line continuation '\\' must be last on its line")
     return MergefileSyntaxError(f"unexpected character {ch!r}", loc)
 
 
@@ -310,9 +304,7 @@ def _token_error(e: UnexpectedToken, text: str, path: str) -> MergefileSyntaxErr
         err = rule(ctx)
         if err is not None:
             return err
-    return MergefileSyntaxError(
-        f"unexpected {describe(tok)}; expected {expected_words(ctx.expected)}", ctx.loc()
-    )
+    return MergefileSyntaxError(f"unexpected {describe(tok)}; expected {expected_words(ctx.expected)}", ctx.loc())
 
 
 def _end_position(text: str) -> tuple[int, int]:
@@ -366,9 +358,7 @@ def _empty_brackets(ctx: _Ctx) -> MergefileSyntaxError | None:
     prev = ctx.prev()
     if ctx.tok.type != "RSQB" or prev is None or prev.type != "LSQB":
         return None
-    return MergefileSyntaxError(
-        "empty '[]': expected a filter like [mlp] or a layer range like [0:24]", ctx.loc(prev)
-    )
+    return MergefileSyntaxError("empty '[]': expected a filter like [mlp] or a layer range like [0:24]", ctx.loc(prev))
 
 
 def _slice_range(ctx: _Ctx) -> MergefileSyntaxError | None:

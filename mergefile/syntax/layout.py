@@ -36,9 +36,14 @@ _ITEMS = ("source", "param", "slice_single", "slice_multi", "module", "slice_sou
 def _comment_parser() -> Lark:
     """The Mergefile parser with a hook that records every COMMENT token it skips."""
     return Lark(
-        grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
-        maybe_placeholders=False, postlex=_PostLexer(), lexer_callbacks={"COMMENT": _sink.append},
-    )  # fmt: skip
+        grammar_text(),
+        parser="lalr",
+        lexer="basic",
+        propagate_positions=True,
+        maybe_placeholders=False,
+        postlex=_PostLexer(),
+        lexer_callbacks={"COMMENT": _sink.append},
+    )
 
 
 @dataclass

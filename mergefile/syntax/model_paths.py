@@ -69,6 +69,9 @@ def local_folder(ref: AutoRef, name: str | None = None) -> Located | None:
     if here:
         return Located(primary)
     if there:
-        return Located(other, f"model '{name}' is not in the working directory ({ref.base_dir});"
-                              f" using {other}, relative to the YAML's folder (mergekit would not find it)")
+        return Located(
+            other,
+            f"model '{name}' is not in the working directory ({ref.base_dir});"
+            f" using {other}, relative to the YAML's folder (mergekit would not find it)",
+        )
     return None

@@ -85,9 +85,7 @@ def check_params(params: tuple[Param, ...] | list[Param], where: str) -> None:
         if key in seen:
             shown = p.name if p.filter is None else f"{p.name}[{p.filter}]"
             first = _first_line(seen[key].loc, p.loc)
-            raise ConfigError(
-                f"duplicate parameter '{shown}' in {where} (first set at {first})", p.loc
-            )
+            raise ConfigError(f"duplicate parameter '{shown}' in {where} (first set at {first})", p.loc)
         seen[key] = p
 
 
@@ -185,9 +183,7 @@ class _ToAst(Transformer):
         for bound in (start, end):
             if isinstance(bound, bool) or not isinstance(bound, int):
                 shown = bound.name if isinstance(bound, Sym) else repr(bound)
-                raise ConfigError(
-                    f"layer range bounds must be integers, got {shown}", loc, "e.g. [0:24]"
-                )
+                raise ConfigError(f"layer range bounds must be integers, got {shown}", loc, "e.g. [0:24]")
         if start < 0:
             raise ConfigError(f"layer range start must be >= 0, got {start}", loc)
         if end <= start:
@@ -293,16 +289,26 @@ class _ToAst(Transformer):
             )
         origin = self.text[meta.start_pos : meta.end_pos]
         return Target(
-            name, str(method), params, sources, slices, call.args,
-            self._loc(children[0]), self._loc(method), origin, modules,
-        )  # fmt: skip
+            name,
+            str(method),
+            params,
+            sources,
+            slices,
+            call.args,
+            self._loc(children[0]),
+            self._loc(method),
+            origin,
+            modules,
+        )
 
     def phony(self, meta: Meta, children: _Children) -> Phony:
         name, deps = children[0], children[1:]
         return Phony(
-            str(name), tuple(self._target_name(d) for d in deps), self._loc(name),
+            str(name),
+            tuple(self._target_name(d) for d in deps),
+            self._loc(name),
             tuple(self._loc(d) for d in deps),
-        )  # fmt: skip
+        )
 
     def model_decl(self, meta: Meta, children: _Children) -> ModelDecl:
         options = children[-1] if isinstance(children[-1], _Call) else None
@@ -317,15 +323,17 @@ class _ToAst(Transformer):
     def _model_options(self, call: _Call, meta: Meta) -> str:
         """The options of a model declaration: ``architecture="Class"`` (override_architecture)."""
         if call.args or not call.kwargs:
-            raise ConfigError("a model declaration takes only architecture=\"Class\" in parentheses",
-                              Loc(self.path, meta.line, meta.column))  # fmt: skip
+            raise ConfigError(
+                'a model declaration takes only architecture="Class" in parentheses',
+                Loc(self.path, meta.line, meta.column),
+            )
         check_params(call.kwargs, "the model's options")
         for kw in call.kwargs:
             if kw.name not in _MODEL_OPTIONS:
                 hint = did_you_mean(kw.name, _MODEL_OPTIONS) or "a model takes only architecture=..."
                 raise ConfigError(f"unknown model option '{kw.name}'", kw.loc, hint)
             if not isinstance(kw.value, str) or not kw.value:
-                raise ConfigError("architecture must be a quoted class name, e.g. \"LlamaForCausalLM\"", kw.loc)
+                raise ConfigError('architecture must be a quoted class name, e.g. "LlamaForCausalLM"', kw.loc)
         return call.kwargs[0].value
 
     def assign(self, meta: Meta, children: _Children) -> Assign:
@@ -426,8 +434,9 @@ def parse_mergefile(path: str | os.PathLike[str], **yaml_options: Any) -> Mergef
     return Mergefile(path, tuple(link_target_paths(statements, path)), tuple(dict.fromkeys(files)))
 
 
-def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_options: dict,
-          files: list[str]) -> list[Statement]:
+def _load(
+    path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_options: dict, files: list[str]
+) -> list[Statement]:
     """Statements of ``path`` with includes spliced; ``chain`` = (shown, real) paths above it;
     every file read is appended to ``files``."""
     real = os.path.realpath(path)
@@ -451,22 +460,20 @@ def _load(path: str, chain: tuple[tuple[str, str], ...], at: Loc | None, yaml_op
     return out
 
 
-def _include(st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_options: dict,
-             files: list[str]) -> list[Statement]:
+def _include(
+    st: Include, path: str, chain: tuple[tuple[str, str], ...], yaml_options: dict, files: list[str]
+) -> list[Statement]:
     target = os.path.normpath(os.path.join(os.path.dirname(path), st.path))
     is_yaml = st.path.lower().endswith(YAML_SUFFIXES)
     if st.as_target is None and is_yaml:
         raise ConfigError(
-            "a mergekit YAML config must be included as a target:"
-            f' include "{st.path}" as out/name',
+            f'a mergekit YAML config must be included as a target: include "{st.path}" as out/name',
             st.loc,
         )
     if st.as_target is None:
         return _load(target, chain, st.loc, yaml_options, files)
     if not is_yaml:
-        raise ConfigError(
-            "'include ... as out/name' imports a mergekit YAML config (.yml or .yaml)", st.loc
-        )
+        raise ConfigError("'include ... as out/name' imports a mergekit YAML config (.yml or .yaml)", st.loc)
     files.append(os.path.realpath(target))
     if not os.path.isfile(target):
         raise ConfigError(f"cannot read include file '{target}': No such file", st.loc)

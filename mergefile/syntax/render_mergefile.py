@@ -17,9 +17,23 @@ import re
 from dataclasses import dataclass, field
 
 from mergefile.syntax.ast import (
-    Assign, AutoRef, HfRef, Include, Mergefile, ModelDecl, Module, Param, PathRef, Phony, Slice,
-    Source, Statement, Sym, Target, Value,
-)  # fmt: skip
+    Assign,
+    AutoRef,
+    HfRef,
+    Include,
+    Mergefile,
+    ModelDecl,
+    Module,
+    Param,
+    PathRef,
+    Phony,
+    Slice,
+    Source,
+    Statement,
+    Sym,
+    Target,
+    Value,
+)
 
 Key = tuple  # ("node", line, col) for a node, (kind, line, col) for a container it owns
 FILE = ("file", 0, 0)
@@ -235,9 +249,10 @@ def _target(w: _Writer, t: Target, blank: bool) -> None:
     open_block = bool(items) or owned("block", t) in w.layout.closing
     head = f"{name_text(t.name)}: {t.method}"
     args = [value_text(a) for a in t.args] + [param_text(p) for p in call]
-    multiline = any(
-        node_key(p) in w.layout.leading or node_key(p) in w.layout.trailing for p in call
-    ) or owned("call", t) in w.layout.closing  # fmt: skip
+    multiline = (
+        any(node_key(p) in w.layout.leading or node_key(p) in w.layout.trailing for p in call)
+        or owned("call", t) in w.layout.closing
+    )
     if multiline:
         w.line(t, 0, head + "(", blank, trailing=False)
         w.fresh = True
@@ -276,7 +291,7 @@ def _slice(w: _Writer, sl: Slice, depth: int) -> None:
     inner = [*sl.sources, *sl.params]
     commented = owned("slice", sl) in w.layout.closing or any(
         node_key(x) in w.layout.leading or node_key(x) in w.layout.trailing for x in inner
-    )  # fmt: skip
+    )
     if len(sl.sources) == 1 and not sl.params and not commented:
         w.line(sl, depth, "slice " + source_text(sl.sources[0]), False)
         return

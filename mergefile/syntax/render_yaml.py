@@ -24,8 +24,19 @@ import yaml
 
 from mergefile.errors import ConfigError, unknown
 from mergefile.syntax.ast import (
-    AutoRef, HfRef, Mergefile, Module, Param, PathRef, Phony, Slice, Source, Sym, Target, Value,
-)  # fmt: skip
+    AutoRef,
+    HfRef,
+    Mergefile,
+    Module,
+    Param,
+    PathRef,
+    Phony,
+    Slice,
+    Source,
+    Sym,
+    Target,
+    Value,
+)
 from mergefile.syntax.yaml_import import stage_prefix
 
 SETTINGS = ("base", "dtype", "out_dtype", "seed", "tokenizer", "tokenizer_source", "chat_template")
@@ -192,8 +203,10 @@ class _Exporter:
         from mergefile.methods.registry import get_method
 
         if t.args:
-            raise ConfigError(f"target '{t.name}' uses {t.method}(...) with positional arguments;"
-                              " mergekit YAML cannot express it", t.loc)  # fmt: skip
+            raise ConfigError(
+                f"target '{t.name}' uses {t.method}(...) with positional arguments; mergekit YAML cannot express it",
+                t.loc,
+            )
         method = get_method(t.method, t.method_loc or t.loc)
         out: dict[str, Any] = {"merge_method": t.method}
         base = self.setting(t, "base")
@@ -287,7 +300,7 @@ def _stage_name(stage: str, prefix: str, taken: set[str]) -> str:
     elsewhere (``/scratch/x``, ``../x``), its last component (made unique)."""
     from mergefile.syntax.render_mergefile import is_name
 
-    name = stage[len(prefix):] if prefix and stage.startswith(prefix) else stage
+    name = stage[len(prefix) :] if prefix and stage.startswith(prefix) else stage
     if is_name(name) and not name.startswith("../"):
         return name
     base = re.sub(r"[^A-Za-z0-9_.\-]", "_", os.path.basename(name)).lstrip(".") or "stage"
@@ -336,8 +349,9 @@ def render_yaml(mf: Mergefile, target: str, out_dir: str = ".") -> str:
             weight: 1
     """
     docs = export_configs(mf, target, out_dir)
-    texts = [_extension_note(d) + yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
-             for d in docs]
+    texts = [
+        _extension_note(d) + yaml.dump(d, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000) for d in docs
+    ]
     return "---\n".join(texts)
 
 
@@ -348,5 +362,7 @@ def _extension_note(doc: dict[str, Any]) -> str:
     name = doc.get("merge_method")
     if not isinstance(name, str) or get_method(name).mergekit:
         return ""
-    return (f"# merge_method {name} is a mergebuild extension: mergekit cannot build this config;\n"
-            f"# build it with mergebuild (mergebuild --config FILE TARGET)\n")
+    return (
+        f"# merge_method {name} is a mergebuild extension: mergekit cannot build this config;\n"
+        f"# build it with mergebuild (mergebuild --config FILE TARGET)\n"
+    )

@@ -73,6 +73,11 @@ def _target(t: Target, names: dict[str, str]) -> Target:
         replace(m, sources=_sources(m.sources, names), slices=_slices(m.slices, names), params=_params(m.params, names))
         for m in t.modules
     )
-    return replace(t, params=_params(t.params, names), sources=_sources(t.sources, names),
-                   slices=_slices(t.slices, names), modules=modules,
-                   args=tuple(_as_sym(a, names, t.loc) for a in t.args))
+    return replace(
+        t,
+        params=_params(t.params, names),
+        sources=_sources(t.sources, names),
+        slices=_slices(t.slices, names),
+        modules=modules,
+        args=tuple(_as_sym(a, names, t.loc) for a in t.args),
+    )

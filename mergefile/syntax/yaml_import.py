@@ -28,9 +28,20 @@ from mergefile.syntax.yaml_leniency import WarnOnce
 from mergefile.syntax.yaml_reader import Pair, Warn, YamlReader, warn_stderr
 
 TOP_KEYS = (
-    "merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype",
-    "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "name", "seed",
-)  # fmt: skip  ("seed" is a mergebuild extension: mergekit-yaml's --random-seed)
+    "merge_method",
+    "models",
+    "slices",
+    "modules",
+    "base_model",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+    "name",
+    "seed",
+)  # ("seed" is a mergebuild extension: mergekit-yaml's --random-seed)
 INPUT_KEYS = ("models", "slices", "modules")
 MODULE_KEYS = ("models", "slices", "parameters")
 TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
@@ -121,8 +132,11 @@ def _top_params(r: YamlReader, keys: dict[str, Pair]) -> tuple[Param, ...]:
     tokenizer: list[Param] = []
     if "tokenizer" in keys:
         if "tokenizer_source" in keys:
-            raise ConfigError("'tokenizer_source' and 'tokenizer' cannot both be set",
-                              r.loc(keys["tokenizer"][0]), "use tokenizer: {source: ...}")  # fmt: skip
+            raise ConfigError(
+                "'tokenizer_source' and 'tokenizer' cannot both be set",
+                r.loc(keys["tokenizer"][0]),
+                "use tokenizer: {source: ...}",
+            )
         tokenizer = _tokenizer_params(r, *keys["tokenizer"])
     for name in _SCALAR_KEYS:
         if name in keys:
@@ -167,10 +181,11 @@ def _document(r: YamlReader, root: Node, target_name: str, origin: str) -> Targe
             r.use_method(r.string(vnode, "merge_method"), r.loc(vnode))
     if isinstance(root, MappingNode) and {"genome", "tasks"} & {getattr(k, "value", None) for k, _ in root.value}:
         raise ConfigError(
-            "this is a mergekit-evolve configuration (genome:, tasks:), not a merge config", r.loc(root),
+            "this is a mergekit-evolve configuration (genome:, tasks:), not a merge config",
+            r.loc(root),
             f"run the search with: mergebuild evolve {r.path}; its best recipe is written as"
             " best_config.yaml (builds with --config) and best.mf",
-        )  # fmt: skip
+        )
     keys = r.mapping(root, TOP_KEYS, "the config")
     if "merge_method" not in keys:
         raise ConfigError("the YAML config has no 'merge_method'", r.loc(root))
@@ -185,9 +200,17 @@ def _document(r: YamlReader, root: Node, target_name: str, origin: str) -> Targe
         sources, slices = r.inputs(keys, "the config")
     params = _top_params(r, keys)
     return Target(
-        target_name, method, params, sources, slices, (),
-        r.loc(root), r.loc(mnode), origin, modules,
-    )  # fmt: skip
+        target_name,
+        method,
+        params,
+        sources,
+        slices,
+        (),
+        r.loc(root),
+        r.loc(mnode),
+        origin,
+        modules,
+    )
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -201,8 +224,9 @@ def _stage_name(r: YamlReader, root: Node) -> tuple[str | None, Loc | None]:
         if getattr(knode, "value", None) == "name":
             name = r.string(vnode, "name")
             if not _NAME.match(name) or name.endswith("/"):
-                raise ConfigError(f"bad stage name '{name}'", r.loc(vnode),
-                                  "letters, digits, '_', '.', '-' and '/' only")  # fmt: skip
+                raise ConfigError(
+                    f"bad stage name '{name}'", r.loc(vnode), "letters, digits, '_', '.', '-' and '/' only"
+                )
             return name, r.loc(vnode)
     return None, None
 
@@ -219,9 +243,15 @@ def _documents(text: str, path: str, loader: yaml.SafeLoader) -> list[Node]:
 
 
 def yaml_text_to_targets(
-    text: str, path: str, target_name: str, *, prefix: str | None = None,
-    lenient: bool = False, warn: Warn | None = None, work_dir: str | None = None,
-) -> tuple[Target, ...]:  # fmt: skip
+    text: str,
+    path: str,
+    target_name: str,
+    *,
+    prefix: str | None = None,
+    lenient: bool = False,
+    warn: Warn | None = None,
+    work_dir: str | None = None,
+) -> tuple[Target, ...]:
     """Convert mergekit YAML text (one or several documents) to Targets, the requested one last.
 
     Args:
@@ -245,8 +275,9 @@ def yaml_text_to_targets(
         out: list[Target] = []
         ignored = WarnOnce(warn or warn_stderr)
         for i, root in enumerate(docs):
-            r = YamlReader(path, loader, lenient=lenient, warn=warn, stages=dict(stages), work_dir=work_dir,
-                           ignored=ignored)  # fmt: skip
+            r = YamlReader(
+                path, loader, lenient=lenient, warn=warn, stages=dict(stages), work_dir=work_dir, ignored=ignored
+            )
             name, nloc = _stage_name(r, root)
             last = i == len(docs) - 1
             if not last:
@@ -267,16 +298,23 @@ def yaml_text_to_targets(
         loader.dispose()
 
 
-def _check_stage(name: str | None, nloc: Loc | None, doc_loc: Loc, stages: dict[str, str],
-                 prefix: str, target_name: str) -> str:  # fmt: skip
+def _check_stage(
+    name: str | None, nloc: Loc | None, doc_loc: Loc, stages: dict[str, str], prefix: str, target_name: str
+) -> str:
     if name is None:
-        raise ConfigError("in a multi-document file every document but the last needs a 'name:'",
-                          doc_loc, "later documents use it as a model")  # fmt: skip
+        raise ConfigError(
+            "in a multi-document file every document but the last needs a 'name:'",
+            doc_loc,
+            "later documents use it as a model",
+        )
     if name in stages:
         raise ConfigError(f"duplicate stage name '{name}'", nloc)
     if prefix + name == target_name:
-        raise ConfigError(f"stage '{name}' would be built at '{target_name}', the final target",
-                          nloc, "rename the stage or the target")  # fmt: skip
+        raise ConfigError(
+            f"stage '{name}' would be built at '{target_name}', the final target",
+            nloc,
+            "rename the stage or the target",
+        )
     return name
 
 

@@ -57,8 +57,9 @@ def likely_typo(name: str, choices: Iterable[str]) -> str | None:
     return min(best)[1] if best else None
 
 
-def belongs(key: str, where: str, method: str | None, top_keys: Iterable[str] = (),
-            method_params: Iterable[str] = ()) -> str:  # fmt: skip
+def belongs(
+    key: str, where: str, method: str | None, top_keys: Iterable[str] = (), method_params: Iterable[str] = ()
+) -> str:
     """A short "where it belongs" for an ignored key (empty when there is nothing to say)."""
     if key == "revision":
         return "to pin a revision, write it in the model string: model: org/name@REVISION"

@@ -74,9 +74,17 @@ class YamlReader:
     reference to a stage becomes a :class:`Sym` naming that target.
     """
 
-    def __init__(self, path: str, loader: yaml.SafeLoader, *, lenient: bool = False,
-                 warn: Warn | None = None, stages: dict[str, str] | None = None,
-                 work_dir: str | None = None, ignored: WarnOnce | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        loader: yaml.SafeLoader,
+        *,
+        lenient: bool = False,
+        warn: Warn | None = None,
+        stages: dict[str, str] | None = None,
+        work_dir: str | None = None,
+        ignored: WarnOnce | None = None,
+    ):
         self.path, self.loader = path, loader
         # mergekit reads relative model paths from the working directory (syntax/model_paths.py)
         self.base_dir = os.path.abspath(work_dir or os.getcwd())
@@ -175,8 +183,11 @@ class YamlReader:
         params = [q.name for q in self.method.params] if self.method is not None else []
         where = "top" if what == "the config" else what
         hint = belongs(key, where, self.method.name if self.method else None, allowed if where != "top" else (), params)
-        self.ignored((what, key), f"{self.loc(knode)}: unknown key '{key}' in {what}, ignored"
-                                  f" as mergekit ignores it" + (f" ({hint})" if hint else ""))
+        self.ignored(
+            (what, key),
+            f"{self.loc(knode)}: unknown key '{key}' in {what}, ignored"
+            f" as mergekit ignores it" + (f" ({hint})" if hint else ""),
+        )
 
     def mapping_items(self, node: Node, what: str) -> list[Pair]:
         """A mapping whose keys are the user's (token strings, module names), each key once."""
@@ -206,21 +217,27 @@ class YamlReader:
             path, rev, lora, lora_rev = split_model_string(text)
         except ValueError as e:
             raise ConfigError(
-                f"bad model reference '{text}': {e}", self.loc(node),
+                f"bad model reference '{text}': {e}",
+                self.loc(node),
                 "expected path_or_hub_id[@revision][+lora_path[@revision]]",
-            ) from None  # fmt: skip
+            ) from None
         return self.make_ref(path, rev, lora, lora_rev, node)
 
-    def make_ref(self, path: str, rev: str | None, lora: str | None, lora_rev: str | None,
-                 node: Node, arch: str | None = None) -> ModelRef:  # fmt: skip
+    def make_ref(
+        self, path: str, rev: str | None, lora: str | None, lora_rev: str | None, node: Node, arch: str | None = None
+    ) -> ModelRef:
         loc = self.loc(node)
         if path in self.stages:
             if rev or lora:
-                raise ConfigError(f"'{path}' names an earlier stage of this file; it takes no"
-                                  " '@revision' or '+lora'", loc)  # fmt: skip
+                raise ConfigError(
+                    f"'{path}' names an earlier stage of this file; it takes no '@revision' or '+lora'", loc
+                )
             if arch:
-                raise ConfigError(f"'{path}' names an earlier stage of this file; it takes no"
-                                  " override_architecture (its output has the class of its inputs)", loc)  # fmt: skip
+                raise ConfigError(
+                    f"'{path}' names an earlier stage of this file; it takes no"
+                    " override_architecture (its output has the class of its inputs)",
+                    loc,
+                )
             return Sym(self.stages[path], loc)
         lora_ref = None
         if lora is not None:
@@ -281,16 +298,19 @@ class YamlReader:
             names = [q.name for q in self.method.params]
             typo = likely_typo(p.name, names)
             if typo is not None:
-                err = ConfigError(f"unknown parameter '{p.name}' for {self.method.name}", p.loc,
-                                  f"did you mean '{typo}'?")  # fmt: skip
+                err = ConfigError(
+                    f"unknown parameter '{p.name}' for {self.method.name}", p.loc, f"did you mean '{typo}'?"
+                )
                 if not self.lenient:
                     raise err
                 self.warn(f"{err.render()}; ignored (--lenient)")
                 return None
             hint = belongs(p.name, "parameters", self.method.name)
             known = ", ".join(names) or "none"
-            self.ignored(("parameters", p.name), f"{p.loc or self.path}: parameter '{p.name}'"
-                                                 f" ignored as mergekit ignores it ({hint}; it uses: {known})")
+            self.ignored(
+                ("parameters", p.name),
+                f"{p.loc or self.path}: parameter '{p.name}' ignored as mergekit ignores it ({hint}; it uses: {known})",
+            )
             return None
         problem = type_problem(spec, p.value)
         if problem:
@@ -349,8 +369,9 @@ class YamlReader:
                 i = nums.index(False)
                 raise ConfigError(
                     f"gradient '{name}' must be a list of numbers, got {items[i]!r}",
-                    self.loc(node.value[i]), "e.g. [0, 0.5, 1]",
-                )  # fmt: skip
+                    self.loc(node.value[i]),
+                    "e.g. [0, 0.5, 1]",
+                )
             return tuple(items)
         value = self.scalar(node, f"parameter '{name}'")
         if value is None:
@@ -378,9 +399,7 @@ class YamlReader:
         items = self.sequence(node, "layer_range")
         values = [self.scalar(i, "a layer_range bound") for i in items]
         if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-            raise ConfigError(
-                f"layer_range must be two integers [start, end], got {values}", self.loc(node)
-            )
+            raise ConfigError(f"layer_range must be two integers [start, end], got {values}", self.loc(node))
         start, end = values
         if start < 0 or end <= start:
             raise ConfigError(
@@ -405,8 +424,9 @@ class YamlReader:
         if "residual_weight" in keys:  # parsed and unused by mergekit: checked, then dropped
             value = self.scalar(keys["residual_weight"][1], "residual_weight")
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"residual_weight must be a number, got {value!r}",
-                                  self.loc(keys["residual_weight"][1]))  # fmt: skip
+                raise ConfigError(
+                    f"residual_weight must be a number, got {value!r}", self.loc(keys["residual_weight"][1])
+                )
         return Slice(sources, params, self.loc(node))
 
     def inputs(self, keys: dict[str, Pair], where: str) -> tuple[tuple[Source, ...], tuple[Slice, ...]]:

@@ -37,8 +37,11 @@ class KindParams:
             if p.name not in allowed:
                 raise unknown(f"parameter of {target.method}()", p.name, allowed, p.loc)
             if p.filter is not None and p.name not in filtered:
-                raise ConfigError(f"'{p.name}' takes no [filter] in {target.method}()", p.loc,
-                                  f"only {', '.join(filtered)} may be set per module" if filtered else None)
+                raise ConfigError(
+                    f"'{p.name}' takes no [filter] in {target.method}()",
+                    p.loc,
+                    f"only {', '.join(filtered)} may be set per module" if filtered else None,
+                )
         names = set(self.specs)
         self.file = tuple(p for p in planner.file_params if p.name in names)
 

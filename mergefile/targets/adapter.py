@@ -130,8 +130,9 @@ def adapter_config(static: Mapping[str, Any], ranks: Mapping[str, int]) -> dict[
     return {**static, "r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern)}
 
 
-def card(name: str, finetuned: str, base: str, options: Mapping[str, Any], recipe: str | None,
-         base_hub: str | None = None) -> str:
+def card(
+    name: str, finetuned: str, base: str, options: Mapping[str, Any], recipe: str | None, base_hub: str | None = None
+) -> str:
     """A short model card for the adapter (``base_model`` only when the base is a Hub id)."""
     opts = "\n".join(f"- `{k}`: `{v}`" for k, v in options.items())
     lines = [

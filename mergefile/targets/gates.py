@@ -87,8 +87,11 @@ class GateVectors:
             if self.base.target is not None and self.base.target in upstream:  # not built yet: its donor's
                 folder = upstream[self.base.target].plan.donor.path
             self._tokenizer_dir = folder
-            reads = {"tensors": dict(sorted(keys.items())), "config": self.base.config,
-                     "tokenizer": tokenizer_digest(folder)}
+            reads = {
+                "tensors": dict(sorted(keys.items())),
+                "config": self.base.config,
+                "tokenizer": tokenizer_digest(folder),
+            }
         wanted = set(names)
         for i, e in enumerate(self.experts):
             if e.name not in wanted:
@@ -119,8 +122,9 @@ class GateVectors:
         elif self.mode == "cheap_embed":
             vecs = self._cheap_embed(todo)
         else:
-            vecs = hidden_state_vectors(self.base.path, self._tokenizer_dir or self.base.path, todo,
-                                        average=self.mode == "hidden_avg")
+            vecs = hidden_state_vectors(
+                self.base.path, self._tokenizer_dir or self.base.path, todo, average=self.mode == "hidden_avg"
+            )
         for name, v in vecs.items():
             v = v.to(torch.float32).contiguous()
             blobs.put(self.keys[name], v)
@@ -189,8 +193,9 @@ def _finish(vec, e: ExpertPrompts, shape: tuple[int, int]) -> torch.Tensor:
     return v / v.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
 
 
-def hidden_state_vectors(model_dir: str, tokenizer_dir: str, experts: list[ExpertPrompts],
-                         average: bool = False) -> dict[str, torch.Tensor]:
+def hidden_state_vectors(
+    model_dir: str, tokenizer_dir: str, experts: list[ExpertPrompts], average: bool = False
+) -> dict[str, torch.Tensor]:
     """``hidden`` gate vectors ``(layers, hidden)`` of each expert, from the model in ``model_dir``.
 
     As mergekit-moe: the model in bfloat16 on the CPU; an expert's prompts one left-padded batch;

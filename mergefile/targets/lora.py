@@ -83,14 +83,29 @@ class LoraKind:
         jobs, lora_mods, saved, warnings = builder.jobs()
         static = builder.static_config(lora_mods, saved)
         rank = kp.get("rank")
-        options = {"rank": kp.get("max_rank") if rank is None else rank, "per-module ranks": len(kp.filters("rank")),
-                   **{k: kp.get(k) for k in ("sv_epsilon", "distribute_scale", "embed_lora")}}
-        layout = AdapterLayout(static, tuple((m.name, m.role == "embedding") for m in lora_mods),
-                               card(t.name, ft.label, base.label, options, t.origin, base.hub[0] if base.hub else None))
+        options = {
+            "rank": kp.get("max_rank") if rank is None else rank,
+            "per-module ranks": len(kp.filters("rank")),
+            **{k: kp.get(k) for k in ("sv_epsilon", "distribute_scale", "embed_lora")},
+        }
+        layout = AdapterLayout(
+            static,
+            tuple((m.name, m.role == "embedding") for m in lora_mods),
+            card(t.name, ft.label, base.label, options, t.origin, base.hub[0] if base.hub else None),
+        )
         plan = TargetPlan(
-            name=t.name, out_dir=planner.base_dir / t.name, target=t, method=METHOD, inputs=[ft, base],
-            jobs=jobs, config=static, donor=ft, num_layers=0, layer_key=None, warnings=warnings,
-        )  # fmt: skip
+            name=t.name,
+            out_dir=planner.base_dir / t.name,
+            target=t,
+            method=METHOD,
+            inputs=[ft, base],
+            jobs=jobs,
+            config=static,
+            donor=ft,
+            num_layers=0,
+            layer_key=None,
+            warnings=warnings,
+        )
         plan.shard_names = {GROUP: ADAPTER_WEIGHTS}
         plan.layout = layout
         return plan
@@ -108,8 +123,11 @@ class _Builder:
         self.embed_lora = kp.get("embed_lora")
         self.skip = kp.get("skip_undecomposable")
         # Both models tie the head to the embedding (no head tensor in either file).
-        self.tied = (self.base_lay.embedding is not None and not any(self.base_lay.is_head(n) for n in base.tensors)
-                     and not any(self.ft_lay.is_head(n) for n in ft.tensors))
+        self.tied = (
+            self.base_lay.embedding is not None
+            and not any(self.base_lay.is_head(n) for n in base.tensors)
+            and not any(self.ft_lay.is_head(n) for n in ft.tensors)
+        )
 
     # -- tensors ---------------------------------------------------------------------
     def _tensor(self, model: InputModel, layout, name: str) -> str | None:
@@ -161,8 +179,9 @@ class _Builder:
                 continue
             decompose = m.role == "linear" or (m.role in ("embedding", "head") and self.embed_lora)
             if decompose and m.role == "embedding" and self.tied:
-                warnings.append(f"{m.name}: tied to the head, saved at full rank (peft merges a LoRA on tied"
-                                " embeddings twice)")
+                warnings.append(
+                    f"{m.name}: tied to the head, saved at full rank (peft merges a LoRA on tied embeddings twice)"
+                )
                 decompose = False
             if decompose and not self._saved(m):
                 why = self._mismatch(m)
@@ -174,8 +193,11 @@ class _Builder:
                 continue
             saved.append(m)
         if not lora_mods:
-            raise ConfigError(f"lora target '{self.t.name}' would hold no LoRA module (every module is excluded,"
-                              " saved at full rank or skipped)", self.t.loc)
+            raise ConfigError(
+                f"lora target '{self.t.name}' would hold no LoRA module (every module is excluded,"
+                " saved at full rank or skipped)",
+                self.t.loc,
+            )
         # peft's lora_bias (bias deltas as lora_B.bias) is one switch for every LoRA module and cannot
         # merge into a layer without a bias: with biases on only some modules, their fine-tuned
         # biases are saved whole instead (bias="lora_only").
@@ -215,13 +237,25 @@ class _Builder:
         return rank
 
     # -- jobs ------------------------------------------------------------------------
-    def _job(self, name: str, inputs: tuple[InputRef, ...], params: dict, shape: tuple[int, ...], src: str) -> TensorJob:
+    def _job(
+        self, name: str, inputs: tuple[InputRef, ...], params: dict, shape: tuple[int, ...], src: str
+    ) -> TensorJob:
         code = dtype_code(self.out_dtype) if self.out_dtype else self.ft.tensors[src].dtype
         return TensorJob(
-            name=name, group=GROUP, method=METHOD.name, inputs=inputs,
-            base_index=1 if len(inputs) == 2 else None, params=freeze(params), per_model=((),) * len(inputs),
-            dtype=None, out_dtype=code_name(code), is_embed=False, seed=0, result_dtype=code, result_shape=shape,
-        )  # fmt: skip
+            name=name,
+            group=GROUP,
+            method=METHOD.name,
+            inputs=inputs,
+            base_index=1 if len(inputs) == 2 else None,
+            params=freeze(params),
+            per_model=((),) * len(inputs),
+            dtype=None,
+            out_dtype=code_name(code),
+            is_embed=False,
+            seed=0,
+            result_dtype=code,
+            result_shape=shape,
+        )
 
     def _lora_jobs(self, m: _Module) -> list[TensorJob]:
         w = m.params["weight"]
@@ -231,8 +265,12 @@ class _Builder:
         if embed:
             out, inp = inp, out
         rank = min(self._rank(m), out, inp)
-        stage = {"rank": rank, "sv_epsilon": float(self.kp.get("sv_epsilon")),
-                 "distribute_scale": self.kp.get("distribute_scale"), "transpose": embed}
+        stage = {
+            "rank": rank,
+            "sv_epsilon": float(self.kp.get("sv_epsilon")),
+            "distribute_scale": self.kp.get("distribute_scale"),
+            "transpose": embed,
+        }
         refs = (InputRef(0, ft_w), InputRef(1, base_w))
         a, b = (".lora_embedding_A", ".lora_embedding_B") if embed else (".lora_A.weight", ".lora_B.weight")
         jobs = [
@@ -242,11 +280,25 @@ class _Builder:
         bias = m.params.get("bias")
         if bias is not None and self.bias_deltas:
             fixed = {"rank": 0, "sv_epsilon": 0.0, "distribute_scale": True, "transpose": False, "part": "bias"}
-            jobs.append(self._job(PREFIX + m.name + ".lora_B.bias", (InputRef(0, bias), InputRef(1, bias)), fixed,
-                                  tuple(self.ft.tensors[bias].shape), bias))
+            jobs.append(
+                self._job(
+                    PREFIX + m.name + ".lora_B.bias",
+                    (InputRef(0, bias), InputRef(1, bias)),
+                    fixed,
+                    tuple(self.ft.tensors[bias].shape),
+                    bias,
+                )
+            )
         elif bias is not None:
-            jobs.append(self._job(PREFIX + m.name + ".base_layer.bias", (InputRef(0, bias),), {"part": "full"},
-                                  tuple(self.ft.tensors[bias].shape), bias))
+            jobs.append(
+                self._job(
+                    PREFIX + m.name + ".base_layer.bias",
+                    (InputRef(0, bias),),
+                    {"part": "full"},
+                    tuple(self.ft.tensors[bias].shape),
+                    bias,
+                )
+            )
         return jobs
 
     def _save_jobs(self, m: _Module) -> list[TensorJob]:

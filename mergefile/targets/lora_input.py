@@ -30,20 +30,28 @@ from mergefile.plan.inputs import InputModel
 from mergefile.plan.kinds import register_on_load
 from mergefile.store.keys import key_of
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LoraApplied", "apply_lora", "merge_count"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LoraApplied", "apply_lora"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 VERSION = 1  # of the merge-on-load semantics: bump to re-merge every cached adapter
 _PREFIX = "base_model.model."
-_LORA_PARTS = (".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B",
-               ".lora_magnitude_vector", ".lora_A", ".lora_B")
+_LORA_PARTS = (
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora_embedding_A",
+    ".lora_embedding_B",
+    ".lora_magnitude_vector",
+    ".lora_A",
+    ".lora_B",
+)
+
 
 def touched_tensors(adapter_names: Iterable[str]) -> set[str]:
     """Base tensor names an adapter changes, from its tensor names (no data read)."""
     out: set[str] = set()
     for name in adapter_names:
-        rest = name[len(_PREFIX):] if name.startswith(_PREFIX) else name
+        rest = name[len(_PREFIX) :] if name.startswith(_PREFIX) else name
         if rest.endswith(".lora_B.bias"):
             out.add(rest[: -len(".lora_B.bias")] + ".bias")
             continue
@@ -66,7 +74,9 @@ def apply_lora(base: InputModel, adapter_dir: str, label: str, loc: Loc | None) 
     config_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
     weights = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
     if not os.path.isfile(config_path) or not os.path.isfile(weights):
-        raise UserError(f"'{adapter_dir}' is not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})", loc)
+        raise UserError(
+            f"'{adapter_dir}' is not a PEFT adapter folder (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})", loc
+        )
     try:
         config = json.loads(open(config_path, encoding="utf-8").read())
     except ValueError as e:
@@ -76,10 +86,13 @@ def apply_lora(base: InputModel, adapter_dir: str, label: str, loc: Loc | None) 
     infos, _ = read_header(weights)
     touched = touched_tensors(infos) & set(base.tensors)
     if not touched:
-        raise UserError(f"adapter '{adapter_dir}' changes no tensor of model '{base.label}' (is it the adapter's base?)", loc)
+        raise UserError(
+            f"adapter '{adapter_dir}' changes no tensor of model '{base.label}' (is it the adapter's base?)", loc
+        )
     source = LoraApplied(base, os.path.realpath(adapter_dir), dict(infos), _digest(config_path), frozenset(touched))
-    return InputModel(label=label, path=base.path, config=base.config, tensors=base.tensors,
-                      hub=base.hub, source=source)
+    return InputModel(
+        label=label, path=base.path, config=base.config, tensors=base.tensors, hub=base.hub, source=source
+    )
 
 
 def _digest(path: str) -> str:

@@ -46,8 +46,9 @@ SPECS = (
     ParamSpec("gate_mode", "hidden", type=str, doc=" | ".join(GATE_MODES)),
     ParamSpec("experts_per_token", 2, type=int),
     ParamSpec("architecture", "auto", type=str, doc="mixtral | qwen2_moe | qwen3_moe (prefix), auto"),
-    ParamSpec("allow_identical_experts", False, type=bool,
-              doc="mergekit's --i-understand-this-is-not-useful-without-training"),
+    ParamSpec(
+        "allow_identical_experts", False, type=bool, doc="mergekit's --i-understand-this-is-not-useful-without-training"
+    ),
 )
 SOURCE_SPECS = {
     "prompts": ParamSpec("prompts", (), type=tuple),
@@ -86,8 +87,12 @@ METHOD = Method(
     name="moe:assemble",
     version=1,
     reference="https://arxiv.org/abs/2401.04088 (Mixtral); mergekit-moe",
-    params=(ParamSpec("part", "copy", type=str), ParamSpec("layer", 0, type=int),
-            ParamSpec("noise", (), type=tuple), ParamSpec("scale", 1.0)),
+    params=(
+        ParamSpec("part", "copy", type=str),
+        ParamSpec("layer", 0, type=int),
+        ParamSpec("noise", (), type=tuple),
+        ParamSpec("scale", 1.0),
+    ),
     merge=_assemble,
     base=BaseRule.IGNORED,
     embed=EmbedPolicy.EXACT,
@@ -108,7 +113,9 @@ class MoeKind:
             raise ConfigError("moe() takes expert lines (model prompts=[...]), not slices", t.slices[0].loc)
         base_p = planner.setting(t, "base")
         if base_p is None:
-            raise ConfigError("moe() needs base=MODEL (attention, norms and embeddings come from it)", t.method_loc or t.loc)
+            raise ConfigError(
+                "moe() needs base=MODEL (attention, norms and embeddings come from it)", t.method_loc or t.loc
+            )
         base = planner.model_setting(base_p)
         b = _Builder(planner, t, kp, base)
         return b.plan()
@@ -131,8 +138,10 @@ class _Builder:
                     from mergefile.errors import unknown
 
                     raise unknown("expert parameter", q.name, known, q.loc)
-            vals = {n: source_value(s.params, n, spec, planner.variables, f"expert line of '{t.name}'")
-                    for n, spec in SOURCE_SPECS.items()}
+            vals = {
+                n: source_value(s.params, n, spec, planner.variables, f"expert line of '{t.name}'")
+                for n, spec in SOURCE_SPECS.items()
+            }
             model = planner.resolver.resolve(s.ref, s.loc)
             (self.shared if vals["shared"] else self.experts).append((model, vals, s.loc))
         self.out_dtype = planner.dtype_setting(t, "out_dtype") or planner.dtype_setting(t, "dtype")
@@ -147,14 +156,19 @@ class _Builder:
             raise ConfigError("at most one shared expert", self.shared[1][2])
         k = kp.get("experts_per_token")
         if not 1 <= k <= len(self.experts):
-            raise ConfigError(f"experts_per_token must be between 1 and the number of experts ({len(self.experts)}),"
-                              f" got {k}", kp.loc("experts_per_token"))
+            raise ConfigError(
+                f"experts_per_token must be between 1 and the number of experts ({len(self.experts)}), got {k}",
+                kp.loc("experts_per_token"),
+            )
         if self.mode not in RANDOM_MODES:
             seen: dict[tuple, Any] = {}
             for model, vals, loc in self.experts:
                 if not vals["prompts"]:
-                    raise ConfigError(f"gate_mode {self.mode} needs prompts=[...] for expert '{model.label}'", loc,
-                                      "or use gate_mode=random")
+                    raise ConfigError(
+                        f"gate_mode {self.mode} needs prompts=[...] for expert '{model.label}'",
+                        loc,
+                        "or use gate_mode=random",
+                    )
                 key = (vals["prompts"], vals["negative"])
                 if key in seen:
                     raise ConfigError(f"experts '{seen[key]}' and '{model.label}' have the same prompts", loc)
@@ -163,11 +177,15 @@ class _Builder:
         self.notes: list[str] = []
         if len({id(m) for m in models}) < len(models) and not kp.get("allow_identical_experts"):
             if self.mode in RANDOM_MODES:  # mergekit's sparse upcycling: copies of one model, random routers
-                self.notes.append("the same model is listed as several experts (sparse upcycling:"
-                                  " useful once the MoE is trained)")
+                self.notes.append(
+                    "the same model is listed as several experts (sparse upcycling: useful once the MoE is trained)"
+                )
                 return
-            raise ConfigError("the same model is listed as two experts; that is only useful with training",
-                              self.t.loc, "set allow_identical_experts=true if you mean it")
+            raise ConfigError(
+                "the same model is listed as two experts; that is only useful with training",
+                self.t.loc,
+                "set allow_identical_experts=true if you mean it",
+            )
 
     def plan(self) -> TargetPlan:
         self._check()
@@ -178,16 +196,24 @@ class _Builder:
             raise ConfigError(f"moe target '{self.t.name}': {arch}", self.kp.loc("architecture"))
         template = next((ln.template for ln in lay.templates(0) if ".mlp." in ln.template), None)
         if template is None or lay.num_layers == 0:
-            raise ConfigError(f"base model '{self.base.label}' has no per-layer MLP tensors to turn into experts", self.t.loc)
+            raise ConfigError(
+                f"base model '{self.base.label}' has no per-layer MLP tensors to turn into experts", self.t.loc
+            )
         self.prefix = template.split(".{}.")[0]
         dense = set(mlp_names(self.prefix, 0).values())
         odd = [ln.at(0) for ln in lay.templates(0) if ".mlp." in ln.template and ln.at(0) not in dense]
         if odd:
-            raise ConfigError(f"base model '{self.base.label}' has MLP tensor '{odd[0]}', which no MoE expert"
-                              " layout holds (only gate_proj/up_proj/down_proj weights)", self.t.loc)
+            raise ConfigError(
+                f"base model '{self.base.label}' has MLP tensor '{odd[0]}', which no MoE expert"
+                " layout holds (only gate_proj/up_proj/down_proj weights)",
+                self.t.loc,
+            )
         if self.base.source is not None and self.mode not in RANDOM_MODES:
-            raise ConfigError(f"moe base '{self.base.label}' has a LoRA applied: gate_mode {self.mode} reads the base"
-                              " from its folder; merge the adapter into a model target first", self.t.loc)
+            raise ConfigError(
+                f"moe base '{self.base.label}' has a LoRA applied: gate_mode {self.mode} reads the base"
+                " from its folder; merge the adapter into a model target first",
+                self.t.loc,
+            )
         self.inputs: list[InputModel] = [self.base]
         for m, _, _ in self.experts + self.shared:
             if all(x is not m for x in self.inputs):
@@ -197,19 +223,30 @@ class _Builder:
         gates = self._gates(lay, hidden)
         jobs = self._jobs(lay, gates, arch)
         inter = int(self.experts[0][0].tensors[mlp_names(self.prefix, 0)["gate_proj"]].shape[0])
-        shared_inter = (int(self.shared[0][0].tensors[mlp_names(self.prefix, 0)["gate_proj"]].shape[0])
-                        if self.shared else None)
+        shared_inter = (
+            int(self.shared[0][0].tensors[mlp_names(self.prefix, 0)["gate_proj"]].shape[0]) if self.shared else None
+        )
         qkv_bias = any(n.endswith("self_attn.q_proj.bias") for n in self.base.tensors)
-        config = arch.config(self.base.config, len(self.experts), self.kp.get("experts_per_token"), inter,
-                             shared_inter, qkv_bias)
+        config = arch.config(
+            self.base.config, len(self.experts), self.kp.get("experts_per_token"), inter, shared_inter, qkv_bias
+        )
         plan = TargetPlan(
-            name=self.t.name, out_dir=self.p.base_dir / self.t.name, target=self.t, method=METHOD,
-            inputs=self.inputs, jobs=jobs, config=config, donor=self.base, num_layers=lay.num_layers,
-            layer_key=lay.layer_key, warnings=list(self.notes),
-        )  # fmt: skip
+            name=self.t.name,
+            out_dir=self.p.base_dir / self.t.name,
+            target=self.t,
+            method=METHOD,
+            inputs=self.inputs,
+            jobs=jobs,
+            config=config,
+            donor=self.base,
+            num_layers=lay.num_layers,
+            layer_key=lay.layer_key,
+            warnings=list(self.notes),
+        )
         plan.assign_shards()
-        plan.layout = MoeLayout(self.t, arch.name, [(m.label, v) for m, v, _ in self.experts],
-                                [(m.label, v) for m, v, _ in self.shared])
+        plan.layout = MoeLayout(
+            self.t, arch.name, [(m.label, v) for m, v, _ in self.experts], [(m.label, v) for m, v, _ in self.shared]
+        )
         return plan
 
     def _check_shapes(self, layers: int) -> None:
@@ -217,8 +254,9 @@ class _Builder:
             shapes = None
             for model, _, loc in group:
                 if model.get_layout().num_layers != layers:
-                    raise ConfigError(f"expert '{model.label}' has {model.get_layout().num_layers} layers,"
-                                      f" the base {layers}", loc)
+                    raise ConfigError(
+                        f"expert '{model.label}' has {model.get_layout().num_layers} layers, the base {layers}", loc
+                    )
                 names = [n for i in range(layers) for n in mlp_names(self.prefix, i).values()]
                 missing = [n for n in names if n not in model.tensors]
                 if missing:
@@ -234,21 +272,45 @@ class _Builder:
         source = GateVectors(self.base, self.mode, tuple(prompts), lay.num_layers, hidden, self.seed, lay.embedding)
         tensors = {e.name: TensorMeta(e.name, "F32", (lay.num_layers, hidden)) for e in prompts}
         # target= marks tensors made by this build (not model files): lockfile and graph skip them
-        gates = InputModel(label=f"{self.t.name} gates", path=self.base.path, config={}, tensors=tensors,
-                           target=self.t.name, source=source)
+        gates = InputModel(
+            label=f"{self.t.name} gates",
+            path=self.base.path,
+            config={},
+            tensors=tensors,
+            target=self.t.name,
+            source=source,
+        )
         self.inputs.append(gates)
         return gates
 
     # -- jobs ------------------------------------------------------------------------
-    def _job(self, name: str, group: tuple, refs: list[InputRef], params: dict, shape: tuple, code: str,
-             dtype: str | None = None) -> TensorJob:
+    def _job(
+        self,
+        name: str,
+        group: tuple,
+        refs: list[InputRef],
+        params: dict,
+        shape: tuple,
+        code: str,
+        dtype: str | None = None,
+    ) -> TensorJob:
         out = dtype_code(self.out_dtype) if self.out_dtype else code
         full = {"part": "copy", "layer": 0, "noise": (0.0,), "scale": 1.0, **params}
         return TensorJob(
-            name=name, group=group, method=METHOD.name, inputs=tuple(refs), base_index=None, params=freeze(full),
-            per_model=((),) * len(refs), dtype=dtype, out_dtype=code_name(out), is_embed=False, seed=self.seed,
-            result_dtype=out, result_shape=tuple(shape),
-        )  # fmt: skip
+            name=name,
+            group=group,
+            method=METHOD.name,
+            inputs=tuple(refs),
+            base_index=None,
+            params=freeze(full),
+            per_model=((),) * len(refs),
+            dtype=dtype,
+            out_dtype=code_name(out),
+            is_embed=False,
+            seed=self.seed,
+            result_dtype=out,
+            result_shape=tuple(shape),
+        )
 
     def _ref(self, model: InputModel, name: str) -> InputRef:
         return InputRef(next(i for i, x in enumerate(self.inputs) if x is model), name)
@@ -278,21 +340,56 @@ class _Builder:
         noise = tuple(float(v["noise_scale"]) for _, v, _ in self.experts)
         gate_up = [self._ref(m, dense[p]) for m, _, _ in self.experts for p in ("gate_proj", "up_proj")]
         jobs = [
-            self._job(out["gate_up"], group, gate_up, {"part": "gate_up", "noise": noise}, (n, 2 * inter, hidden), code),
-            self._job(out["down"], group, [self._ref(m, dense["down_proj"]) for m, _, _ in self.experts],
-                      {"part": "down", "noise": noise, "scale": tuple(float(v["residual_scale"]) for _, v, _ in self.experts)},
-                      (n, hidden, inter), code),
-            self._job(out["router"], group, [self._ref(gates, f"gate.{k}") for k in range(n)],
-                      {"part": "router", "layer": i}, (n, hidden), code, dtype=code_name(code)),
+            self._job(
+                out["gate_up"], group, gate_up, {"part": "gate_up", "noise": noise}, (n, 2 * inter, hidden), code
+            ),
+            self._job(
+                out["down"],
+                group,
+                [self._ref(m, dense["down_proj"]) for m, _, _ in self.experts],
+                {
+                    "part": "down",
+                    "noise": noise,
+                    "scale": tuple(float(v["residual_scale"]) for _, v, _ in self.experts),
+                },
+                (n, hidden, inter),
+                code,
+            ),
+            self._job(
+                out["router"],
+                group,
+                [self._ref(gates, f"gate.{k}") for k in range(n)],
+                {"part": "router", "layer": i},
+                (n, hidden),
+                code,
+                dtype=code_name(code),
+            ),
         ]
         for m, v, _ in self.shared:
             for p in ("gate_proj", "up_proj", "down_proj"):
                 scale = float(v["residual_scale"]) if p == "down_proj" else 1.0
                 shape = m.tensors[dense[p]].shape
-                jobs.append(self._job(out[f"shared_{p}"], group, [self._ref(m, dense[p])],
-                                      {"noise": (float(v["noise_scale"]),), "scale": scale}, shape, code))
-            jobs.append(self._job(out["shared_gate"], group, [self._ref(gates, "gate.shared")],
-                                  {"part": "router", "layer": i}, (1, hidden), code, dtype=code_name(code)))
+                jobs.append(
+                    self._job(
+                        out[f"shared_{p}"],
+                        group,
+                        [self._ref(m, dense[p])],
+                        {"noise": (float(v["noise_scale"]),), "scale": scale},
+                        shape,
+                        code,
+                    )
+                )
+            jobs.append(
+                self._job(
+                    out["shared_gate"],
+                    group,
+                    [self._ref(gates, "gate.shared")],
+                    {"part": "router", "layer": i},
+                    (1, hidden),
+                    code,
+                    dtype=code_name(code),
+                )
+            )
         return jobs
 
 

@@ -17,8 +17,15 @@ from typing import Any
 __all__ = ["ARCHS", "MoeArch", "pick_arch"]
 
 # Keys of a dense config that mean nothing (or something wrong) in the MoE config.
-_DROP = ("architectures", "model_type", "auto_map", "pretraining_tp", "mlp_bias", "_name_or_path",
-         "transformers_version")
+_DROP = (
+    "architectures",
+    "model_type",
+    "auto_map",
+    "pretraining_tp",
+    "mlp_bias",
+    "_name_or_path",
+    "transformers_version",
+)
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,15 @@ class MoeArch:
     shared: int
     experts_key: str
 
-    def config(self, base: Mapping[str, Any], experts: int, per_token: int, inter: int,
-               shared_inter: int | None, qkv_bias: bool) -> dict[str, Any]:
+    def config(
+        self,
+        base: Mapping[str, Any],
+        experts: int,
+        per_token: int,
+        inter: int,
+        shared_inter: int | None,
+        qkv_bias: bool,
+    ) -> dict[str, Any]:
         """config.json of the output, from the base's."""
         out = {k: copy.deepcopy(v) for k, v in base.items() if k not in _DROP}
         out.update(architectures=[self.architecture], model_type=self.model_type, num_experts_per_tok=per_token)
@@ -55,8 +69,12 @@ class MoeArch:
             out.update(moe_intermediate_size=inter, intermediate_size=inter, decoder_sparse_step=1, mlp_only_layers=[])
         if self.model_type == "qwen2_moe":
             out.pop("attention_bias", None)
-            out.update(shared_expert_intermediate_size=shared_inter, qkv_bias=qkv_bias, norm_topk_prob=False,
-                       use_sliding_window=bool(base.get("use_sliding_window", False)))
+            out.update(
+                shared_expert_intermediate_size=shared_inter,
+                qkv_bias=qkv_bias,
+                norm_topk_prob=False,
+                use_sliding_window=bool(base.get("use_sliding_window", False)),
+            )
         if self.model_type == "qwen3_moe":
             out.update(norm_topk_prob=True, attention_bias=bool(base.get("attention_bias", False)))
         return out
@@ -72,8 +90,12 @@ ARCHS: dict[str, MoeArch] = {
 }
 # mergekit's output architectures by display name; ``architecture:`` is a case-insensitive
 # prefix of one (mergekit ``select_output_arch``). None: not built by mergebuild yet.
-DISPLAY_NAMES: dict[str, str | None] = {"Mixtral": "mixtral", "Qwen MoE": "qwen2_moe", "Qwen3 MoE": "qwen3_moe",
-                                        "DeepSeek MoE": None}
+DISPLAY_NAMES: dict[str, str | None] = {
+    "Mixtral": "mixtral",
+    "Qwen MoE": "qwen2_moe",
+    "Qwen3 MoE": "qwen3_moe",
+    "DeepSeek MoE": None,
+}
 
 
 def _why_not(arch: MoeArch, model_type: str, shared: int) -> str | None:

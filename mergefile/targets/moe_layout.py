@@ -34,8 +34,15 @@ def _expert(label: str, v: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def moe_yaml_text(base: str, gate_mode: str, per_token: int, arch: str, dtype: str | None,
-                  experts: Sequence[tuple[str, dict]], shared: Sequence[tuple[str, dict]]) -> str:
+def moe_yaml_text(
+    base: str,
+    gate_mode: str,
+    per_token: int,
+    arch: str,
+    dtype: str | None,
+    experts: Sequence[tuple[str, dict]],
+    shared: Sequence[tuple[str, dict]],
+) -> str:
     """A mergekit-moe config for this recipe (model names are the recipe's labels)."""
     doc: dict[str, Any] = {"base_model": base, "gate_mode": gate_mode, "architecture": arch}
     if dtype:
@@ -68,15 +75,36 @@ class MoeLayout:
 
         codes = {j.result_dtype for j in plan.jobs}
         dtype = code_name(codes.pop()) if len(codes) == 1 else None
-        text = moe_yaml_text(plan.donor.label, str(_word(params.get("gate_mode", "hidden"))),
-                             int(params.get("experts_per_token", 2)), self.arch, dtype, self.experts, self.shared)
+        text = moe_yaml_text(
+            plan.donor.label,
+            str(_word(params.get("gate_mode", "hidden"))),
+            int(params.get("experts_per_token", 2)),
+            self.arch,
+            dtype,
+            self.experts,
+            self.shared,
+        )
         names = ", ".join(label for label, _ in self.experts)
-        card = "\n".join([
-            "---", "tags:", "- mergebuild", "- moe", "---", f"# {plan.name}", "",
-            f"A {self.arch} Mixture of Experts assembled by mergebuild from **{plan.donor.label}** (attention,"
-            f" norms, embeddings) and the experts {names}.", "",
-            "## Recipe", "", "```", (self.target.origin or text).strip(), "```", "",
-        ])
+        card = "\n".join(
+            [
+                "---",
+                "tags:",
+                "- mergebuild",
+                "- moe",
+                "---",
+                f"# {plan.name}",
+                "",
+                f"A {self.arch} Mixture of Experts assembled by mergebuild from **{plan.donor.label}** (attention,"
+                f" norms, embeddings) and the experts {names}.",
+                "",
+                "## Recipe",
+                "",
+                "```",
+                (self.target.origin or text).strip(),
+                "```",
+                "",
+            ]
+        )
         return {"README.md": card, MOE_CONFIG: text}
 
 

@@ -20,8 +20,12 @@ from mergefile.syntax.ast import AutoRef, Param, Source, Sym, Target
 
 __all__ = ["is_moe_config", "moe_yaml_to_target"]
 
-EXPERT_KEYS = {"positive_prompts": "prompts", "negative_prompts": "negative", "noise_scale": "noise_scale",
-               "residual_scale": "residual_scale"}
+EXPERT_KEYS = {
+    "positive_prompts": "prompts",
+    "negative_prompts": "negative",
+    "noise_scale": "noise_scale",
+    "residual_scale": "residual_scale",
+}
 
 
 def is_moe_config(data: Any) -> bool:
@@ -46,8 +50,13 @@ def moe_yaml_to_target(path: str | os.PathLike[str], target_name: str) -> Target
     if "base_model" not in data:
         raise ConfigError("mergekit-moe config needs base_model", loc)
     params = [Param("base", _ref(data["base_model"], base_dir, loc), None, loc)]
-    for key, name in (("gate_mode", "gate_mode"), ("experts_per_token", "experts_per_token"),
-                      ("architecture", "architecture"), ("dtype", "dtype"), ("out_dtype", "out_dtype")):
+    for key, name in (
+        ("gate_mode", "gate_mode"),
+        ("experts_per_token", "experts_per_token"),
+        ("architecture", "architecture"),
+        ("dtype", "dtype"),
+        ("out_dtype", "out_dtype"),
+    ):
         if data.get(key) is not None:
             value = data[key]
             params.append(Param(name, Sym(value, loc) if key in ("dtype", "out_dtype") else value, None, loc))

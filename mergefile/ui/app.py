@@ -36,8 +36,12 @@ KEEP_ALIVE_S = 15.0
 FORBIDDEN = {"error": "forbidden: open the URL mergebuild ui printed (it carries the token)"}
 # The page runs only its own scripts and styles, talks only to this server, and never sends the
 # tokened URL anywhere as a referrer.
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-                "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 def asset(name: str) -> bytes:
@@ -72,11 +76,18 @@ class UiApp:
         self.stopping = threading.Event()  # set by UiServer.stop (another thread): event streams end
 
     def starlette(self) -> Starlette:
-        reads = {"/": self.index, "/static/{name}": self.static, "/api/recipe": self.recipe,
-                 "/api/target": self.target, "/api/builds": self.builds, "/api/cache": self.cache,
-                 "/api/log": self.log, "/api/evolve": self.evolve, "/api/events": self.events}
-        writes = {"/api/plan": self.plan, "/api/save": self.save, "/api/build": self.build,
-                  "/api/cancel": self.cancel}
+        reads = {
+            "/": self.index,
+            "/static/{name}": self.static,
+            "/api/recipe": self.recipe,
+            "/api/target": self.target,
+            "/api/builds": self.builds,
+            "/api/cache": self.cache,
+            "/api/log": self.log,
+            "/api/evolve": self.evolve,
+            "/api/events": self.events,
+        }
+        writes = {"/api/plan": self.plan, "/api/save": self.save, "/api/build": self.build, "/api/cancel": self.cancel}
         routes = [Route(path, self._guard(h, False)) for path, h in reads.items()]
         routes += [Route(path, self._guard(h, True), methods=["POST"]) for path, h in writes.items()]
         return Starlette(routes=routes)
@@ -98,6 +109,7 @@ class UiApp:
             except UserError as e:  # the CLI's message; a held lock is a conflict
                 status = 409 if isinstance(e, LockedError) else 400
                 return JSONResponse({"error": f"mergebuild: error: {e.render()}"}, status_code=status)
+
         return endpoint
 
     async def index(self, request: Request) -> Response:
@@ -166,6 +178,7 @@ class UiApp:
 
     async def events(self, request: Request) -> Response:
         """Server-sent events: the live snapshot whenever it changes, a comment now and then."""
+
         async def stream():
             last, quiet = None, 0.0
             while not self.stopping.is_set() and not await request.is_disconnected():
@@ -178,4 +191,5 @@ class UiApp:
                     yield ": keep-alive\n\n"
                 await asyncio.sleep(EVENT_PERIOD_S)
                 quiet += EVENT_PERIOD_S
+
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

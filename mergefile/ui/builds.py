@@ -47,9 +47,17 @@ class PageBuild:
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "target": self.target, "state": self.state, "started": self.started,
-                "ended": self.ended, "progress": self.progress, "messages": self.messages[-20:],
-                "lines": self.lines, "error": self.error}
+        return {
+            "id": self.id,
+            "target": self.target,
+            "state": self.state,
+            "started": self.started,
+            "ended": self.ended,
+            "progress": self.progress,
+            "messages": self.messages[-20:],
+            "lines": self.lines,
+            "error": self.error,
+        }
 
 
 class PageProgress(Progress):
@@ -128,13 +136,17 @@ class BuildManager:
         with self._lock:
             for b in self.builds:
                 if b.state == "running" and b.needs & needed:
-                    raise LockedError(f"{b.target} is being built from this page (build {b.id})",
-                                      hint="wait for it to finish, or cancel it")
+                    raise LockedError(
+                        f"{b.target} is being built from this page (build {b.id})",
+                        hint="wait for it to finish, or cancel it",
+                    )
             for dep, out_dir in self.session.out_dirs.items():
                 pid = lock_holder(out_dir) if dep in needed else None
                 if pid is not None:
-                    raise LockedError(f"{out_dir} is being built by another mergebuild (pid {pid})",
-                                      hint="wait for it to finish, or build another target")
+                    raise LockedError(
+                        f"{out_dir} is being built by another mergebuild (pid {pid})",
+                        hint="wait for it to finish, or build another target",
+                    )
             job = PageBuild(len(self.builds) + 1, name, needs=frozenset(needed))
             self.builds.append(job)
         threading.Thread(target=self._run, args=(job, mf), name=f"mergebuild-ui-build-{job.id}", daemon=True).start()
@@ -144,8 +156,12 @@ class BuildManager:
         from mergefile.cli.render import build_line
         from mergefile.run.build import BuildOptions, build, default_memory_budget
 
-        options = BuildOptions(jobs=self.jobs, memory_budget=default_memory_budget(),
-                               allow_pickle=self.session.allow_pickle, wait_for_lock=False)
+        options = BuildOptions(
+            jobs=self.jobs,
+            memory_budget=default_memory_budget(),
+            allow_pickle=self.session.allow_pickle,
+            wait_for_lock=False,
+        )
         state, error, lines = "done", None, []
         try:
             with self.session.store() as store:
@@ -198,8 +214,13 @@ class BuildManager:
         holders = {t: pid for t, d in self.session.out_dirs.items() if (pid := lock_holder(d)) is not None}
         from mergefile.ui.evolve_view import evolve_stamps
 
-        return {"builds": builds, "building": holders, "failed": failed, "runs": self.live_runs(),
-                "evolve": evolve_stamps(self.session)}
+        return {
+            "builds": builds,
+            "building": holders,
+            "failed": failed,
+            "runs": self.live_runs(),
+            "evolve": evolve_stamps(self.session),
+        }
 
     def logged_outcomes(self, last: int = 20) -> dict[str, tuple[str | None, float]]:
         """Target -> (the error of its latest logged build, or None when it built; when), from
@@ -237,7 +258,13 @@ class BuildManager:
             for r in records:
                 if r.get("status") in ("computed", "hit", "recomputed") and r.get("target"):
                     counts[r["target"]] = counts.get(r["target"], 0) + 1
-            out.append({"run_id": run_id, "pid": pid, "argv": records[0].get("argv", []),
-                        "page": pid == os.getpid() and records[0].get("argv", [None])[:1] == ["ui"],
-                        "tensors": counts})
+            out.append(
+                {
+                    "run_id": run_id,
+                    "pid": pid,
+                    "argv": records[0].get("argv", []),
+                    "page": pid == os.getpid() and records[0].get("argv", [None])[:1] == ["ui"],
+                    "tensors": counts,
+                }
+            )
         return out

@@ -54,23 +54,41 @@ def evolve_view(session: RecipeSession, folder: str | None) -> dict[str, Any]:
         return {"folders": [], "folder": None}
     chosen = folders[-1] if not folder else Path(folder).resolve()
     if chosen not in folders:
-        raise UserError(f"'{folder}' is not an evolve folder of this recipe",
-                        hint="pass it with mergebuild ui --evolve DIR")
+        raise UserError(
+            f"'{folder}' is not an evolve folder of this recipe", hint="pass it with mergebuild ui --evolve DIR"
+        )
     history = read_history(chosen / HISTORY)
     curve, best = [], None
     for line in history:
         score = line.get("score")
         if isinstance(score, (int, float)) and (best is None or score > best["score"]):
             best = line
-        curve.append({"n": line.get("n"), "generation": line.get("generation"), "score": score,
-                      "best": best["score"] if best else None, "error": line.get("error")})
+        curve.append(
+            {
+                "n": line.get("n"),
+                "generation": line.get("generation"),
+                "score": score,
+                "best": best["score"] if best else None,
+                "error": line.get("error"),
+            }
+        )
     best = _best_json(chosen) or best  # the search's own pick (ties go to the earliest candidate)
     best_mf = chosen / "best.mf"
-    return {"folders": [str(p) for p in folders], "folder": str(chosen), "evaluations": len(history),
-            "curve": curve, "best": None if best is None else {
-                "n": best.get("n"), "score": best["score"], "results": best.get("results"),
-                "genes": best.get("params") or {}},
-            "best_recipe": best_mf.read_text(encoding="utf-8") if best_mf.is_file() else None}
+    return {
+        "folders": [str(p) for p in folders],
+        "folder": str(chosen),
+        "evaluations": len(history),
+        "curve": curve,
+        "best": None
+        if best is None
+        else {
+            "n": best.get("n"),
+            "score": best["score"],
+            "results": best.get("results"),
+            "genes": best.get("params") or {},
+        },
+        "best_recipe": best_mf.read_text(encoding="utf-8") if best_mf.is_file() else None,
+    }
 
 
 def _best_json(folder: Path) -> dict[str, Any] | None:

@@ -26,7 +26,9 @@ class UiServer:
         >>> print(server.url); server.serve()   # doctest: +SKIP
     """
 
-    def __init__(self, session: RecipeSession, host: str = LOOPBACK, port: int = 0, jobs: int = 1, token: str | None = None):
+    def __init__(
+        self, session: RecipeSession, host: str = LOOPBACK, port: int = 0, jobs: int = 1, token: str | None = None
+    ):
         self.session = session
         self.token = token or secrets.token_urlsafe(24)
         self.manager = BuildManager(session, jobs)
@@ -66,8 +68,9 @@ class UiServer:
     def start(self) -> UiServer:
         """Serve from a background thread (tests, notebooks); returns once it accepts requests."""
         server = self._uvicorn()
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [self.sock]},
-                                        name="mergebuild-ui", daemon=True)
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self.sock]}, name="mergebuild-ui", daemon=True
+        )
         self._thread.start()
         while not server.started and self._thread.is_alive():
             self._thread.join(0.01)

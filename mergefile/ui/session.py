@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from mergefile.errors import UserError
 
@@ -76,8 +77,9 @@ class RecipeSession:
         if self.config_target is not None:
             from mergefile.syntax import yaml_text_to_targets
 
-            return self._as_mergefile(yaml_text_to_targets(text, str(self.path), self.config_target,
-                                                           lenient=self.lenient))
+            return self._as_mergefile(
+                yaml_text_to_targets(text, str(self.path), self.config_target, lenient=self.lenient)
+            )
         return _parse_draft(text, self.path, self.lenient)
 
     def _load_file(self) -> Mergefile:
@@ -181,18 +183,29 @@ def graph_json(mf: Mergefile, report: BuildReport) -> dict[str, Any]:
     for r in report.targets:
         plan, st = r.status.kp.plan, r.status
         state, note = target_note(st)
-        targets.append({"id": f"target:{r.name}", "name": r.name, "method": plan.method.name,
-                        "tensors": len(plan.jobs), "state": state, "note": note,
-                        "stale": len(st.stale), "to_compute": len(r.to_compute),
-                        "explain": explain_lines(r) + dry_run_lines(r), "out_dir": str(plan.out_dir)})
+        targets.append(
+            {
+                "id": f"target:{r.name}",
+                "name": r.name,
+                "method": plan.method.name,
+                "tensors": len(plan.jobs),
+                "state": state,
+                "note": note,
+                "stale": len(st.stale),
+                "to_compute": len(r.to_compute),
+                "explain": explain_lines(r) + dry_run_lines(r),
+                "out_dir": str(plan.out_dir),
+            }
+        )
         bases = {job.inputs[job.base_index].model for job in plan.jobs if job.base_index is not None}
         for i, m in enumerate(plan.inputs):
             if m.target is not None:
                 src = f"target:{m.target}"
             else:
                 src = f"model:{m.path}"
-                models.setdefault(src, {"id": src, "name": m.label, "path": m.path,
-                                        "hub": list(m.hub) if m.hub else None})
+                models.setdefault(
+                    src, {"id": src, "name": m.label, "path": m.path, "hub": list(m.hub) if m.hub else None}
+                )
             edges.add((src, f"target:{r.name}", "base" if i in bases else ""))
     groups = []
     rules = mf.targets()
@@ -203,7 +216,11 @@ def graph_json(mf: Mergefile, report: BuildReport) -> dict[str, Any]:
                 dep = normalize_name(dep)
                 kind = "group" if isinstance(rules.get(dep), Phony) else "target"
                 edges.add((f"{kind}:{dep}", f"group:{name}", ""))
-    return {"models": list(models.values()), "targets": targets, "groups": groups,
-            "edges": [list(e) for e in sorted(edges)],
-            "stale_targets": sum(t["state"] != "fresh" for t in targets),
-            "stale_tensors": sum(t["stale"] for t in targets)}
+    return {
+        "models": list(models.values()),
+        "targets": targets,
+        "groups": groups,
+        "edges": [list(e) for e in sorted(edges)],
+        "stale_targets": sum(t["state"] != "fresh" for t in targets),
+        "stale_tensors": sum(t["stale"] for t in targets),
+    }

@@ -70,9 +70,14 @@ def last_times(log: BuildLog, target: str) -> dict[str, Any]:
         rows = [r for r in log.read(run_id) if r.get("target") == target and r.get("tensor")]
         if rows:
             rows.sort(key=lambda r: -float(r.get("seconds") or 0.0))
-            return {"run_id": run_id, "total": len(rows),
-                    "tensors": [{"tensor": r["tensor"], "status": r.get("status"),
-                                 "seconds": r.get("seconds")} for r in rows[:MAX_TIMES]]}
+            return {
+                "run_id": run_id,
+                "total": len(rows),
+                "tensors": [
+                    {"tensor": r["tensor"], "status": r.get("status"), "seconds": r.get("seconds")}
+                    for r in rows[:MAX_TIMES]
+                ],
+            }
     return {"run_id": None, "total": 0, "tensors": []}
 
 
@@ -83,7 +88,6 @@ def target_view(session: RecipeSession, name: str) -> dict[str, Any]:
     from mergefile.run.build import BuildOptions, TargetReport, plan_build
     from mergefile.syntax.ast import Mergefile
     from mergefile.syntax.render_mergefile import render_mergefile
-
     from mergefile.ui.session import target_note
 
     mf = session.load()
@@ -97,19 +101,27 @@ def target_view(session: RecipeSession, name: str) -> dict[str, Any]:
         times = last_times(store.log, name)
     report = TargetReport(name, st)
     state, note = target_note(st)
-    return {"name": name, "method": plan.method.name, "out_dir": str(plan.out_dir), "state": state, "note": note,
-            "text": render_mergefile(Mergefile(mf.path, (rules[name],))),
-            "line": rules[name].loc.line if rules[name].loc else None,
-            "explain": explain_lines(report, verbose=True) + dry_run_lines(report),
-            "inputs": [m.label for m in plan.inputs], "tensors": len(plan.jobs),
-            "heat": heat_map(plan), "times": times}
+    return {
+        "name": name,
+        "method": plan.method.name,
+        "out_dir": str(plan.out_dir),
+        "state": state,
+        "note": note,
+        "text": render_mergefile(Mergefile(mf.path, (rules[name],))),
+        "line": rules[name].loc.line if rules[name].loc else None,
+        "explain": explain_lines(report, verbose=True) + dry_run_lines(report),
+        "inputs": [m.label for m in plan.inputs],
+        "tensors": len(plan.jobs),
+        "heat": heat_map(plan),
+        "times": times,
+    }
 
 
 def cache_view(session: RecipeSession, last: int = 30) -> dict[str, Any]:
     """``cache stats``, the per-build history, entries by kind and a ``gc`` preview."""
+    from mergefile.errors import UserError
     from mergefile.run.history import recent, totals
     from mergefile.run.usage import current_usage
-    from mergefile.errors import UserError
 
     with session.store() as store:
         runs = recent(store.log, last)
@@ -129,9 +141,15 @@ def cache_view(session: RecipeSession, last: int = 30) -> dict[str, Any]:
             row = by_kind.setdefault(kind, {"entries": 0, "bytes": 0})
             row["entries"] += 1
             row["bytes"] += sizes[k]
-        data = {"cache_dir": str(store.root), "entries": len(keys), "volume_bytes": blobs.volume(),
-                "size_limit_bytes": blobs.size_limit, "totals": t.to_json(), "by_kind": by_kind,
-                "runs": [r.to_json() for r in runs]}
+        data = {
+            "cache_dir": str(store.root),
+            "entries": len(keys),
+            "volume_bytes": blobs.volume(),
+            "size_limit_bytes": blobs.size_limit,
+            "totals": t.to_json(),
+            "by_kind": by_kind,
+            "runs": [r.to_json() for r in runs],
+        }
     unused = by_kind.get("unused", {"entries": 0, "bytes": 0})
     data["gc_preview"] = {"error": gc_error, "would_drop": unused["entries"], "would_drop_bytes": unused["bytes"]}
     return data

@@ -14,8 +14,18 @@ from pathlib import Path
 import pytest
 
 VOCAB = 64
-_COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-               vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+_COMMON = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    vocab_size=VOCAB,
+    max_position_embeddings=64,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=3,
+)
 _SLIDING = ["sliding_attention", "full_attention"]
 _MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[1])
 
@@ -78,7 +88,9 @@ def family_models(tmp_path_factory: pytest.TempPathFactory):
 
     def get(family: str) -> dict[str, Path]:
         if family not in made:
-            made[family] = {name: _make(root / family / name, family, seed, tokenizer) for name, seed in (("a", 0), ("b", 1))}
+            made[family] = {
+                name: _make(root / family / name, family, seed, tokenizer) for name, seed in (("a", 0), ("b", 1))
+            }
         return made[family]
 
     return get

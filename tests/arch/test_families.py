@@ -33,8 +33,25 @@ def test_every_family_has_a_fixture_line():
 
 
 def test_the_table_covers_the_issue_list():
-    wanted = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2",
-              "gemma3_text", "phi3", "gpt2", "gpt_neox", "stablelm", "olmo2", "granite", "cohere"}
+    wanted = {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen3",
+        "qwen2_moe",
+        "qwen3_moe",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "gpt2",
+        "gpt_neox",
+        "stablelm",
+        "olmo2",
+        "granite",
+        "cohere",
+    }
     assert wanted <= set(FAMILIES)
 
 
@@ -71,14 +88,18 @@ def _load_and_run(path) -> None:
 def test_linear_and_frankenmerge_load_and_run(family, family_models, tmp_path):
     models = family_models(family)
     fam = families()[family]
-    mergefile_for(tmp_path, models, """
+    mergefile_for(
+        tmp_path,
+        models,
+        """
 out/linear: linear { a weight=1 ; b weight=1 }
 out/frank: passthrough {
     slice a[1:2]
     slice b[0:2]
 }
 all: out/linear out/frank
-""")
+""",
+    )
     assert cli(tmp_path, "all", cache=tmp_path / "cache") == 0
     for out in ("out/linear", "out/frank"):
         _load_and_run(tmp_path / out)

@@ -90,7 +90,11 @@ def test_head_comes_from_the_last_slice(tiny_models, tied, tmp_path):
 
 
 def test_mixed_architectures_are_refused_unless_allowed(tiny_models, tmp_path, capsys):
-    mistral = clone(tiny_models["b"], tmp_path / "mistral", config={"model_type": "mistral", "architectures": ["MistralForCausalLM"]})
+    mistral = clone(
+        tiny_models["b"],
+        tmp_path / "mistral",
+        config={"model_type": "mistral", "architectures": ["MistralForCausalLM"]},
+    )
     mergefile_for(tmp_path, {"a": tiny_models["a"], "m": mistral}, "out/x: linear { a weight=1 ; m weight=1 }")
     assert cli(tmp_path, cache=tmp_path / "cache") == 2
     err = capsys.readouterr().err
@@ -115,7 +119,9 @@ def test_tensor_missing_from_one_model(tiny_models, tmp_path, capsys):
 
 
 def _mystery(src: Path, dst: Path, rename=None, **config) -> Path:
-    return clone(src, dst, config={"model_type": "mystery", "architectures": ["MysteryForCausalLM"], **config}, rename=rename)
+    return clone(
+        src, dst, config={"model_type": "mystery", "architectures": ["MysteryForCausalLM"], **config}, rename=rename
+    )
 
 
 def test_unknown_architecture_is_inferred_from_names(tiny_models, tmp_path):
@@ -124,7 +130,9 @@ def test_unknown_architecture_is_inferred_from_names(tiny_models, tmp_path):
     assert cli(tmp_path, cache=tmp_path / "cache") == 0
     out = read_tensors(tmp_path / "out/f")
     assert json.loads((tmp_path / "out/f/config.json").read_text())["num_hidden_layers"] == 4
-    assert torch.equal(out["model.layers.3.self_attn.q_proj.weight"], read_tensors(b)["model.layers.3.self_attn.q_proj.weight"])
+    assert torch.equal(
+        out["model.layers.3.self_attn.q_proj.weight"], read_tensors(b)["model.layers.3.self_attn.q_proj.weight"]
+    )
     assert torch.equal(out["lm_head.weight"], read_tensors(b)["lm_head.weight"])  # post from the last slice
 
 
@@ -133,12 +141,16 @@ def test_unknown_architecture_without_layer_key_warns(tiny_models, tmp_path):
     mf = mergefile_for(tmp_path, {"a": a}, "out/f: passthrough {\n slice a[0:3]\n}")
     plan = Planner(parse_mergefile(mf)).plan("out/f")
     assert plan.num_layers == 3 and "num_hidden_layers" not in plan.config
-    assert any("no layer-count key" in w and "it still says 4 layers, the output has 3" in w for w in plan.warnings), plan.warnings
+    assert any("no layer-count key" in w and "it still says 4 layers, the output has 3" in w for w in plan.warnings), (
+        plan.warnings
+    )
     assert cli(tmp_path, cache=tmp_path / "cache") == 0
 
 
 def test_unknown_layer_count_is_a_clear_error(tiny_models, tmp_path, capsys):
-    a = _mystery(tiny_models["a"], tmp_path / "ma", num_hidden_layers=None, rename=lambda n: n.replace("layers.", "stack_"))
+    a = _mystery(
+        tiny_models["a"], tmp_path / "ma", num_hidden_layers=None, rename=lambda n: n.replace("layers.", "stack_")
+    )
     mergefile_for(tmp_path, {"a": a}, "out/f: passthrough {\n slice a[0:2]\n}")
     assert cli(tmp_path, cache=tmp_path / "cache") == 2
     assert "layer count cannot be inferred" in capsys.readouterr().err

@@ -61,9 +61,11 @@ def test_table_describes_the_checkpoint(models, name):
         assert mm.layouts["shared"].embedding == "shared.weight"
         assert mm.layouts["shared"].head_names == ("lm_head.weight",)  # absent from the checkpoint: tied
     else:
-        assert counts == {"text_decoder": (TEXT_LAYERS, "text_config.num_hidden_layers"),
-                          "vision_tower": (VISION_LAYERS, "vision_config.num_hidden_layers"),
-                          "multi_modal_projector": (0, None)}  # fmt: skip
+        assert counts == {
+            "text_decoder": (TEXT_LAYERS, "text_config.num_hidden_layers"),
+            "vision_tower": (VISION_LAYERS, "vision_config.num_hidden_layers"),
+            "multi_modal_projector": (0, None),
+        }
         text = mm.layouts["text_decoder"]
         assert text.family == "llama" and text.vocab_key == "text_config.vocab_size"
         assert text.vocab == ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
@@ -94,7 +96,9 @@ def test_override_architecture_picks_the_family_by_class():
 def test_siglip_llava_merge_loads_and_runs(models, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    mergefile_for(tmp_path, {"a": models["siglip"], "b": models["siglip-b"]}, "out/x: linear { a weight=1 ; b weight=2 }")
+    mergefile_for(
+        tmp_path, {"a": models["siglip"], "b": models["siglip-b"]}, "out/x: linear { a weight=1 ; b weight=2 }"
+    )
     assert cli(tmp_path) == 0
     out, a, b = read_tensors(tmp_path / "out/x"), read_tensors(models["siglip"]), read_tensors(models["siglip-b"])
     assert any(k.startswith("vision_tower.head.") for k in out)
@@ -139,21 +143,32 @@ def test_changing_the_override_makes_the_affected_tensors_stale(models, tmp_path
     mf = tmp_path / "Mergefile"
     text = 'model a = "{a}"{o}\nmodel b = "{b}"{o}\n\nout/x: linear {{ a weight=1 ; b weight=1 }}\n'
     cache = tmp_path / "cache"
-    mf.write_text(text.format(a=models["llava"], b=models["llava-b"], o=' (architecture="LlavaForConditionalGeneration")'))
+    mf.write_text(
+        text.format(a=models["llava"], b=models["llava-b"], o=' (architecture="LlavaForConditionalGeneration")')
+    )
     assert cli(tmp_path, cache=cache) == 0
     mf.write_text(text.format(a=models["llava"], b=models["llava-b"], o=' (architecture="LlamaForCausalLM")'))
     r = cli_json(tmp_path, cache=cache, capsys=capsys)["targets"][0]
     stale = sorted(s["tensor"] for s in r["stale"])
-    assert stale == ["vision_tower.embeddings.class_embedding", "vision_tower.embeddings.patch_embedding.weight",
-                     "vision_tower.embeddings.position_embedding.weight"]  # fmt: skip
+    assert stale == [
+        "vision_tower.embeddings.class_embedding",
+        "vision_tower.embeddings.patch_embedding.weight",
+        "vision_tower.embeddings.position_embedding.weight",
+    ]
     assert r["computed"] == 3
     assert _config(tmp_path / "out/x")["architectures"] == ["LlamaForCausalLM"]
 
 
-@pytest.mark.parametrize(("where", "text"), [
-    ("Mergefile", 'model a = "{a}" (architecture="LlavaForConditionalGen")\n\nout/x: linear {{ a weight=1 }}\n'),
-    ("merge.yml", "merge_method: linear\nmodels:\n  - model: {{model: {a}, override_architecture: LlavaForConditionalGen}}\n"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("Mergefile", 'model a = "{a}" (architecture="LlavaForConditionalGen")\n\nout/x: linear {{ a weight=1 }}\n'),
+        (
+            "merge.yml",
+            "merge_method: linear\nmodels:\n  - model: {{model: {a}, override_architecture: LlavaForConditionalGen}}\n",
+        ),
+    ],
+)
 def test_unknown_override_class_is_a_clear_error(models, tmp_path, capsys, where, text):
     (tmp_path / where).write_text(text.format(a=models["llava"]))
     args = ("--config", "merge.yml", "out/x") if where == "merge.yml" else ()

@@ -35,8 +35,11 @@ def work(tiny_models, tmp_path, monkeypatch) -> Path:
 
 
 def mb(*args: str) -> int:
-    return main(["--cache-dir", "cache", *args]) if args[0] not in ("yaml", "multi", "moe", "extract-lora") \
+    return (
+        main(["--cache-dir", "cache", *args])
+        if args[0] not in ("yaml", "multi", "moe", "extract-lora")
         else main([args[0], "--cache-dir", "cache", "--quiet", *args[1:]])
+    )
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -53,7 +56,9 @@ def test_notebook_command_lines_give_the_files_of_config(work, flags, capsys):
     assert "--lazy-unpickle changes nothing" in err
     if "--cuda" in flags and not torch.cuda.is_available():
         assert "no CUDA device here, computing on the CPU" in err
-    assert main(["--config", "config.yaml", "ref/merge", "--out-shard-size", "1B", "--cache-dir", "cache", "--quiet"]) == 0
+    assert (
+        main(["--config", "config.yaml", "ref/merge", "--out-shard-size", "1B", "--cache-dir", "cache", "--quiet"]) == 0
+    )
     got, want = files(work / "merge"), files(work / "ref" / "merge")
     assert sorted(got) == sorted(want) and got == want
     assert "model.safetensors" in got and "tokenizer.json" in got and "README.md" in got
@@ -134,12 +139,34 @@ def test_every_mergekit_option_is_accepted_with_its_no_form(work, o, capsys, mon
 
 
 def test_mapped_options_set_their_mergebuild_equivalents():
-    s = mk.build_settings({"allow_crimes": True, "device": "cuda:1", "read_to_gpu": True, "num_threads": 3,
-                           "random_seed": 5, "quiet": True, "verbosity": 2, "transformers_cache": "/hf",
-                           "out_shard_size": 10, "copy_tokenizer": False, "write_model_card": False})
-    assert s == {"allow_crimes": True, "device": "cuda:1", "read_to_device": True, "jobs": 3,
-                 "target_settings": {"seed": 5}, "quiet": True, "verbose": True, "hub_cache": "/hf",
-                 "out_shard_size": 10, "copy_tokenizer": False, "write_card": False}
+    s = mk.build_settings(
+        {
+            "allow_crimes": True,
+            "device": "cuda:1",
+            "read_to_gpu": True,
+            "num_threads": 3,
+            "random_seed": 5,
+            "quiet": True,
+            "verbosity": 2,
+            "transformers_cache": "/hf",
+            "out_shard_size": 10,
+            "copy_tokenizer": False,
+            "write_model_card": False,
+        }
+    )
+    assert s == {
+        "allow_crimes": True,
+        "device": "cuda:1",
+        "read_to_device": True,
+        "jobs": 3,
+        "target_settings": {"seed": 5},
+        "quiet": True,
+        "verbose": True,
+        "hub_cache": "/hf",
+        "out_shard_size": 10,
+        "copy_tokenizer": False,
+        "write_card": False,
+    }
     assert mk.build_settings({"cuda": True})["device"] == "cuda"
     assert mk.build_settings({})["out_shard_size"] == 5 * 10**9  # mergekit's default
     import argparse
@@ -149,8 +176,11 @@ def test_mapped_options_set_their_mergebuild_equivalents():
     rich = mk.given(p.parse_args(["--gpu-rich"]))  # mergekit's alias, expanded as mergekit does
     assert rich == {"cuda": True, "low_cpu_memory": True, "read_to_gpu": True, "multi_gpu": True}
     assert mk.build_settings(rich)["device"] == "cuda" and mk.build_settings(rich)["read_to_device"]
-    assert mk.given(p.parse_args(["--no-copy-tokenizer", "-vv", "-j", "4"])) == {"copy_tokenizer": False, "verbosity": 2,
-                                                                                 "num_threads": 4}
+    assert mk.given(p.parse_args(["--no-copy-tokenizer", "-vv", "-j", "4"])) == {
+        "copy_tokenizer": False,
+        "verbosity": 2,
+        "num_threads": 4,
+    }
 
 
 def test_transformers_cache_points_hub_lookups_there(work, tiny_models, monkeypatch, capsys):
@@ -169,13 +199,19 @@ def test_multi_builds_stages_into_the_intermediate_dir(work, capsys):
 
     (work / "multi.yml").write_text(MULTI)
     assert mb("multi", "multi.yml", "-I", "stages", "--out-path", "final") == 0
-    assert (work / "stages" / "ab" / "model.safetensors").exists() or list((work / "stages" / "ab").glob("*.safetensors"))
+    assert (work / "stages" / "ab" / "model.safetensors").exists() or list(
+        (work / "stages" / "ab").glob("*.safetensors")
+    )
     assert list((work / "final").glob("*.safetensors"))
     capsys.readouterr()
     assert main(["multi", "multi.yml", "-I", "stages", "--out-path", "final", "--cache-dir", "cache", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["up_to_date"]
-    assert main(["multi", "multi.yml", "-I", "stages", "--out-path", "final", "--cache-dir", "cache", "--json",
-                 "--no-lazy"]) == 0
+    assert (
+        main(
+            ["multi", "multi.yml", "-I", "stages", "--out-path", "final", "--cache-dir", "cache", "--json", "--no-lazy"]
+        )
+        == 0
+    )
     assert all(t["built"] for t in json.loads(capsys.readouterr().out)["targets"])  # --no-lazy: rebuilt
     assert main(["multi", "multi.yml", "--out-path", "final"]) == 2
     assert "needs --intermediate-dir" in capsys.readouterr().err
@@ -192,8 +228,20 @@ experts:
 """)
     assert mb("moe", "moe.yml", "moe-out") == 0  # the same model twice: warned about
     assert "same model is listed as several experts" in capsys.readouterr().err
-    assert main(["moe", "moe.yml", "moe-out", "--i-understand-this-is-not-useful-without-training",
-                 "--load-in-4bit", "--cache-dir", "cache"]) == 0
+    assert (
+        main(
+            [
+                "moe",
+                "moe.yml",
+                "moe-out",
+                "--i-understand-this-is-not-useful-without-training",
+                "--load-in-4bit",
+                "--cache-dir",
+                "cache",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err  # the flag says the user means it (allow_identical_experts)
     assert "same model" not in err and "--load-in-4bit/8bit changes nothing" in err
     cfg = json.loads((work / "moe-out" / "config.json").read_text())
@@ -205,10 +253,31 @@ experts:
 def test_extract_lora_with_mergekit_flags_gives_an_adapter_peft_loads(work, tiny_models, capsys):
     from tests.targets.test_lora import peft_load
 
-    argv = ["extract-lora", "--model", "models/a", "--base-model", "models/base", "--out-path", "lora",
-            "--max-rank", "8", "--no-distribute-scale", "--no-embed-lora", "-e", "lm_head", "--sv-epsilon", "0",
-            "--skip-undecomposable", "--cuda", "--lazy-unpickle", "--out-shard-size", "1B", "-v",
-            "--cache-dir", "cache"]
+    argv = [
+        "extract-lora",
+        "--model",
+        "models/a",
+        "--base-model",
+        "models/base",
+        "--out-path",
+        "lora",
+        "--max-rank",
+        "8",
+        "--no-distribute-scale",
+        "--no-embed-lora",
+        "-e",
+        "lm_head",
+        "--sv-epsilon",
+        "0",
+        "--skip-undecomposable",
+        "--cuda",
+        "--lazy-unpickle",
+        "--out-shard-size",
+        "1B",
+        "-v",
+        "--cache-dir",
+        "cache",
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "--out-shard-size changes nothing" in err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 
-
 from tests.helpers import cli, mergefile_for
 
 BODY = """

@@ -12,19 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-
 from mergefile.cli import noop
 from mergefile.store import stamp
 from tests.alias_support import project, run, settle  # noqa: F401 (a fixture)
 from tests.helpers import mergefile_for
 
 
-
-
 def last_summary(cache: Path) -> dict:
     logs = sorted((cache / "logs").glob("*.jsonl"))
     return [json.loads(line) for line in logs[-1].read_text().splitlines()][-1]
-
 
 
 def test_a_repeated_command_is_answered_by_its_alias(project, capsys) -> None:
@@ -73,8 +69,11 @@ def test_an_edit_misses_and_is_built(project) -> None:
 def test_a_moved_symlink_misses(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch) -> None:
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
-        mergefile_for(tmp_path / name, {"base": tiny_models["base"], "a": tiny_models["a"]},
-                      f"out/m: linear {{ base weight={0.5 if name == 'one' else 0.2}\n a weight=0.5 }}")
+        mergefile_for(
+            tmp_path / name,
+            {"base": tiny_models["base"], "a": tiny_models["a"]},
+            f"out/m: linear {{ base weight={0.5 if name == 'one' else 0.2}\n a weight=0.5 }}",
+        )
     os.symlink(tmp_path / "one", tmp_path / "here")
     settle()
     monkeypatch.chdir(tmp_path)

@@ -54,8 +54,10 @@ def _targets(report: dict) -> dict[str, dict]:
 
 
 def test_quoted_names_parse_and_paths_naming_targets_are_references():
-    mf = parse_text('model a = "./a"\n"/s/x/": linear { a }\n"../y": linear { "/s/x" }\n'
-                    '".h": linear(base="../y") { "./../y" }\ng: "/s/x" ".h"\n')
+    mf = parse_text(
+        'model a = "./a"\n"/s/x/": linear { a }\n"../y": linear { "/s/x" }\n'
+        '".h": linear(base="../y") { "./../y" }\ng: "/s/x" ".h"\n'
+    )
     t = mf.targets()
     assert list(t) == ["/s/x", "../y", ".h", "g"]
     assert t["../y"].sources[0].ref == Sym("/s/x")
@@ -102,7 +104,9 @@ def test_verbs_handle_quoted_targets(tiny_models, tmp_path, capsys):
     assert main(["-C", str(proj), "--cache-dir", str(cache), "status", "../out/y"]) == 0
     assert main(["-C", str(proj), "--cache-dir", str(cache), "graph", "all"]) == 0
     dot = capsys.readouterr().out
-    assert f'"target:{tmp_path}/scratch/x" -> "target:../out/y"' in dot and '"target:../out/y" -> "target:.hidden"' in dot
+    assert (
+        f'"target:{tmp_path}/scratch/x" -> "target:../out/y"' in dot and '"target:../out/y" -> "target:.hidden"' in dot
+    )
     assert main(["-C", str(proj), "--cache-dir", str(cache), "lock"]) == 0
     assert json.loads((proj / "Mergefile.lock").read_text())["models"]
     assert main(["-C", str(proj), "--cache-dir", str(cache), "push", "-n", "../out/y", "org/y"]) == 0
@@ -122,8 +126,15 @@ def test_a_quoted_name_that_is_no_folder_is_refused(name, tmp_path, capsys):
     assert "is not an output folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("line, word", [("../out/x: linear { a }", "../out/x"), ("/scratch/x: linear { a }", "/scratch/x"),
-                                        (".h: linear { a }", ".h"), ("x: linear { ../out/y weight=1 }", "../out/y")])
+@pytest.mark.parametrize(
+    "line, word",
+    [
+        ("../out/x: linear { a }", "../out/x"),
+        ("/scratch/x: linear { a }", "/scratch/x"),
+        (".h: linear { a }", ".h"),
+        ("x: linear { ../out/y weight=1 }", "../out/y"),
+    ],
+)
 def test_a_bare_path_says_to_quote_it(line, word, tmp_path, capsys):
     (tmp_path / "Mergefile").write_text(f'model a = "./a"\n{line}\n')
     assert main(["-C", str(tmp_path), "-n"]) == 2

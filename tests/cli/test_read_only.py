@@ -18,9 +18,11 @@ def _tree(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-@pytest.mark.parametrize("args", [["graph"], ["status"], ["-n", "out/m"], ["-q", "out/m"], ["log"],
-                                  ["cache", "stats"], ["cache", "ls"], ["--help"]],
-                         ids=lambda a: " ".join(a))
+@pytest.mark.parametrize(
+    "args",
+    [["graph"], ["status"], ["-n", "out/m"], ["-q", "out/m"], ["log"], ["cache", "stats"], ["cache", "ls"], ["--help"]],
+    ids=lambda a: " ".join(a),
+)
 def test_a_read_only_command_leaves_the_folder_as_it_was(tiny_models, tmp_path, args):
     mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, BODY)
     before = _tree(tmp_path)

@@ -197,8 +197,9 @@ def test_warnings_are_repeated(tmp_path: Path, tiny_models: dict[str, Path], cap
     """What the full check warned, the stamped no-op warns again (planted in the stamp here)."""
     work = tmp_path / "w"
     work.mkdir()
-    mergefile_for(work, {"base": tiny_models["base"], "a": tiny_models["a"]},
-                  "out/m: linear { base weight=1\n a weight=1 }")
+    mergefile_for(
+        work, {"base": tiny_models["base"], "a": tiny_models["a"]}, "out/m: linear { base weight=1\n a weight=1 }"
+    )
     cache = work / "cache"
     settle()
     cli(work, cache=cache)

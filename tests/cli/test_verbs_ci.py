@@ -108,8 +108,13 @@ def test_piped_builds_show_no_bars(tiny_models, tmp_path):
     import sys
 
     mergefile_for(tmp_path, tiny_models, "out/x: linear { a weight=1 ; b weight=1 }")
-    r = subprocess.run([sys.executable, "-m", "mergefile.cli.main", "-C", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
-                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run(
+        [sys.executable, "-m", "mergefile.cli.main", "-C", str(tmp_path), "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr and "\x1b" not in r.stderr and "━" not in r.stderr
     assert "out/x: built" in r.stdout

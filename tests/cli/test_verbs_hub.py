@@ -22,7 +22,9 @@ def add_snapshot(cache: Path, repo: str, src: Path, ref: str = "main") -> str:
     """Put the files of model folder ``src`` into ``cache`` as a commit of ``repo``; ``ref`` points at it."""
     root = cache / ("models--" + repo.replace("/", "--"))
     files = {p.name: p.read_bytes() for p in sorted(src.iterdir()) if p.is_file()}
-    commit = hashlib.sha1(repr(sorted((n, hashlib.sha256(b).hexdigest()) for n, b in files.items())).encode()).hexdigest()
+    commit = hashlib.sha1(
+        repr(sorted((n, hashlib.sha256(b).hexdigest()) for n, b in files.items())).encode()
+    ).hexdigest()
     snap = root / "snapshots" / commit
     snap.mkdir(parents=True, exist_ok=True)
     (root / "blobs").mkdir(exist_ok=True)

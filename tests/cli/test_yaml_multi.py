@@ -67,8 +67,17 @@ def test_editing_the_last_document_leaves_the_stages_alone(tiny_models, tmp_path
 
 def test_target_prefix_places_the_stages(tiny_models, tmp_path, capsys):
     work = _setup(tmp_path, tiny_models)
-    report = cli_json(work, "-n", "--config", "multi.yml", "out/final", "--target-prefix", "stages/",
-                      cache=tmp_path / "cache", capsys=capsys)  # fmt: skip
+    report = cli_json(
+        work,
+        "-n",
+        "--config",
+        "multi.yml",
+        "out/final",
+        "--target-prefix",
+        "stages/",
+        cache=tmp_path / "cache",
+        capsys=capsys,
+    )
     assert [t["target"] for t in report["targets"]] == ["stages/ab", "stages/bc", "out/final"]
 
 

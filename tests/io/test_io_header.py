@@ -124,11 +124,21 @@ def test_missing_file():
 @pytest.mark.parametrize(
     "name, dtype",
     [
-        ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), ("torch.bfloat16", torch.bfloat16),
-        ("BF16", torch.bfloat16), ("float16", torch.float16), ("fp16", torch.float16),
-        ("half", torch.float16), ("float32", torch.float32), ("fp32", torch.float32),
-        ("float", torch.float32), ("float64", torch.float64), ("int64", torch.int64),
-        (" Float32 ", torch.float32), ("float8_e4m3fn", torch.float8_e4m3fn), ("bool", torch.bool),
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        ("torch.bfloat16", torch.bfloat16),
+        ("BF16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("half", torch.float16),
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("float", torch.float32),
+        ("float64", torch.float64),
+        ("int64", torch.int64),
+        (" Float32 ", torch.float32),
+        ("float8_e4m3fn", torch.float8_e4m3fn),
+        ("bool", torch.bool),
     ],
 )
 def test_parse_dtype(name, dtype):

@@ -18,8 +18,14 @@ def test_write_config_sets_keys(tmp_path):
         "text_config": {"num_hidden_layers": 32, "vocab_size": 100},
         "vocab_size": 100,
     }
-    write_config(config, tmp_path / "out", layer_key="text_config.num_hidden_layers", num_layers=40,
-                 dtype=torch.bfloat16, vocab_size=128)
+    write_config(
+        config,
+        tmp_path / "out",
+        layer_key="text_config.num_hidden_layers",
+        num_layers=40,
+        dtype=torch.bfloat16,
+        vocab_size=128,
+    )
     written = json.loads((tmp_path / "out" / "config.json").read_text())
     assert written["text_config"]["num_hidden_layers"] == 40
     assert written["torch_dtype"] == "bfloat16" and "dtype" not in written
@@ -30,8 +36,13 @@ def test_write_config_sets_keys(tmp_path):
 def test_write_config_plain_and_deterministic(tmp_path):
     config = {"vocab_size": 10, "num_hidden_layers": 2, "architectures": ["Llama"], "dtype": "float32"}
     write_config(config, tmp_path / "a", layer_key="num_hidden_layers", num_layers=3, dtype=torch.float16)
-    write_config(dict(reversed(list(config.items()))), tmp_path / "b", layer_key="num_hidden_layers",
-                 num_layers=3, dtype=torch.float16)
+    write_config(
+        dict(reversed(list(config.items()))),
+        tmp_path / "b",
+        layer_key="num_hidden_layers",
+        num_layers=3,
+        dtype=torch.float16,
+    )
     a = (tmp_path / "a" / "config.json").read_bytes()
     assert a == (tmp_path / "b" / "config.json").read_bytes()
     assert a.endswith(b"}\n")

@@ -85,6 +85,7 @@ def test_streams_one_fetch_at_a_time_in_order(tmp_path):
             t = torch.full((n,), float(n))
             refs.append(weakref.ref(t))
             return tensor_bytes(t)
+
         return f
 
     entries = [(f"t{i}", "F32", (n,), fetch(f"t{i}", n)) for i, n in enumerate([4, 1, 3, 2])]

@@ -25,8 +25,8 @@ out/f: passthrough {
 
 
 def _targets():
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     d = Path(tempfile.mkdtemp())
     (d / "Mergefile").write_text(RECIPE)
@@ -35,10 +35,17 @@ def _targets():
 
 def test_card_front_matter_and_sections():
     d = CardData(
-        name="out/x", method="ties", reference="https://arxiv.org/abs/2306.01708", summary="trim, elect, merge",
-        inputs=(CardInput("m"), CardInput("base", hub="org/base", revision="main", commit="c" * 40, base=True),
-                CardInput("out/y", target=True)),
-        dtype="bfloat16", recipe="out/x: ties(base=base) {\n  m weight=1\n}",
+        name="out/x",
+        method="ties",
+        reference="https://arxiv.org/abs/2306.01708",
+        summary="trim, elect, merge",
+        inputs=(
+            CardInput("m"),
+            CardInput("base", hub="org/base", revision="main", commit="c" * 40, base=True),
+            CardInput("out/y", target=True),
+        ),
+        dtype="bfloat16",
+        recipe="out/x: ties(base=base) {\n  m weight=1\n}",
     )
     text = render_card(d)
     assert text.startswith("---\n")
@@ -46,7 +53,8 @@ def test_card_front_matter_and_sections():
     # Hub ids only: local models and other targets are not valid base_model metadata
     assert meta == {"base_model": ["org/base"], "library_name": "transformers", "tags": ["merge", "mergebuild"]}
     assert "](http" not in text.replace("(https://arxiv.org/abs/2306.01708)", "").replace(
-        "(https://huggingface.co/org/base)", "")  # nothing else is linked
+        "(https://huggingface.co/org/base)", ""
+    )  # nothing else is linked
     assert "# x\n" in text and "**ties**" in text and "(https://arxiv.org/abs/2306.01708)" in text
     assert "[org/base](https://huggingface.co/org/base) (revision main, commit cccccccccccc) — base model" in text
     assert "```\nout/x: ties(base=base) {\n  m weight=1\n}\n```" in text
@@ -58,12 +66,16 @@ def test_mergekit_rendering_of_models_and_slices():
     namer = ref_namer({"base": "org/base"})
     cfg = mergekit_config(t["out/x"], namer)
     assert cfg["merge_method"] == "ties" and cfg["base_model"] == "org/base" and cfg["dtype"] == "bfloat16"
-    assert cfg["models"] == [{"model": "m", "parameters": {"weight": 0.6, "density": 0.5}},
-                             {"model": "c", "parameters": {"weight": 0.4}}]
+    assert cfg["models"] == [
+        {"model": "m", "parameters": {"weight": 0.6, "density": 0.5}},
+        {"model": "c", "parameters": {"weight": 0.4}},
+    ]
     assert cfg["parameters"] == {"weight": [{"filter": "self_attn", "value": [0.3, 0.7]}], "density": 0.4}
     f = mergekit_config(t["out/f"], namer)
-    assert f["slices"] == [{"sources": [{"model": "m", "layer_range": [0, 2]}]},
-                           {"sources": [{"model": "c", "layer_range": [1, 3]}], "parameters": {"scale": 0.5}}]
+    assert f["slices"] == [
+        {"sources": [{"model": "m", "layer_range": [0, 2]}]},
+        {"sources": [{"model": "c", "layer_range": [1, 3]}], "parameters": {"scale": 0.5}},
+    ]
     text = render_mergekit_yaml(t["out/x"], namer)
     assert text.startswith("# mergekit-style") and yaml.safe_load(text) == cfg
     assert render_mergekit_yaml(t["out/x"], namer, source_yaml="a: 1") == "a: 1\n"
@@ -89,11 +101,11 @@ def test_card_change_rewrites_aux_files_only(tiny_models, tmp_path, capsys):
 
 def test_mergekit_yaml_of_a_multi_module_target():
     """Module blocks render as mergekit ``modules:``, each with its models/slices and parameters."""
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     d = Path(tempfile.mkdtemp())
-    (d / "Mergefile").write_text('''model a = "models/a"
+    (d / "Mergefile").write_text("""model a = "models/a"
 model b = "models/b"
 out/vlm: linear {
     module text_decoder { a weight=1 ; b weight=3 }
@@ -102,14 +114,16 @@ out/vlm: linear {
     }
     module multi_modal_projector { a ; b ; weight = 0.25 }
 }
-''')
+""")
     t = parse_mergefile(d / "Mergefile").targets()["out/vlm"]
     cfg = mergekit_config(t, ref_namer({}))
     assert "models" not in cfg and "slices" not in cfg
     mods = cfg["modules"]
     assert list(mods) == ["text_decoder", "vision_tower", "multi_modal_projector"]
-    assert mods["text_decoder"]["models"] == [{"model": "a", "parameters": {"weight": 1}},
-                                             {"model": "b", "parameters": {"weight": 3}}]
+    assert mods["text_decoder"]["models"] == [
+        {"model": "a", "parameters": {"weight": 1}},
+        {"model": "b", "parameters": {"weight": 3}},
+    ]
     assert [s["model"] for s in mods["vision_tower"]["slices"][0]["sources"]] == ["a", "b"]
     assert mods["vision_tower"]["slices"][0]["sources"][0]["layer_range"] == [0, 2]
     assert mods["multi_modal_projector"]["parameters"] == {"weight": 0.25}

@@ -32,7 +32,10 @@ def test_multi_stage_card_validates_and_lists_hub_ids_only(tiny_models, hub, tmp
     proj.mkdir()
     mergefile_for(proj, {"local": tiny_models["c"]}, RECIPE.replace("{b}", str(tiny_models["b"])))
     assert cli(proj, "../final/m", cache=tmp_path / "cache") == 0
-    for folder, bases in ((proj / "out" / "ab", ["org/a", "org/base"]), (tmp_path / "final" / "m", ["org/a", "org/base"])):
+    for folder, bases in (
+        (proj / "out" / "ab", ["org/a", "org/base"]),
+        (tmp_path / "final" / "m", ["org/a", "org/base"]),
+    ):
         readme = folder / "README.md"
         meta = metadata_load(readme)
         assert sorted(meta["base_model"]) == bases and all(HUB_ID.match(b) for b in meta["base_model"])

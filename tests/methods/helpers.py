@@ -21,8 +21,14 @@ def ctx(base_index: int | None = None, seed: int | None = 0, name: str = "model.
     return MergeContext(tensor_name=name, base_index=base_index, generator=gen)
 
 
-def run(method: str, tensors: Sequence[torch.Tensor], per_model: Sequence[Mapping[str, Any]] | None = None,
-        params: Mapping[str, Any] | None = None, base_index: int | None = None, seed: int | None = 0) -> torch.Tensor:
+def run(
+    method: str,
+    tensors: Sequence[torch.Tensor],
+    per_model: Sequence[Mapping[str, Any]] | None = None,
+    params: Mapping[str, Any] | None = None,
+    base_index: int | None = None,
+    seed: int | None = 0,
+) -> torch.Tensor:
     """Run a registered method through stage + merge with defaults filled in."""
     return apply_method(get_method(method), tensors, per_model, params, ctx(base_index, seed))
 

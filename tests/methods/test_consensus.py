@@ -18,12 +18,15 @@ A = t(1.0, 0.0, 0.1, 0.0, 0.5)
 B = t(0.0, 1.0, 0.1, 0.0, 1.5)
 
 
-@pytest.mark.parametrize("k, kept", [
-    (0, t(1.0, 1.0, 0.2, 0.0, 2.0)),  # no pruning: task arithmetic
-    (1, t(1.0, 1.0, 0.2, 0.0, 2.0)),  # every entry some task's mask keeps
-    (2, t(0.0, 0.0, 0.2, 0.0, 0.0)),  # only entries both tasks need
-    (3, t(0.0, 0.0, 0.0, 0.0, 0.0)),  # more than the tasks: the base
-])
+@pytest.mark.parametrize(
+    "k, kept",
+    [
+        (0, t(1.0, 1.0, 0.2, 0.0, 2.0)),  # no pruning: task arithmetic
+        (1, t(1.0, 1.0, 0.2, 0.0, 2.0)),  # every entry some task's mask keeps
+        (2, t(0.0, 0.0, 0.2, 0.0, 0.0)),  # only entries both tasks need
+        (3, t(0.0, 0.0, 0.0, 0.0, 0.0)),  # more than the tasks: the base
+    ],
+)
 def test_consensus_ta_keeps_entries_k_masks_agree_on(k, kept):
     out = run("consensus_ta", [BASE, A, B], params={"k": k}, base_index=0)
     torch.testing.assert_close(out, kept)
@@ -42,8 +45,9 @@ def test_k1_keeps_exactly_the_union_of_the_task_masks():
 
 
 def test_weights_scale_the_task_vectors_before_the_masks():
-    out = run("consensus_ta", [BASE, A, B], per_model=[{}, {"weight": 2.0}, {"weight": 1.0}],
-              params={"k": 1}, base_index=0)
+    out = run(
+        "consensus_ta", [BASE, A, B], per_model=[{}, {"weight": 2.0}, {"weight": 1.0}], params={"k": 1}, base_index=0
+    )
     # tau_m = [2, 1, 0.3, 0, 2.5]; a: [T, F, T, F, F], b: [F, T, F, F, T] (0.1 !> 0.6 * 0.2)
     torch.testing.assert_close(out, t(2.0, 1.0, 0.3, 0.0, 2.5))
 
@@ -79,11 +83,14 @@ def test_consensus_mask_counts_tasks():
     assert consensus_mask(taus, taus.sum(0), 0.6, 1).tolist() == [True, True, True, False, True]
 
 
-@pytest.mark.parametrize("params, per_model, words", [
-    ({"k": -1, "mask_lambda": 0.6}, [{}, {}], "k must be >= 0"),
-    ({"k": 2, "mask_lambda": -0.1}, [{}, {}], "mask_lambda must be >= 0"),
-    ({"k": 2, "mask_lambda": 0.6}, [{}, {"density": 1.5}], "density must lie in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "params, per_model, words",
+    [
+        ({"k": -1, "mask_lambda": 0.6}, [{}, {}], "k must be >= 0"),
+        ({"k": 2, "mask_lambda": -0.1}, [{}, {}], "mask_lambda must be >= 0"),
+        ({"k": 2, "mask_lambda": 0.6}, [{}, {"density": 1.5}], "density must lie in [0, 1]"),
+    ],
+)
 def test_bad_parameters_are_refused(params, per_model, words):
     with pytest.raises(ParamCheckError, match=words.replace("[", r"\[").replace("]", r"\]")):
         get_method("consensus_ties").check(params, per_model, 0)

@@ -22,8 +22,21 @@ EXTENSIONS = {"tsv", "iso_c", "iso_cts", "consensus_ta", "consensus_ties", "magm
 RANDOM_STAGE = {"dare_ties", "dare_linear", "della", "della_linear"}
 
 EMBED = {
-    EmbedPolicy.BASE: {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-                       "breadcrumbs_ties", "della", "della_linear", "sce", "ram", "ramplus_tl", "nearswap", *EXTENSIONS},
+    EmbedPolicy.BASE: {
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "sce",
+        "ram",
+        "ramplus_tl",
+        "nearswap",
+        *EXTENSIONS,
+    },
     EmbedPolicy.COMMON: {"linear", "slerp", "nuslerp", "multislerp", "karcher", "model_stock", "arcee_fusion"},
     EmbedPolicy.EXACT: {"passthrough"},
 }
@@ -74,9 +87,26 @@ def _run(method: Method, shape, dtype, seed: int = 0, gen_seed: int = 7) -> torc
 def test_registry_has_the_twenty_mergekit_methods():
     assert {n for n, m in METHODS.items() if not m.mergekit} == EXTENSIONS
     assert {n for n, m in METHODS.items() if m.mergekit} == {
-        "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_ties",
-        "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "ram",
-        "ramplus_tl", "model_stock", "nearswap", "arcee_fusion", "passthrough",
+        "linear",
+        "slerp",
+        "nuslerp",
+        "multislerp",
+        "karcher",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "sce",
+        "ram",
+        "ramplus_tl",
+        "model_stock",
+        "nearswap",
+        "arcee_fusion",
+        "passthrough",
     }
 
 
@@ -90,9 +120,22 @@ VERSIONS = {"arcee_fusion": 3}  # scores on the CPU in the compute dtype: mergek
 # factorizations on one CPU thread: the same bits from a Ray task and a local build
 VERSIONS |= {"tsv": 2, "iso_c": 2, "iso_cts": 2}
 # computed in the inputs' dtype as mergekit 0.1.5 does (bf16 results equal mergekit's)
-VERSIONS |= {name: 2 for name in ("task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs",
-                                  "breadcrumbs_ties", "della", "della_linear", "sce", "model_stock",
-                                  "nearswap")}
+VERSIONS |= {
+    name: 2
+    for name in (
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "sce",
+        "model_stock",
+        "nearswap",
+    )
+}
 # the spherical methods step by step in the inputs' dtype, as mergekit 0.1.5 (bf16 bits equal)
 VERSIONS |= {"karcher": 2, "nuslerp": 2, "multislerp": 2}
 # slerp in chunks with float32 coefficient tensors, as mergekit 0.1.5 (bits equal, bounded scratch)

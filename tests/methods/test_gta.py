@@ -91,8 +91,10 @@ def test_dare_ties_at_density_one_is_ties():
     g = torch.Generator().manual_seed(5)
     base, a, b = (torch.randn(6, 6, generator=g) for _ in range(3))
     pm = [{}, {"weight": 0.4}, {"weight": 0.6}]
-    assert torch.allclose(run("dare_ties", [base, a, b], pm, base_index=0),
-                          run("ties", [base, a, b], pm, {"normalize": False}, base_index=0))
+    assert torch.allclose(
+        run("dare_ties", [base, a, b], pm, base_index=0),
+        run("ties", [base, a, b], pm, {"normalize": False}, base_index=0),
+    )
 
 
 def test_breadcrumbs_keeps_the_middle_band():
@@ -116,8 +118,9 @@ def test_della_keep_rate_follows_magnitude_rank():
     rows, n = 4000, 101
     x = torch.arange(1, n + 1, dtype=torch.float32).repeat(rows, 1)
     base = torch.zeros_like(x)
-    out = run("della_linear", [base, x], [{}, {"weight": 1, "density": 0.5, "epsilon": 0.2}],
-              {"rescale": False}, base_index=0)
+    out = run(
+        "della_linear", [base, x], [{}, {"weight": 1, "density": 0.5, "epsilon": 0.2}], {"rescale": False}, base_index=0
+    )
     rate = (out != 0).float().mean(dim=0)
     assert abs(rate[0].item() - 0.3) < 0.04  # smallest: density - epsilon
     assert abs(rate[50].item() - 0.5) < 0.04
@@ -152,8 +155,9 @@ def test_int8_mask_changes_nothing():
     g = torch.Generator().manual_seed(8)
     base, a, b = (torch.randn(5, 5, generator=g) for _ in range(3))
     pm = [{}, {"weight": 1, "density": 0.6}, {"weight": 0.5, "density": 0.6}]
-    assert torch.equal(run("ties", [base, a, b], pm, {"int8_mask": True}, base_index=0),
-                       run("ties", [base, a, b], pm, base_index=0))
+    assert torch.equal(
+        run("ties", [base, a, b], pm, {"int8_mask": True}, base_index=0), run("ties", [base, a, b], pm, base_index=0)
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -163,8 +167,9 @@ def test_normalized_ties_ignores_a_common_weight_scale(c: float, seed: int):
     base, a, b = (torch.randn(4, 4, generator=g) for _ in range(3))
     pm = [{}, {"weight": 0.3, "density": 0.5}, {"weight": 0.9, "density": 0.5}]
     scaled = [{}, {"weight": 0.3 * c, "density": 0.5}, {"weight": 0.9 * c, "density": 0.5}]
-    assert torch.allclose(run("ties", [base, a, b], pm, base_index=0),
-                          run("ties", [base, a, b], scaled, base_index=0), atol=1e-5)
+    assert torch.allclose(
+        run("ties", [base, a, b], pm, base_index=0), run("ties", [base, a, b], scaled, base_index=0), atol=1e-5
+    )
 
 
 @settings(max_examples=25, deadline=None)

@@ -59,12 +59,15 @@ def test_iso_cts_adds_task_directions_outside_the_common_space():
     assert not torch.allclose(cts, run("iso_c", [base, *xs], base_index=0), atol=1e-3)
 
 
-@pytest.mark.parametrize("r, tasks, fraction, expected", [
-    (16, 3, 0.8, (13, 1)),  # FusionBench's rounding: the task-specific rest is 3 x round(3.2 / 3)
-    (768, 8, 0.8, (616, 19)),
-    (7, 2, 0.0, (1, 3)),  # round(3.5) = 4 per task would need 8 > 7 dimensions: capped at 3
-    (10, 4, 1.0, (10, 0)),
-])
+@pytest.mark.parametrize(
+    "r, tasks, fraction, expected",
+    [
+        (16, 3, 0.8, (13, 1)),  # FusionBench's rounding: the task-specific rest is 3 x round(3.2 / 3)
+        (768, 8, 0.8, (616, 19)),
+        (7, 2, 0.0, (1, 3)),  # round(3.5) = 4 per task would need 8 > 7 dimensions: capped at 3
+        (10, 4, 1.0, (10, 0)),
+    ],
+)
 def test_spaces_split_the_rank(r, tasks, fraction, expected):
     common, per_task = spaces(r, tasks, fraction)
     assert (common, per_task) == expected and common + tasks * per_task <= r

@@ -24,9 +24,10 @@ def test_breadcrumbs_small_gamma_does_not_zero_the_tensor():
 def test_breadcrumbs_gamma_zero_is_plain_magnitude():
     x = torch.randn(64, generator=torch.Generator().manual_seed(0))
     pm = [{}, {"weight": 1, "density": 0.25, "gamma": 0.0}]
-    assert torch.equal(run("breadcrumbs", [torch.zeros(64), x], pm, base_index=0),
-                       run("ties", [torch.zeros(64), x], [{}, {"weight": 1, "density": 0.25}],
-                           {"normalize": False}, base_index=0))
+    assert torch.equal(
+        run("breadcrumbs", [torch.zeros(64), x], pm, base_index=0),
+        run("ties", [torch.zeros(64), x], [{}, {"weight": 1, "density": 0.25}], {"normalize": False}, base_index=0),
+    )
 
 
 def test_magnitude_tiny_density_keeps_the_largest_entry():

@@ -18,9 +18,16 @@ from .helpers import run
 DATA = load_file(str(Path(__file__).resolve().parent.parent / "data" / "new_methods_reference.safetensors"))
 TASKS = 3
 # the reference's parameters (bench/new_methods_reference.py), spelled as mergebuild's
-PARAMS = {"magmax": {}, "tsv": {}, "iso_c": {}, "iso_cts": {"common_space_fraction": 0.8},
-          "consensus_ta": {"k": 2, "mask_lambda": 0.6}, "consensus_ties": {"k": 2, "mask_lambda": 0.6},
-          "pcb": {"pcb_ratio": 0.1}, "wudi": {"iterations": 300}}
+PARAMS = {
+    "magmax": {},
+    "tsv": {},
+    "iso_c": {},
+    "iso_cts": {"common_space_fraction": 0.8},
+    "consensus_ta": {"k": 2, "mask_lambda": 0.6},
+    "consensus_ties": {"k": 2, "mask_lambda": 0.6},
+    "pcb": {"pcb_ratio": 0.1},
+    "wudi": {"iterations": 300},
+}
 
 
 @pytest.mark.parametrize("key", ["W", "V", "b"])

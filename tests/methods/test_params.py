@@ -16,13 +16,16 @@ EXPECTED: dict[str, tuple[dict, dict]] = {
     "ties": ({**GTA_GLOBAL, "normalize": True, "rescale": False}, {"weight": R, "density": 1.0}),
     "dare_ties": ({**GTA_GLOBAL, "normalize": False, "rescale": True}, {"weight": R, "density": 1.0}),
     "dare_linear": ({**GTA_GLOBAL, "normalize": False, "rescale": True}, {"weight": R, "density": 1.0}),
-    "breadcrumbs": ({**GTA_GLOBAL, "normalize": False, "rescale": False},
-                    {"weight": R, "density": 1.0, "gamma": 0.01}),
-    "breadcrumbs_ties": ({**GTA_GLOBAL, "normalize": False, "rescale": False},
-                         {"weight": R, "density": 1.0, "gamma": 0.01}),
+    "breadcrumbs": ({**GTA_GLOBAL, "normalize": False, "rescale": False}, {"weight": R, "density": 1.0, "gamma": 0.01}),
+    "breadcrumbs_ties": (
+        {**GTA_GLOBAL, "normalize": False, "rescale": False},
+        {"weight": R, "density": 1.0, "gamma": 0.01},
+    ),
     "della": ({**GTA_GLOBAL, "normalize": True, "rescale": True}, {"weight": R, "density": 1.0, "epsilon": 0.15}),
-    "della_linear": ({**GTA_GLOBAL, "normalize": False, "rescale": True},
-                     {"weight": R, "density": 1.0, "epsilon": 0.15}),
+    "della_linear": (
+        {**GTA_GLOBAL, "normalize": False, "rescale": True},
+        {"weight": R, "density": 1.0, "epsilon": 0.15},
+    ),
     "slerp": ({"t": R}, {}),
     "nuslerp": ({"nuslerp_flatten": True, "nuslerp_row_wise": False}, {"weight": R}),
     "multislerp": ({"normalize_weights": True, "eps": 1e-8}, {"weight": R}),
@@ -38,15 +41,35 @@ EXPECTED: dict[str, tuple[dict, dict]] = {
 }
 
 BASE = {
-    BaseRule.REQUIRED: {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
-                        "della", "della_linear", "slerp", "sce", "ram", "ramplus_tl", "model_stock", "nearswap",
-                        "arcee_fusion"},
+    BaseRule.REQUIRED: {
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "slerp",
+        "sce",
+        "ram",
+        "ramplus_tl",
+        "model_stock",
+        "nearswap",
+        "arcee_fusion",
+    },
     BaseRule.OPTIONAL: {"nuslerp", "multislerp", "karcher"},
     BaseRule.IGNORED: {"linear", "passthrough"},
 }
 
-COUNTS = {"slerp": (2, 2), "nearswap": (2, 2), "arcee_fusion": (2, 2), "nuslerp": (2, 3),
-          "model_stock": (3, None), "passthrough": (1, 1)}
+COUNTS = {
+    "slerp": (2, 2),
+    "nearswap": (2, 2),
+    "arcee_fusion": (2, 2),
+    "nuslerp": (2, 3),
+    "model_stock": (3, None),
+    "passthrough": (1, 1),
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

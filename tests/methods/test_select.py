@@ -61,11 +61,13 @@ def test_stable_ranks_equal_argsort_of_argsort():
 def test_stable_ranks_equal_a_stable_argsort_on_half_magnitudes_and_special_values(dtype):
     """The 32-bit-key path (non-negative halves) and the fallback give the same ranks."""
     g = torch.Generator().manual_seed(5)
-    cases = [_tied(3000, 5, dtype, seed=6).reshape(30, 100),  # ties: position breaks them
-             (torch.randn(7, 301, generator=g) * 0.01).abs().to(dtype),
-             torch.zeros(4, 9, dtype=dtype),
-             (torch.randn(3, 50, generator=g)).to(dtype),  # negatives: the plain path
-             (torch.randn(65, generator=g)).abs().to(dtype)]
+    cases = [
+        _tied(3000, 5, dtype, seed=6).reshape(30, 100),  # ties: position breaks them
+        (torch.randn(7, 301, generator=g) * 0.01).abs().to(dtype),
+        torch.zeros(4, 9, dtype=dtype),
+        (torch.randn(3, 50, generator=g)).to(dtype),  # negatives: the plain path
+        (torch.randn(65, generator=g)).abs().to(dtype),
+    ]
     special = (torch.randn(4, 40, generator=g)).abs().to(dtype)
     special[0, :4] = torch.tensor([float("inf"), 0.0, float("inf"), 0.0], dtype=dtype)
     special[1, 3] = float("nan")

@@ -71,8 +71,10 @@ def test_bernoulli_mask_is_seeded():
 def test_bernoulli_half_precision_mask_matches_float32():
     """The mask is drawn in float32 on CPU whatever the dtype, so dtypes pick the same entries."""
     x = torch.linspace(1, 2, 512)
-    masks = {d: bernoulli(x.to(d), SparsifyOptions(0.4, generator=gen(3))) != 0
-             for d in (torch.float32, torch.float16, torch.bfloat16)}
+    masks = {
+        d: bernoulli(x.to(d), SparsifyOptions(0.4, generator=gen(3))) != 0
+        for d in (torch.float32, torch.float16, torch.bfloat16)
+    }
     assert torch.equal(masks[torch.float32], masks[torch.float16])
     assert torch.equal(masks[torch.float32], masks[torch.bfloat16])
 

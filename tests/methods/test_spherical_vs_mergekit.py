@@ -20,9 +20,13 @@ from tests.helpers import cli, read_tensors
 
 from .helpers import run
 
-CORPUS_CONFIGS = ("absa-german-karcher-karcher-default", "absa-german-nuslerp-50-50",
-                  "absa-german-slerp-slerp-balanced-blend", "absa-german-slerp-slerp-gradual-shift",
-                  "mergekit-gradient-slerp")
+CORPUS_CONFIGS = (
+    "absa-german-karcher-karcher-default",
+    "absa-german-nuslerp-50-50",
+    "absa-german-slerp-slerp-balanced-blend",
+    "absa-german-slerp-slerp-gradual-shift",
+    "mergekit-gradient-slerp",
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +38,11 @@ def world(tmp_path_factory):
 def test_corpus_config_equals_mergekit(world, name):
     from safetensors.torch import load_file
 
-    want = {k.split("::", 1)[1]: v for k, v in load_file(str(CORPUS / "reference" / "tensors.safetensors")).items()
-            if k.startswith(f"{name}::")}  # fmt: skip
+    want = {
+        k.split("::", 1)[1]: v
+        for k, v in load_file(str(CORPUS / "reference" / "tensors.safetensors")).items()
+        if k.startswith(f"{name}::")
+    }
     assert cli(world, "--config", str(CORPUS / f"{name}.yml"), f"out/{name}", cache=world / "cache") == 0
     got = read_tensors(world / "out" / name)
     assert sorted(got) == sorted(want) and len(want) > 100

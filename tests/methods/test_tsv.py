@@ -82,7 +82,11 @@ def test_polar_factor_is_orthonormal_and_nearest():
 
 def test_randomized_svd_finds_the_top_triplets_and_follows_its_generator():
     g = torch.Generator().manual_seed(2)
-    low = torch.randn(200, 6, generator=g) @ torch.diag(torch.tensor([9.0, 7, 5, 4, 3, 2])) @ torch.randn(6, 40, generator=g)
+    low = (
+        torch.randn(200, 6, generator=g)
+        @ torch.diag(torch.tensor([9.0, 7, 5, 4, 3, 2]))
+        @ torch.randn(6, 40, generator=g)
+    )
     m = low + 0.01 * torch.randn(200, 40, generator=g)
     u, s, vh = randomized_svd(m, 4, torch.Generator().manual_seed(0))
     exact = torch.linalg.svdvals(m)[:4]
@@ -94,7 +98,9 @@ def test_randomized_svd_finds_the_top_triplets_and_follows_its_generator():
 def test_embeddings_take_the_randomized_svd():
     g = torch.Generator().manual_seed(4)
     base = torch.randn(300, 64, generator=g)
-    update = torch.randn(300, 12, generator=g) @ torch.diag(torch.linspace(3, 0.5, 12)) @ torch.randn(12, 64, generator=g)
+    update = (
+        torch.randn(300, 12, generator=g) @ torch.diag(torch.linspace(3, 0.5, 12)) @ torch.randn(12, 64, generator=g)
+    )
     x = base + update + 0.01 * torch.randn(300, 64, generator=g)
     m = get_method("tsv")
     ctx = MergeContext("model.embed_tokens.weight", True, 0, torch.Generator().manual_seed(0))

@@ -60,8 +60,10 @@ def test_adam_matches_torch_optim_adam():
     torch.testing.assert_close(ours, p.detach())
 
 
-@pytest.mark.parametrize("params, words", [({"iterations": -1, "lr": 1e-5}, "iterations must be >= 0"),
-                                           ({"iterations": 10, "lr": 0.0}, "lr must be > 0")])
+@pytest.mark.parametrize(
+    "params, words",
+    [({"iterations": -1, "lr": 1e-5}, "iterations must be >= 0"), ({"iterations": 10, "lr": 0.0}, "lr must be > 0")],
+)
 def test_bad_parameters_are_refused(params, words):
     with pytest.raises(ParamCheckError, match=words):
         get_method("wudi").check(params, [{}, {}], 0)

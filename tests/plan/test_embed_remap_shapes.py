@@ -43,8 +43,14 @@ def _bert(folder, vocab: int, seed: int):
     from mergefile.demo import make_tokenizer
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertForMaskedLM(cfg).save_pretrained(folder)
     make_tokenizer(folder, vocab)
     return folder
@@ -62,7 +68,8 @@ def test_ties_over_bert_with_a_union_tokenizer(tmp_path, capsys):
         "merge_method: ties\nbase_model: ./models/base\nmodels:\n"
         "  - {model: ./models/a, parameters: {weight: 0.5, density: 0.5}}\n"
         "  - {model: ./models/b, parameters: {weight: 0.5, density: 0.5}}\n"
-        "tokenizer_source: union\ndtype: float32\n")  # fmt: skip
+        "tokenizer_source: union\ndtype: float32\n"
+    )
     assert cli(tmp_path, "--config", "m.yml", "out/x", cache=tmp_path / "cache") == 0
     assert "shapes differ" not in capsys.readouterr().err
     out, b = read_tensors(tmp_path / "out/x"), load_file(models / "b" / "model.safetensors")

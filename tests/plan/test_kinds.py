@@ -29,16 +29,32 @@ def test_a_hidden_method_needs_a_colon():
     with pytest.raises(ValueError, match="needs a ':'"):
         from mergefile.methods.registry import register_hidden
 
-        register_hidden(Method(name="plain", version=1, reference="https://x", params=(), merge=None,
-                               base=BaseRule.IGNORED, embed=EmbedPolicy.EXACT))
+        register_hidden(
+            Method(
+                name="plain",
+                version=1,
+                reference="https://x",
+                params=(),
+                merge=None,
+                base=BaseRule.IGNORED,
+                embed=EmbedPolicy.EXACT,
+            )
+        )
 
 
 class _EchoKind:
     """A third-party kind: planning says it was reached, so the test sees the dispatch."""
 
     name = "echo"
-    method = Method(name="echo:noop", version=1, reference="https://example.org", params=(), merge=None,
-                    base=BaseRule.IGNORED, embed=EmbedPolicy.EXACT)
+    method = Method(
+        name="echo:noop",
+        version=1,
+        reference="https://example.org",
+        params=(),
+        merge=None,
+        base=BaseRule.IGNORED,
+        embed=EmbedPolicy.EXACT,
+    )
 
     def plan(self, planner, target):
         raise ConfigError(f"planned by the echo kind: {target.name}", target.loc)
@@ -60,8 +76,12 @@ def test_an_entry_point_plugin_plans_its_kind_without_a_core_change(monkeypatch)
         return __import__(name)
 
     monkeypatch.setattr(plugins.importlib, "import_module", fake_import)
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group=None: [
-        EntryPoint("echo", "mergebuild_echo_plugin", plugins.GROUP)] if group == plugins.GROUP else [])
+    monkeypatch.setattr(
+        "importlib.metadata.entry_points",
+        lambda group=None: (
+            [EntryPoint("echo", "mergebuild_echo_plugin", plugins.GROUP)] if group == plugins.GROUP else []
+        ),
+    )
     monkeypatch.setattr(plugins, "_loaded", False)
     assert kinds.kind("echo") is not None and len(registered) == 1
     assert get_method("echo:noop").name == "echo:noop"

@@ -61,12 +61,17 @@ def _load_llava_and_run(path: Path) -> None:
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     ids = torch.tensor([[1] + [IMAGE_TOKEN] * 4 + [5, 6, 7]])
     with torch.no_grad():
-        logits = model(input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))).logits
+        logits = model(
+            input_ids=ids, pixel_values=torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        ).logits
     assert logits.shape == (1, 8, 128) and torch.isfinite(logits).all()
 
 
 def test_linear_per_module_parameters_by_hand(llava, tmp_path):
-    mergefile_for(tmp_path, llava, """
+    mergefile_for(
+        tmp_path,
+        llava,
+        """
 out/x: linear {
     module text_decoder { a weight=1 ; b weight=3 }
     module vision_tower {
@@ -77,7 +82,8 @@ out/x: linear {
     module multi_modal_projector { a weight=3 ; b ; weight = 0.25 }
     weight = 1
 }
-""")
+""",
+    )
     assert cli(tmp_path) == 0
     out, a, b = read_tensors(tmp_path / "out/x"), read_tensors(llava["a"]), read_tensors(llava["b"])
     assert sorted(out) == sorted(a)
@@ -94,14 +100,18 @@ out/x: linear {
 
 
 def test_slerp_gradient_restarts_in_every_module(llava, tmp_path):
-    mergefile_for(tmp_path, llava, """
+    mergefile_for(
+        tmp_path,
+        llava,
+        """
 out/x: slerp(base=a) {
     module text_decoder { a ; b ; t = [0, 1] }
     module vision_tower { a ; b ; t = 0.9 }
     module multi_modal_projector { a ; b }
     t = 0.5
 }
-""")
+""",
+    )
     assert cli(tmp_path) == 0
     out, a, b = read_tensors(tmp_path / "out/x"), read_tensors(llava["a"]), read_tensors(llava["b"])
     for k in out:
@@ -114,7 +124,10 @@ out/x: slerp(base=a) {
 
 
 def test_frankenmerge_of_the_text_module_rewrites_only_its_layer_count(llava, tmp_path):
-    mergefile_for(tmp_path, llava, """
+    mergefile_for(
+        tmp_path,
+        llava,
+        """
 out/x: passthrough {
     module text_decoder {
         slice a[0:2]
@@ -123,7 +136,8 @@ out/x: passthrough {
     module vision_tower { a }
     module multi_modal_projector { a }
 }
-""")
+""",
+    )
     assert cli(tmp_path) == 0
     config, donor = _config(tmp_path / "out/x"), _config(llava["a"])
     assert config["text_config"]["num_hidden_layers"] == 4
@@ -133,20 +147,27 @@ out/x: passthrough {
     assert {k: v for k, v in config.items() if k not in dtypes} == {k: v for k, v in donor.items() if k not in dtypes}
     out, a, b = read_tensors(tmp_path / "out/x"), read_tensors(llava["a"]), read_tensors(llava["b"])
     layer = "language_model.model.layers.{}.mlp.up_proj.weight"
-    assert torch.equal(out[layer.format(1)], a[layer.format(1)]) and torch.equal(out[layer.format(3)], b[layer.format(2)])
+    assert torch.equal(out[layer.format(1)], a[layer.format(1)]) and torch.equal(
+        out[layer.format(3)], b[layer.format(2)]
+    )
     assert torch.equal(out["language_model.model.embed_tokens.weight"], a["language_model.model.embed_tokens.weight"])
     assert torch.equal(out["language_model.model.norm.weight"], b["language_model.model.norm.weight"])  # last slice
     vision = [k for k in out if k.startswith(VISION)]
     assert len({k for k in vision if ".layers." in k}) == 16 * VISION_LAYERS
     assert all(torch.equal(out[k], a[k]) for k in vision)
-    assert (tmp_path / "out/x/preprocessor_config.json").read_text() == (llava["a"] / "preprocessor_config.json").read_text()
+    assert (tmp_path / "out/x/preprocessor_config.json").read_text() == (
+        llava["a"] / "preprocessor_config.json"
+    ).read_text()
     _load_llava_and_run(tmp_path / "out/x")
 
 
 def test_post_layer_tensors_come_from_every_model_of_the_last_slice(llava, tmp_path):
     """mergekit pairs the first slice's tensor list with the last slice's models (a zip that
     drops models when the slices differ in size); here the last slice's models all count."""
-    mergefile_for(tmp_path, llava, """
+    mergefile_for(
+        tmp_path,
+        llava,
+        """
 out/x: linear {
     module text_decoder {
         slice a[0:2] weight=1
@@ -155,7 +176,8 @@ out/x: linear {
     module vision_tower { a weight=1 }
     module multi_modal_projector { a weight=1 }
 }
-""")
+""",
+    )
     assert cli(tmp_path) == 0
     out, a, b = read_tensors(tmp_path / "out/x"), read_tensors(llava["a"]), read_tensors(llava["b"])
     for k in ("language_model.model.norm.weight", "language_model.lm_head.weight"):
@@ -210,18 +232,24 @@ def test_yaml_and_imported_mergefile_build_the_same_bytes(llava, tmp_path):
     # export -> import gives the same Mergefile back
     mf = parse_mergefile(tmp_path / "Mergefile")
     exported = render_yaml(mf, "out/mf", str(tmp_path))
-    again = yaml_to_mergefile(yaml_text_to_targets(exported, str(tmp_path / "e.yml"), "out/mf"), str(tmp_path / "Mergefile"))
+    again = yaml_to_mergefile(
+        yaml_text_to_targets(exported, str(tmp_path / "e.yml"), "out/mf"), str(tmp_path / "Mergefile")
+    )
     assert parse_text(render_mergefile(again), str(tmp_path / "Mergefile")).statements == mf.statements
 
 
 def test_editing_one_module_rebuilds_only_its_tensors(llava, tmp_path, capsys):
-    mf = mergefile_for(tmp_path, llava, """
+    mf = mergefile_for(
+        tmp_path,
+        llava,
+        """
 out/x: slerp(base=a) {
     module text_decoder { a ; b ; t = 0.3 }
     module vision_tower { a ; b ; t = 0.6 }
     module multi_modal_projector { a ; b ; t = 0.5 }
 }
-""")
+""",
+    )
     cache = tmp_path / "cache"
     assert cli(tmp_path, cache=cache) == 0
     mf.write_text(mf.read_text().replace("t = 0.6", "t = 0.7"))
@@ -234,13 +262,17 @@ out/x: slerp(base=a) {
 
 
 def test_unknown_module_is_exit_2_with_a_suggestion(llava, tmp_path, capsys):
-    mergefile_for(tmp_path, llava, """
+    mergefile_for(
+        tmp_path,
+        llava,
+        """
 out/x: linear {
     module text_decoder { a weight=1 }
     module vision_towr { a weight=1 }
     module multi_modal_projector { a weight=1 }
 }
-""")
+""",
+    )
     capsys.readouterr()
     assert cli(tmp_path, "-n") == 2
     err = capsys.readouterr().err
@@ -248,16 +280,27 @@ out/x: linear {
     assert "did you mean 'vision_tower'?" in err
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ("module text_decoder { a weight=1 }", "no block for module(s) vision_tower, multi_modal_projector"),
-    ("slice a[0:2]", "slices go inside 'module' blocks"),
-    ("module text_decoder { a weight=1 }\n module vision_tower { a weight=1 }\n"
-     " module multi_modal_projector { slice a[0:1] }", "this module has no layer stack to slice"),
-    ("module text_decoder { slice a[0:4] }\n module vision_tower { a }\n module multi_modal_projector { a }",
-     "layer range [0:4] is beyond model 'a', which has 3 layers"),
-    ("module text_decoder { a weight=1 }\n module vision_tower { a weight=1 ; weigth = 2 }\n"
-     " module multi_modal_projector { a weight=1 }", "unknown parameter for linear 'weigth'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("module text_decoder { a weight=1 }", "no block for module(s) vision_tower, multi_modal_projector"),
+        ("slice a[0:2]", "slices go inside 'module' blocks"),
+        (
+            "module text_decoder { a weight=1 }\n module vision_tower { a weight=1 }\n"
+            " module multi_modal_projector { slice a[0:1] }",
+            "this module has no layer stack to slice",
+        ),
+        (
+            "module text_decoder { slice a[0:4] }\n module vision_tower { a }\n module multi_modal_projector { a }",
+            "layer range [0:4] is beyond model 'a', which has 3 layers",
+        ),
+        (
+            "module text_decoder { a weight=1 }\n module vision_tower { a weight=1 ; weigth = 2 }\n"
+            " module multi_modal_projector { a weight=1 }",
+            "unknown parameter for linear 'weigth'",
+        ),
+    ],
+)
 def test_bad_module_recipes_are_exit_2(llava, tmp_path, capsys, body, message):
     mergefile_for(tmp_path, llava, "out/x: linear {\n " + body + "\n}")
     capsys.readouterr()
@@ -277,7 +320,10 @@ def test_module_blocks_on_a_single_stack_model_name_the_known_architectures(tiny
 def test_t5_modules_merge_load_and_run(t5, tmp_path):
     from transformers import T5ForConditionalGeneration
 
-    mergefile_for(tmp_path, t5, """
+    mergefile_for(
+        tmp_path,
+        t5,
+        """
 out/x: task_arithmetic(base=base) {
     module encoder { a weight=0.7 ; b weight=0.3 }
     module decoder { a weight=0.2 ; b weight=0.5 }
@@ -288,13 +334,16 @@ out/f: passthrough {
     module decoder { slice a[0:3] ; slice b[2:3] }
     module shared { b }
 }
-""")
+""",
+    )
     assert cli(tmp_path, "out/x", "out/f") == 0
     out, base, a, b = (read_tensors(p) for p in (tmp_path / "out/x", t5["base"], t5["a"], t5["b"]))
     assert "lm_head.weight" not in out and _config(tmp_path / "out/x")["tie_word_embeddings"] is True
     for k in out:
         wa, wb = {"encoder": (0.7, 0.3), "decoder": (0.2, 0.5)}.get(k.split(".")[0], (0.5, 0.5))
-        torch.testing.assert_close(out[k], base[k] + wa * (a[k] - base[k]) + wb * (b[k] - base[k]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            out[k], base[k] + wa * (a[k] - base[k]) + wb * (b[k] - base[k]), rtol=1e-5, atol=1e-6
+        )
     config = _config(tmp_path / "out/f")
     assert (config["num_layers"], config["num_decoder_layers"]) == (2, 4)
     for name in ("x", "f"):
@@ -306,7 +355,9 @@ out/f: passthrough {
 
 
 def test_tokenizer_padding_reaches_the_text_module_only(llava, tmp_path):
-    mergefile_for(tmp_path, llava, "out/x: linear(tokenizer_source=union, pad_to_multiple_of=96) { a weight=1 ; b weight=1 }")
+    mergefile_for(
+        tmp_path, llava, "out/x: linear(tokenizer_source=union, pad_to_multiple_of=96) { a weight=1 ; b weight=1 }"
+    )
     assert cli(tmp_path) == 0
     config, out = _config(tmp_path / "out/x"), read_tensors(tmp_path / "out/x")
     assert config["text_config"]["vocab_size"] == 192 and "vocab_size" not in config

@@ -137,7 +137,9 @@ def test_plan_errors(tiny_models, tmp_path, body, target, message):
 
 def test_cycle_is_refused(tiny_models, tmp_path):
     decls = "\n".join(f'model {n} = "{p}"' for n, p in tiny_models.items())
-    mf = parse_text(decls + "\nout/a: linear { out/b weight=1 }\nout/b: linear { out/a weight=1 }\n", str(tmp_path / "M"))
+    mf = parse_text(
+        decls + "\nout/a: linear { out/b weight=1 }\nout/b: linear { out/a weight=1 }\n", str(tmp_path / "M")
+    )
     with pytest.raises(ConfigError, match="cycle"):
         build_graph(mf)
 

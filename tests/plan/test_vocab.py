@@ -110,8 +110,9 @@ out/x: linear {
     p = plan(tmp_path, vm, body)
     assert p.vocab.tokens == tuple(UNION + ["<think>"])  # a tokens-only recipe means union
     r = p.vocab.remaps["model.embed_tokens.weight"]
-    assert sorted(r.fills) == sorted([(64, "zero", -1, -1), (14, "row", 1, VOCABS["b"][0].index("w10")),
-                                      (68, "row", 0, 1), (5, "row", 1, 7)])  # w05: both have it, the rule is unused
+    assert sorted(r.fills) == sorted(
+        [(64, "zero", -1, -1), (14, "row", 1, VOCABS["b"][0].index("w10")), (68, "row", 0, 1), (5, "row", 1, 7)]
+    )  # w05: both have it, the rule is unused
     assert r.force == (14,)
     assert any("<think>" in w and "zeros" in w for w in p.warnings)
 

@@ -1,13 +1,20 @@
 """End-to-end builds of tiny models: values, incrementality, multi-stage, output folders."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import age_files, assert_same_tensors, cli, cli_json, mergefile_for, read_model, read_tensors, shard_bytes
+from tests.helpers import (
+    age_files,
+    assert_same_tensors,
+    cli,
+    cli_json,
+    mergefile_for,
+    read_model,
+    read_tensors,
+    shard_bytes,
+)
 
 
 @pytest.fixture
@@ -36,7 +43,9 @@ def test_task_arithmetic_matches_hand_computed(tiny_models, work, capsys):
     out = read_tensors(d / "out/x")
     base, a, b = (read_model(tiny_models[n]) for n in ("base", "a", "b"))
     for k in out:
-        torch.testing.assert_close(out[k], base[k] + 0.5 * (a[k] - base[k]) + 0.25 * (b[k] - base[k]), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            out[k], base[k] + 0.5 * (a[k] - base[k]) + 0.25 * (b[k] - base[k]), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_output_loads_and_generates(tiny_models, work):
@@ -228,10 +237,10 @@ def test_yaml_config_builds_same_as_mergefile(tiny_models, work, capsys):
     (d / "merge.yml").write_text(
         f"""merge_method: linear
 models:
-  - model: {tiny_models['a']}
+  - model: {tiny_models["a"]}
     parameters:
       weight: 1.0
-  - model: {tiny_models['b']}
+  - model: {tiny_models["b"]}
     parameters:
       weight:
         - filter: mlp

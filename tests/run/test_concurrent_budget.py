@@ -37,6 +37,7 @@ def test_two_large_jobs_never_run_at_once_while_small_ones_do():
             with lock:
                 del running[name]
             return name
+
         return fn
 
     items = [ScheduledJob(f"t{i}", work(f"t{i}", s), s) for i, s in enumerate(sizes)]

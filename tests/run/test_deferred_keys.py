@@ -19,15 +19,18 @@ from mergefile.store.store import Store
 from mergefile.syntax import parse_mergefile
 from tests.helpers import age_files, assert_same_tensors, cli, mergefile_for, read_tensors
 
+
 @pytest.fixture(autouse=True)
 def read_once(monkeypatch):
     """Tiny inputs always fit the page cache: make every cold target read once all the same."""
     monkeypatch.setenv("MERGEBUILD_READ_ONCE", "always")
 
 
-RECIPE = ("out/x: dare_ties(base=base) { a weight=0.6 density=0.5 ; b weight=0.4 density=0.7 }\n"
-          "out/y: linear { a weight=1 ; b weight=3 }\n"
-          "all: out/x out/y")
+RECIPE = (
+    "out/x: dare_ties(base=base) { a weight=0.6 density=0.5 ; b weight=0.4 density=0.7 }\n"
+    "out/y: linear { a weight=1 ; b weight=3 }\n"
+    "all: out/x out/y"
+)
 
 
 @pytest.fixture
@@ -66,8 +69,12 @@ def _build(d, cache, targets=("all",), **kw):
 
 def _planned(d, cache, targets=("all",), defer=True):
     with Store(cache) as store:
-        return {p.name: kp for p, kp, _, _ in plan_build(parse_mergefile(d / "Mergefile"), list(targets), store,
-                                                          BuildOptions(), defer=defer)}
+        return {
+            p.name: kp
+            for p, kp, _, _ in plan_build(
+                parse_mergefile(d / "Mergefile"), list(targets), store, BuildOptions(), defer=defer
+            )
+        }
 
 
 def test_a_cold_build_hashes_each_input_tensor_once_right_before_merging_it(tiny_models, tmp_path, hashes):
@@ -141,7 +148,11 @@ def test_a_stopped_cold_build_resumes_from_the_store(tiny_models, tmp_path, monk
 def test_only_cold_targets_nobody_reads_are_deferred(tiny_models, tmp_path):
     d = tmp_path / "w"
     d.mkdir()
-    mergefile_for(d, tiny_models, "out/a: linear(weight=1) { a ; b }\nout/b: linear(weight=1) { out/a ; base }\nout/c: linear(weight=1) { a ; c }\n")
+    mergefile_for(
+        d,
+        tiny_models,
+        "out/a: linear(weight=1) { a ; b }\nout/b: linear(weight=1) { out/a ; base }\nout/c: linear(weight=1) { a ; c }\n",
+    )
     kps = _planned(d, tmp_path / "cache", ["out/b", "out/c"])
     assert kps["out/a"].deferred is None  # out/b's keys are made of its keys
     assert kps["out/b"].deferred is None  # reads a target

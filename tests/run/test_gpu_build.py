@@ -63,13 +63,17 @@ def test_memory_budget_bounds_gpu_memory(tiny_models, tmp_path):
     from mergefile.store.store import Store
     from mergefile.syntax import parse_mergefile
 
-    mergefile_for(tmp_path, tiny_models, "out/x: ties(base=base) { a weight=1 density=0.5 ; b weight=1 density=0.5 ; c weight=1 }")
+    mergefile_for(
+        tmp_path, tiny_models, "out/x: ties(base=base) { a weight=1 density=0.5 ; b weight=1 density=0.5 ; c weight=1 }"
+    )
     with Store(tmp_path / "cache") as store:
         planned = plan_build(parse_mergefile(tmp_path / "Mergefile"), ["out/x"], store, BuildOptions())
     biggest = max(job_peak_bytes(j, planned[0][1].plan, "cuda") for j in planned[0][1].plan.jobs)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    assert cli(tmp_path, "-j", "8", "--device", "cuda", "--memory-budget", str(2 * biggest), cache=tmp_path / "cache") == 0
+    assert (
+        cli(tmp_path, "-j", "8", "--device", "cuda", "--memory-budget", str(2 * biggest), cache=tmp_path / "cache") == 0
+    )
     # estimates are estimates: allow the method's own temporaries on top of the budget
     assert torch.cuda.max_memory_allocated() - base <= 2 * biggest + 4 * biggest

@@ -146,8 +146,14 @@ def _expected(method: Method, tensors, per_model, params, rec, key: str, tensor:
     b, keys = rec["base_index"], rec["inputs"]
     stages = None
     if method.stage is not None:
-        stages = KeyedStages({i: stage_key(method, stage_params(method, models[i], glob), keys[i], keys[b], None, 0)
-                              for i in range(len(tensors)) if i != b}, 0)
+        stages = KeyedStages(
+            {
+                i: stage_key(method, stage_params(method, models[i], glob), keys[i], keys[b], None, 0)
+                for i in range(len(tensors))
+                if i != b
+            },
+            0,
+        )
     gen = torch.Generator().manual_seed(seed_from_key(key, 0))
     return run_method(method, list(tensors), models, glob, MergeContext(tensor, False, b, gen), stages)
 
@@ -212,14 +218,20 @@ def no_reads(monkeypatch):
     "body, words",
     [
         ("slerp(base=base, t=0.5) { a ; b }", ["slerp needs exactly 2 input models", "got 3"]),
-        ("della(base=base) { a weight=1 density=0.9 ; b weight=1 }",
-         ["della, model 'a'", "density ± epsilon", "epsilon=0.15", "tensor 'model.embed_tokens.weight'"]),
-        ("della_linear(base=base, epsilon=0.3) { a weight=1 density=0.5 ; b weight=1 density=0.2 }",
-         ["model 'b'", "density=0.2, epsilon=0.3"]),
+        (
+            "della(base=base) { a weight=1 density=0.9 ; b weight=1 }",
+            ["della, model 'a'", "density ± epsilon", "epsilon=0.15", "tensor 'model.embed_tokens.weight'"],
+        ),
+        (
+            "della_linear(base=base, epsilon=0.3) { a weight=1 density=0.5 ; b weight=1 density=0.2 }",
+            ["model 'b'", "density=0.2, epsilon=0.3"],
+        ),
         ("ties(base=base) { a weight=1 density=-0.5 ; b weight=1 }", ["ties, model 'a'", "density must be >= 0"]),
         ("breadcrumbs(base=base) { a weight=1 density=0.5 gamma=-1 ; b weight=1 }", ["gamma must be >= 0"]),
-        ("ties(base=base) { a weight=1 ; b density=0.5 }",
-         ["missing required parameter 'weight'", "model 'b'", "tensor 'model.embed_tokens.weight'"]),
+        (
+            "ties(base=base) { a weight=1 ; b density=0.5 }",
+            ["missing required parameter 'weight'", "model 'b'", "tensor 'model.embed_tokens.weight'"],
+        ),
         ("slerp(base=base) { a }", ["missing required parameter 't'", "target 'out/x'"]),
         ("tis(base=base) { a weight=1 ; b weight=1 }", ["did you mean 'ties'"]),
         ("linear { a weight=1 ; b weight=-1 }", ["linear", "sum to 0"]),
@@ -333,11 +345,12 @@ def sampled_fusion(monkeypatch):
 def _pair(name: str) -> str:
     """Two targets sharing most tensors: y differs from x only in layer 3 (or lacks layers 2-3)."""
     if name == "arcee_fusion":
-        return ("out/x: arcee_fusion(base=base) { a }\n"
-                "out/y: arcee_fusion(base=base) { slice { a[0:2] ; base[0:2] } }")
+        return "out/x: arcee_fusion(base=base) { a }\nout/y: arcee_fusion(base=base) { slice { a[0:2] ; base[0:2] } }"
     x = STAGED.get(name, "")
-    return (f"out/x: {name}(base=base) {{ a weight=0.7 density=0.5{x} ; b weight=0.5 density=0.4{x} }}\n"
-            f'out/y: {name}(base=base) {{ a weight=0.7 density=0.5 density["layers.3."]=0.3{x} ; b weight=0.5 density=0.4{x} }}')
+    return (
+        f"out/x: {name}(base=base) {{ a weight=0.7 density=0.5{x} ; b weight=0.5 density=0.4{x} }}\n"
+        f'out/y: {name}(base=base) {{ a weight=0.7 density=0.5 density["layers.3."]=0.3{x} ; b weight=0.5 density=0.4{x} }}'
+    )
 
 
 @pytest.mark.parametrize("name", ["dare_ties", "della", "arcee_fusion"])

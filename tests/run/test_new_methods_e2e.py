@@ -18,7 +18,10 @@ N = 39  # tensors of the tiny Llama
 
 # method -> (recipe, the same recipe after a coefficient edit)
 EDITS = {
-    "tsv": ("tsv(base=base) { a weight=0.7 ; b weight=0.5 }", "tsv(base=base, alpha=0.9) { a weight=0.3 ; b weight=0.5 }"),
+    "tsv": (
+        "tsv(base=base) { a weight=0.7 ; b weight=0.5 }",
+        "tsv(base=base, alpha=0.9) { a weight=0.3 ; b weight=0.5 }",
+    ),
     "iso_c": ("iso_c(base=base) { a ; b }", "iso_c(base=base, alpha=0.6) { a weight=2 ; b }"),
     "iso_cts": ("iso_cts(base=base) { a ; b }", "iso_cts(base=base, alpha=0.6) { a ; b weight=0.5 }"),
     "consensus_ta": ("consensus_ta(base=base) { a ; b }", "consensus_ta(base=base, lambda=0.7) { a weight=0.5 ; b }"),
@@ -71,21 +74,26 @@ def test_coefficient_edit_recomputes_no_stage_and_equals_a_clean_build(name, tin
         assert after[k].dtype == fresh[k].dtype and after[k].equal(fresh[k]), k
 
 
-@pytest.mark.parametrize("name, params, weight", [
-    ("tsv", "  alpha: 0.9\n", True),
-    ("iso_cts", "  common_space_fraction: 0.6\n", True),
-    ("consensus_ties", "  k: 1\n", True),
-    ("magmax", "  lambda: 0.7\n", False),  # magmax has no weights
-])
-def test_mergekit_yaml_names_the_method_and_builds_as_the_mergefile_does(name, params, weight, tiny_models,
-                                                                         tmp_path, capsys):
+@pytest.mark.parametrize(
+    "name, params, weight",
+    [
+        ("tsv", "  alpha: 0.9\n", True),
+        ("iso_cts", "  common_space_fraction: 0.6\n", True),
+        ("consensus_ties", "  k: 1\n", True),
+        ("magmax", "  lambda: 0.7\n", False),  # magmax has no weights
+    ],
+)
+def test_mergekit_yaml_names_the_method_and_builds_as_the_mergefile_does(
+    name, params, weight, tiny_models, tmp_path, capsys
+):
     m = _three(tiny_models)
     d = tmp_path / "w"
     d.mkdir()
     a_params = "\n    parameters: {weight: 0.6}" if weight else ""
     (d / "merge.yml").write_text(
         f"merge_method: {name}\nbase_model: {m['base']}\nparameters:\n{params}models:\n"
-        f"  - model: {m['a']}{a_params}\n  - model: {m['b']}\n")
+        f"  - model: {m['a']}{a_params}\n  - model: {m['b']}\n"
+    )
     assert cli(d, "--config", "merge.yml", "out/y", cache=tmp_path / "cache") == 0
     key, value = params.strip().split(": ")
     recipe = f"{name}(base=base, {key}={value}) {{ a{' weight=0.6' if weight else ''} ; b }}"
@@ -112,15 +120,18 @@ def test_export_marks_the_method_as_a_mergebuild_extension(tiny_models, tmp_path
     assert all(a[k].equal(b[k]) for k in a)
 
 
-@pytest.mark.parametrize("body, words", [
-    ("tsv(base=base, sv_reduction=2) { a ; b }", ["tsv", "sv_reduction must lie in [0, 1]"]),
-    ("iso_cts(base=base, common_space_fraction=-1) { a ; b }", ["common_space_fraction must lie in [0, 1]"]),
-    ("consensus_ta(base=base, k=-1) { a ; b }", ["k must be >= 0"]),
-    ("consensus_ties(base=base) { a density=3 ; b }", ["model 'a'", "density must lie in [0, 1]"]),
-    ("magmax { a ; b }", ["magmax", "base"]),
-    ("pcb(base=base, pcb_ratio=0) { a ; b }", ["pcb_ratio must lie in (0, 1]"]),
-    ("wudi(base=base, lr=0) { a ; b }", ["lr must be > 0"]),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("tsv(base=base, sv_reduction=2) { a ; b }", ["tsv", "sv_reduction must lie in [0, 1]"]),
+        ("iso_cts(base=base, common_space_fraction=-1) { a ; b }", ["common_space_fraction must lie in [0, 1]"]),
+        ("consensus_ta(base=base, k=-1) { a ; b }", ["k must be >= 0"]),
+        ("consensus_ties(base=base) { a density=3 ; b }", ["model 'a'", "density must lie in [0, 1]"]),
+        ("magmax { a ; b }", ["magmax", "base"]),
+        ("pcb(base=base, pcb_ratio=0) { a ; b }", ["pcb_ratio must lie in (0, 1]"]),
+        ("wudi(base=base, lr=0) { a ; b }", ["lr must be > 0"]),
+    ],
+)
 def test_bad_parameters_fail_cleanly_before_reading(body, words, tiny_models, tmp_path, capsys):
     d = tmp_path / "w"
     d.mkdir()

@@ -23,7 +23,7 @@ RECIPE = "out/m: linear { base weight=1 ; a weight=2 }"
 def planned(tiny_models, tmp_path: Path):
     mergefile_for(tmp_path, tiny_models, RECIPE)
     store = Store(tmp_path / "cache")
-    (plan, kp, _, aux), = plan_build(parse_mergefile(tmp_path / "Mergefile"), ["out/m"], store, BuildOptions())
+    ((plan, kp, _, aux),) = plan_build(parse_mergefile(tmp_path / "Mergefile"), ["out/m"], store, BuildOptions())
     reader = TensorReader()
     loader = InputLoader(plan, reader, store.blobs)
     yield plan, kp, aux, loader, store

@@ -15,8 +15,8 @@ import pytest
 import mergefile.run.build as build_mod
 from mergefile.run.build import BuildOptions, build, plan_build
 from mergefile.run.executor import LocalExecutor, ScheduledJob
-from mergefile.run.schedule import run_targets
 from mergefile.run.portable import job_peak_bytes
+from mergefile.run.schedule import run_targets
 from mergefile.store.store import Store
 from mergefile.syntax import parse_mergefile
 from tests.helpers import assert_same_tensors, cli, mergefile_for, read_tensors

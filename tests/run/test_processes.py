@@ -113,7 +113,9 @@ def test_killed_cold_read_once_build_leaves_nothing_and_resumes(tiny_models, tmp
     monkeypatch.setenv("MERGEBUILD_READ_ONCE", "always")  # tiny inputs would otherwise be hashed first
     d, cache = tmp_path / "w", tmp_path / "cache"
     d.mkdir()
-    mf = mergefile_for(d, tiny_models, "out/x: dare_ties(base=base) { a weight=1 density=0.5 ; b weight=1 density=0.7 }")
+    mf = mergefile_for(
+        d, tiny_models, "out/x: dare_ties(base=base) { a weight=1 density=0.5 ; b weight=1 density=0.7 }"
+    )
     p = slow_build(d, cache, 0.1)
     deadline, computed = time.time() + 120, 0
     while time.time() < deadline and computed < 5:

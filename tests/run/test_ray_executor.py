@@ -154,7 +154,9 @@ def test_budget_and_slots_hold_across_concurrent_runs(local_ray):
     results: dict[int, list[int]] = {}
 
     def drive(t: int) -> None:
-        items = [ScheduledJob(f"{t}-{i}", lambda: None, 40, portable=functools.partial(_sleepy, 0.05, i)) for i in range(4)]
+        items = [
+            ScheduledJob(f"{t}-{i}", lambda: None, 40, portable=functools.partial(_sleepy, 0.05, i)) for i in range(4)
+        ]
         results[t] = sorted(v for _, v in ex.run(items))
 
     threads = [threading.Thread(target=drive, args=(t,)) for t in range(3)]
@@ -186,9 +188,22 @@ def test_noop_rebuild_with_executor_ray_does_not_start_ray(tiny_models, tmp_path
     mergefile_for(tmp_path, tiny_models, "out/x: linear { a weight=1 ; b weight=2 }")
     assert cli(tmp_path, cache=tmp_path / "cache") == 0
     r = subprocess.run(
-        [sys.executable, "-c", NOOP_WITHOUT_RAY, "-C", str(tmp_path), "--quiet", "--cache-dir", str(tmp_path / "cache"),
-         "--executor", "ray"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            NOOP_WITHOUT_RAY,
+            "-C",
+            str(tmp_path),
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--executor",
+            "ray",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr
     assert "up to date" in r.stdout

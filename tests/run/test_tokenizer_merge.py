@@ -44,7 +44,9 @@ def row(w, model: str, tensor: str, token: str) -> torch.Tensor:
 def test_union_rows_tokenizer_and_padding(vm, w, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = build(tmp_path, vm, "out/x: linear { base weight=1 ; b weight=1 ; tokenizer = union ; pad_to_multiple_of = 8 }")
+    out = build(
+        tmp_path, vm, "out/x: linear { base weight=1 ; b weight=1 ; tokenizer = union ; pad_to_multiple_of = 8 }"
+    )
     t = read_tensors(out)
     for name in (EMB, HEAD):
         m = t[name]
@@ -129,8 +131,14 @@ def test_stripped_base_tokenizer(vm, tmp_path):
     assert read_tensors(out)[EMB].shape == (64, 32)
 
 
-@pytest.mark.parametrize("value, expect", [("chatml", CHAT_TEMPLATES["chatml"]), ("llama3", CHAT_TEMPLATES["llama3"]),
-                                           ('"{{ messages[0][\'content\'] }}!"', "{{ messages[0]['content'] }}!")])
+@pytest.mark.parametrize(
+    "value, expect",
+    [
+        ("chatml", CHAT_TEMPLATES["chatml"]),
+        ("llama3", CHAT_TEMPLATES["llama3"]),
+        ("\"{{ messages[0]['content'] }}!\"", "{{ messages[0]['content'] }}!"),
+    ],
+)
 def test_chat_template(vm, tmp_path, value, expect):
     from transformers import AutoTokenizer
 
@@ -223,7 +231,7 @@ def test_noop_with_a_merged_tokenizer_imports_no_tensor_or_tokenizer_library(vm,
     from tests.helpers import REPO, age_files
 
     age_files(*vm.values())  # freshly written inputs are "racy" and would be re-hashed once
-    build(tmp_path, vm, 'out/x: linear { base weight=1 ; b weight=1 ; tokenizer = union ; chat_template = chatml }')
+    build(tmp_path, vm, "out/x: linear { base weight=1 ; b weight=1 ; tokenizer = union ; chat_template = chatml }")
     code = (
         "import sys\n"
         "from mergefile.cli.main import main\n"

@@ -14,8 +14,10 @@ from mergefile.run.tokenizer_out import strip_tokenizer_json, write_tokenizer
 
 def _bpe() -> dict:
     vocab = {"a": 0, "b": 1, "c": 2, "ab": 3, "abc": 4, "bc": 5}
-    return {"model": {"type": "BPE", "vocab": vocab, "merges": ["a b", ["ab", "c"], "b c"]},
-            "added_tokens": [{"id": 6, "content": "<x>"}, {"id": 2, "content": "c"}]}
+    return {
+        "model": {"type": "BPE", "vocab": vocab, "merges": ["a b", ["ab", "c"], "b c"]},
+        "added_tokens": [{"id": 6, "content": "<x>"}, {"id": 2, "content": "c"}],
+    }
 
 
 def test_strip_bpe_drops_tokens_and_their_merges():
@@ -44,8 +46,13 @@ def _source(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     tok.save(str(src / "tokenizer.json"))
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "<unk>", "bos_token": "<s>", "chat_template": "old",
-           "added_tokens_decoder": {"0": {"content": "<unk>", "special": True}}}
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "<unk>",
+        "bos_token": "<s>",
+        "chat_template": "old",
+        "added_tokens_decoder": {"0": {"content": "<unk>", "special": True}},
+    }
     (src / "tokenizer_config.json").write_text(json.dumps(cfg))
     (src / "vocab.txt").write_text("stale slow-tokenizer file\n")
     return src
@@ -59,7 +66,10 @@ def test_write_strips_adds_and_updates_the_config(tmp_path):
     assert write_tokenizer(spec, out) == ["tokenizer.json", "tokenizer_config.json"]
     cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == "{{ 'hi' }}"  # the source keeps its template in the config
-    assert sorted(cfg["added_tokens_decoder"]) == ["0", "1", "5"] and cfg["added_tokens_decoder"]["5"]["content"] == "<new>"
+    assert (
+        sorted(cfg["added_tokens_decoder"]) == ["0", "1", "5"]
+        and cfg["added_tokens_decoder"]["5"]["content"] == "<new>"
+    )
     assert not (out / "vocab.txt").exists() and not (out / "chat_template.jinja").exists()
     from transformers import AutoTokenizer
 

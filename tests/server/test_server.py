@@ -37,8 +37,14 @@ out/m: linear {
 
 
 def mb(env: dict, *args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mergefile.cli.entry", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "mergefile.cli.entry", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def status(env: dict) -> list[dict]:
@@ -118,6 +124,7 @@ def served():
 
 # -- units -------------------------------------------------------------------------------------
 
+
 def test_fingerprint_follows_the_import_time_environment_only():
     env = {"PATH": "/usr/bin", "OMP_NUM_THREADS": "2", "HF_HOME": "/h"}
     key = fingerprint(env)
@@ -189,6 +196,7 @@ def test_single_threaded_sees_a_live_thread():
 
 # -- a running server ----------------------------------------------------------------------------
 
+
 def test_served_build_equals_a_build_in_its_own_process(served, tiny_models, tmp_path):
     models = {"a": tiny_models["a"], "b": tiny_models["b"]}
     (tmp_path / "s").mkdir()
@@ -218,8 +226,14 @@ def test_served_build_keeps_exit_codes_and_streams(served, tiny_models, tmp_path
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
     r = mb(served, "--help")
     assert r.returncode == 0 and r.stdout.startswith("usage: mergebuild")
-    r = subprocess.run([sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "--quiet"], env=served,
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "--quiet"],
+        env=served,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert builds_served(served) == before + 5
 
@@ -231,8 +245,15 @@ def test_served_build_takes_the_clients_directory_environment_and_umask(served, 
     cache = tmp_path / "elsewhere-cache"
     env = served | {"MERGEBUILD_CACHE_DIR": str(cache)}  # not in the fingerprint: the same server
     before = builds_served(served)
-    r = subprocess.run(f"umask 027 && exec {sys.executable} -m mergefile.cli.entry -C project --quiet",
-                       shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        f"umask 027 && exec {sys.executable} -m mergefile.cli.entry -C project --quiet",
+        shell=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert builds_served(served) == before + 1
     assert (cache / "blobs").is_dir() and not (sub / "cache").exists()
@@ -252,8 +273,14 @@ def test_other_import_environment_builds_in_its_own_process(served, tiny_models,
 
 def _waiting_build(env: dict, d: Path, **popen) -> subprocess.Popen:
     """A served build that waits for the output lock the test holds."""
-    proc = subprocess.Popen([sys.executable, "-m", "mergefile.cli.entry", "-C", str(d), "--quiet"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergefile.cli.entry", "-C", str(d), "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
     wait_for(lambda: any(s["running"] for s in status(env)), what="the build to start in the server")
     return proc
 
@@ -284,8 +311,16 @@ def test_killing_the_client_kills_the_build(served, tiny_models, tmp_path):
 
 def test_two_clients_at_once(served, tiny_models, tmp_path):
     mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
-    procs = [subprocess.Popen([sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "--quiet"],
-                              env=served, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "--quiet"],
+            env=served,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert any("built" in out for out, _ in results)
@@ -294,6 +329,7 @@ def test_two_clients_at_once(served, tiny_models, tmp_path):
 
 
 # -- lifetime ----------------------------------------------------------------------------------
+
 
 def test_start_status_stop(root):
     env = make_env(root)
@@ -390,9 +426,17 @@ def test_a_terminal_gets_a_server_by_default_and_a_script_does_not(root, tiny_mo
         assert mb(env, "server", "status").returncode == 1
 
         master, slave = pty.openpty()  # a person at a terminal: it is the session's controlling terminal
-        proc = subprocess.run([sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "-B", "--quiet"],
-                              env=env, stdin=slave, stderr=slave, stdout=subprocess.PIPE, text=True, timeout=120,
-                              start_new_session=True, preexec_fn=_take_terminal)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mergefile.cli.entry", "-C", str(tmp_path), "-B", "--quiet"],
+            env=env,
+            stdin=slave,
+            stderr=slave,
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+            preexec_fn=_take_terminal,
+        )
         os.close(slave)
         said = b""
         while True:
@@ -468,15 +512,41 @@ def test_a_server_still_waiting_to_start_can_be_stopped(root):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # "the build"
     try:
         # the key as a fresh interpreter computes it (this one's import path has pytest's folders)
-        key = subprocess.run([sys.executable, "-c", "import os; from mergefile.server.fingerprint import fingerprint; "
-                              "print(fingerprint(dict(os.environ)))"], env=env, cwd="/", capture_output=True,
-                             text=True, check=True).stdout.strip()
+        key = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os; from mergefile.server.fingerprint import fingerprint; print(fingerprint(dict(os.environ)))",
+            ],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         # what client.spawn starts, with the build to wait for named
-        zygote = subprocess.Popen([sys.executable, "-c", "from mergefile.server.zygote import main; main()",
-                                   str(root / "srv"), key, sys.path[0], str(sleeper.pid)],
-                                  env=env, cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: (root / "srv" / f"{key[:16]}.lock").exists() and
-                 (root / "srv" / f"{key[:16]}.lock").read_text().split()[:1] == [str(zygote.pid)], what="the lock")
+        zygote = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from mergefile.server.zygote import main; main()",
+                str(root / "srv"),
+                key,
+                sys.path[0],
+                str(sleeper.pid),
+            ],
+            env=env,
+            cwd="/",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(
+            lambda: (
+                (root / "srv" / f"{key[:16]}.lock").exists()
+                and (root / "srv" / f"{key[:16]}.lock").read_text().split()[:1] == [str(zygote.pid)]
+            ),
+            what="the lock",
+        )
         [row] = status(env)
         assert row["starting"] and row["pid"] == zygote.pid and not row["serves_this_shell"]
         assert "starting for builds here" in mb(env, "server", "status").stdout

@@ -20,23 +20,64 @@ import mergefile
 from mergefile.server import client, protocol, server_dir
 from mergefile.server.environment import BUILD_ENV, IMPORT_TIME_ENV, batch_job, build_environment
 from tests.helpers import mergefile_for
-from tests.server.test_server import (RECIPE, alive, builds_served, make_env, mb, root, served,  # noqa: F401
-                                      shut_down, status, wait_for)
+from tests.server.test_server import (  # noqa: F401
+    RECIPE,
+    alive,
+    builds_served,
+    make_env,
+    mb,
+    root,
+    served,
+    shut_down,
+    status,
+    wait_for,
+)
 
 
-@pytest.mark.parametrize("argv", [
-    ["--help"], ["-h"], ["--version"], ["-n"], ["-n", "--explain"], ["-nB"], ["-q"], ["--question"],
-    ["status"], ["graph"], ["cache", "stats"], ["log"], ["fmt"], ["lock"], ["export", "out/x"], ["server", "status"],
-    ["-f", "Mergefile", "graph"], ["-C", "proj", "status"], ["out/x", "--dry-run"], ["yaml", "c.yml", "out", "--help"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["-h"],
+        ["--version"],
+        ["-n"],
+        ["-n", "--explain"],
+        ["-nB"],
+        ["-q"],
+        ["--question"],
+        ["status"],
+        ["graph"],
+        ["cache", "stats"],
+        ["log"],
+        ["fmt"],
+        ["lock"],
+        ["export", "out/x"],
+        ["server", "status"],
+        ["-f", "Mergefile", "graph"],
+        ["-C", "proj", "status"],
+        ["out/x", "--dry-run"],
+        ["yaml", "c.yml", "out", "--help"],
+    ],
+)
 def test_read_only_commands_start_no_server(argv):
     assert not client.computes_tensors(argv)
 
 
-@pytest.mark.parametrize("argv", [
-    [], ["out/x"], ["-B", "all"], ["-j", "2"], ["-j2"], ["--config", "merge.yml", "out/x"], ["-C", "proj"],
-    ["yaml", "config.yaml", "merge", "--copy-tokenizer"], ["evolve", "out/best"], ["--", "-n"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["out/x"],
+        ["-B", "all"],
+        ["-j", "2"],
+        ["-j2"],
+        ["--config", "merge.yml", "out/x"],
+        ["-C", "proj"],
+        ["yaml", "config.yaml", "merge", "--copy-tokenizer"],
+        ["evolve", "out/best"],
+        ["--", "-n"],
+    ],
+)
 def test_building_commands_may_start_a_server(argv):
     assert client.computes_tensors(argv)
 
@@ -90,8 +131,12 @@ def test_help_status_and_dry_runs_start_nothing_even_when_on(root, tiny_models, 
     env = make_env(root, MERGEBUILD_SERVER="on")
     mergefile_for(tmp_path, {"a": tiny_models["a"], "b": tiny_models["b"]}, RECIPE)
     try:
-        for args in (["--help"], ["-C", str(tmp_path), "-n"], ["status", "-C", str(tmp_path)],
-                     ["-C", str(tmp_path), "-q"]):
+        for args in (
+            ["--help"],
+            ["-C", str(tmp_path), "-n"],
+            ["status", "-C", str(tmp_path)],
+            ["-C", str(tmp_path), "-q"],
+        ):
             r = mb(env, *args)
             assert r.returncode in (0, 1), r.stderr
         time.sleep(1.0)  # a spawned server would have made its folder and lock by now
@@ -125,8 +170,11 @@ def test_a_client_in_another_cgroup_is_refused(served):  # noqa: F811
     conn.connect(sock)
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        protocol.send(conn, {"op": "build", "fingerprint": info["fingerprint"], "argv": ["--version"],
-                             "state": state}, [null, null, null])
+        protocol.send(
+            conn,
+            {"op": "build", "fingerprint": info["fingerprint"], "argv": ["--version"], "state": state},
+            [null, null, null],
+        )
         reply, _ = protocol.recv(conn)
     finally:
         os.close(null)

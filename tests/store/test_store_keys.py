@@ -8,16 +8,14 @@ from mergefile.store import keys
 from mergefile.store.keys import canonical_json, input_key, key_of, seed_from_key
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
     max_leaves=20,
 )
 
 
 def test_canonical_json_is_compact_sorted_utf8():
-    assert canonical_json({"b": 1, "a": [1, 2.5, "é"], "c": None}) == \
-        '{"a":[1,2.5,"é"],"b":1,"c":null}'.encode()
+    assert canonical_json({"b": 1, "a": [1, 2.5, "é"], "c": None}) == '{"a":[1,2.5,"é"],"b":1,"c":null}'.encode()
 
 
 @given(json_values)
@@ -72,13 +70,18 @@ def test_key_shape():
     assert len(k) == 32 and int(k, 16) >= 0
 
 
-@pytest.mark.parametrize("field,other", [
-    ("method", "dare"), ("version", 2), ("params", {"density": 0.6}),
-    ("inputs", ["b", "a"]), ("dtype", "F16"),
-])
+@pytest.mark.parametrize(
+    "field,other",
+    [
+        ("method", "dare"),
+        ("version", 2),
+        ("params", {"density": 0.6}),
+        ("inputs", ["b", "a"]),
+        ("dtype", "F16"),
+    ],
+)
 def test_key_of_changes_with_each_field(field, other):
-    base = {"method": "ties", "version": 1, "params": {"density": 0.5}, "inputs": ["a", "b"],
-            "dtype": "BF16"}
+    base = {"method": "ties", "version": 1, "params": {"density": 0.5}, "inputs": ["a", "b"], "dtype": "BF16"}
     assert key_of("node", base) != key_of("node", {**base, field: other})
 
 
@@ -119,7 +122,11 @@ class _Str(str):
     pass
 
 
-@given(json_values | st.builds(_Str, st.text()) | st.tuples(st.integers(), st.floats(allow_nan=False, allow_infinity=False)))
+@given(
+    json_values
+    | st.builds(_Str, st.text())
+    | st.tuples(st.integers(), st.floats(allow_nan=False, allow_infinity=False))
+)
 def test_fast_path_normalizes_as_the_general_rules(value):
     """``_fast_normalize`` (exact builtin types) must agree with ``_normalize``, or defer to it."""
     try:

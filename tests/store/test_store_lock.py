@@ -21,8 +21,7 @@ HOLDER = textwrap.dedent("""
 
 
 def hold(out, seconds):
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(seconds)],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), str(seconds)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "LOCKED"
     return p
 

@@ -10,8 +10,16 @@ from mergefile.store.log import BuildLog
 def test_records_and_summary(tmp_path):
     log = BuildLog(tmp_path / "logs")
     run = log.start_run(["mergebuild", "out/x"])
-    run.record(target="out/x", tensor="w", key="k1", status="miss", seconds=0.5,
-               bytes_read=10, bytes_written=20, path=Path("/p"))
+    run.record(
+        target="out/x",
+        tensor="w",
+        key="k1",
+        status="miss",
+        seconds=0.5,
+        bytes_read=10,
+        bytes_written=20,
+        path=Path("/p"),
+    )
     run.record(target="out/x", tensor="v", key="k2", status="hit")
     run.close(hits=1, misses=1)
     run.close()  # idempotent

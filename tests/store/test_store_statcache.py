@@ -12,8 +12,7 @@ OLD_S = 100.0  # seconds in the past: far from racy
 
 
 def make_file(path, value=1.0):
-    save_file({"a": torch.full((4, 4), value), "b": torch.arange(6, dtype=torch.int64)},
-              str(path))
+    save_file({"a": torch.full((4, 4), value), "b": torch.arange(6, dtype=torch.int64)}, str(path))
     age(path)
     return path
 

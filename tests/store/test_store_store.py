@@ -31,9 +31,11 @@ def test_store_layout(tmp_path):
 
 
 def test_package_exports_and_keys_do_not_import_torch():
-    code = ("import sys, mergefile.store as s\n"
-            "from mergefile.store import key_of, output_lock, BuildLog, canonical_json\n"
-            "assert 'torch' not in sys.modules\n"
-            "for name in s.__all__: getattr(s, name)\n"
-            "assert 'torch' not in sys.modules  # even the blob store binds torch lazily")
+    code = (
+        "import sys, mergefile.store as s\n"
+        "from mergefile.store import key_of, output_lock, BuildLog, canonical_json\n"
+        "assert 'torch' not in sys.modules\n"
+        "for name in s.__all__: getattr(s, name)\n"
+        "assert 'torch' not in sys.modules  # even the blob store binds torch lazily"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -123,7 +123,7 @@ def test_canonical_spacing_and_order():
 
 
 def test_blank_lines_collapse_and_none_after_an_opening_brace():
-    text = 'a = 1\n\n\n\nb = 2\nout/x: linear {\n\n    m weight=1\n\n\n    n weight=1\n\n}\n'
+    text = "a = 1\n\n\n\nb = 2\nout/x: linear {\n\n    m weight=1\n\n\n    n weight=1\n\n}\n"
     assert _check(text) == "a = 1\n\nb = 2\nout/x: linear {\n    m weight=1\n\n    n weight=1\n}\n"
 
 
@@ -132,9 +132,15 @@ def test_quotes_are_kept_only_where_needed():
     assert _check(text) == 'out/x: linear {\n    "./p q" weight["a b"]=1 w[mlp]=2 w[model.norm]=3 w["true"]=4\n}\n'
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("", ""), ("\n\n", ""), ("# only a comment", "# only a comment\n"), ("\n# a\n\n\n# b\n\n", "# a\n\n# b\n"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", ""),
+        ("\n\n", ""),
+        ("# only a comment", "# only a comment\n"),
+        ("\n# a\n\n\n# b\n\n", "# a\n\n# b\n"),
+    ],
+)
 def test_files_without_statements(text: str, expected: str):
     assert _check(text) == expected
 
@@ -176,8 +182,11 @@ def _mergefile(draw) -> str:
             body = "".join(draw(_GAP) + it + draw(_COMMENT) + "\n" for it in items)
             call = draw(st.sampled_from(["", "()", "(base=m)", "(\n base=m, # k\n dtype=float16,\n)"]))
             call = call or ("" if items else "()")
-            out.append(f"out/t{i}: ties{call} {{{draw(_COMMENT)}\n{body}{draw(_GAP)}}}{draw(_COMMENT)}\n" if items or call == ""
-                       else f"out/t{i}: ties{call}{draw(_COMMENT)}\n")  # fmt: skip
+            out.append(
+                f"out/t{i}: ties{call} {{{draw(_COMMENT)}\n{body}{draw(_GAP)}}}{draw(_COMMENT)}\n"
+                if items or call == ""
+                else f"out/t{i}: ties{call}{draw(_COMMENT)}\n"
+            )
     out.append(draw(_GAP))
     return "".join(out)
 

@@ -68,8 +68,11 @@ def _same(a: Path, b: Path) -> None:
     assert sorted(got) == sorted(want) and all(got[k].equal(want[k]) for k in want)
 
 
-@pytest.mark.parametrize(("text", "target"), [(TIES, "out/x"), (MULTI, "out/final"), (MOE, "out/moe")],
-                         ids=["merge", "multi-document", "moe"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [(TIES, "out/x"), (MULTI, "out/final"), (MOE, "out/moe")],
+    ids=["merge", "multi-document", "moe"],
+)
 def test_config_in_a_subfolder_builds_as_from_the_project_root(project, text, target, capsys):
     (project / "configs" / "merge.yml").write_text(text)
     (project / "merge.yml").write_text(text)
@@ -79,7 +82,7 @@ def test_config_in_a_subfolder_builds_as_from_the_project_root(project, text, ta
     shutil.move(project / target, project / "first")
     assert cli(project, "--config", "merge.yml", target, cache=cache) == 0
     _same(project / "first", project / target)
-    recorded = (project / target / ("mergekit_moe_config.yml" if "moe" in target else "mergebuild_config.yml"))
+    recorded = project / target / ("mergekit_moe_config.yml" if "moe" in target else "mergebuild_config.yml")
     assert "./models/" in recorded.read_text() or "models/a" in recorded.read_text()
 
 
@@ -136,7 +139,8 @@ def test_evolve_genome_paths_are_read_from_the_working_directory(project, monkey
 
     (project / "configs" / "genome.yml").write_text(
         "genome:\n  models: [./models/a, ./models/b]\n  merge_method: ties\n  base_model: ./models/base\n"
-        "  layer_granularity: 2\ntasks:\n  - name: t\n    weight: 1.0\n")  # fmt: skip
+        "  layer_granularity: 2\ntasks:\n  - name: t\n    weight: 1.0\n"
+    )
     monkeypatch.chdir(project)
     cfg = load_genome_yaml("configs/genome.yml")
     text = render_mergekit(cfg, _some_candidate(cfg))
@@ -159,7 +163,8 @@ def test_evolve_best_config_builds_with_config(project, monkeypatch, capsys):
 
     (project / "configs" / "genome.yml").write_text(
         "genome:\n  models: [./models/a, ./models/b]\n  merge_method: ties\n  base_model: ./models/base\n"
-        "  layer_granularity: 2\n  dtype: float32\n  filters: [self_attn, mlp]\ntasks:\n  - name: t\n    weight: 1.0\n")  # fmt: skip
+        "  layer_granularity: 2\n  dtype: float32\n  filters: [self_attn, mlp]\ntasks:\n  - name: t\n    weight: 1.0\n"
+    )
     monkeypatch.chdir(project)
     cfg = load_genome_yaml("configs/genome.yml")
     best = render_mergekit(cfg, _some_candidate(cfg))

@@ -78,8 +78,7 @@ def compare(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> tupl
 
 
 # docs/methods.md, deliberate differences 10 (random masks) and 11 (ties at a selection cut)
-EXPLAINED = {"dare_ties", "dare_linear", "della", "della_linear", "ties", "sce", "breadcrumbs",
-             "breadcrumbs_ties"}
+EXPLAINED = {"dare_ties", "dare_linear", "della", "della_linear", "ties", "sce", "breadcrumbs", "breadcrumbs_ties"}
 
 
 def methods_of(name: str) -> set[str]:
@@ -112,8 +111,9 @@ def test_corpus_counts():
     """Runs after the builds: the counts, and no fewer equal outputs than last measured."""
     if len(RESULTS) < len(configs()):
         pytest.skip("only part of the corpus ran")
-    counts = {k: sum(v == k for v in RESULTS.values())
-              for k in ("equal", "equal_in_dtype", "within_1_ulp", "differing")}
+    counts = {
+        k: sum(v == k for v in RESULTS.values()) for k in ("equal", "equal_in_dtype", "within_1_ulp", "differing")
+    }
     counts["builds"] = sum(v != "mergekit fails" for v in RESULTS.values())
     print(f"\ncorpus: {len(RESULTS)} configs, mergekit builds {counts['builds']}: {counts}")
     for k, v in sorted(RESULTS.items()):
@@ -131,8 +131,11 @@ def test_arcee_fusion_float32_equals_mergekit(world):
     as mergekit computes them; method version 3): every tensor bit for bit."""
     from safetensors.torch import load_file
 
-    want = {k.split("::", 1)[1]: v for k, v in load_file(str(REFERENCE / "extra-tensors.safetensors")).items()
-            if k.startswith("arcee-float32::")}  # fmt: skip
+    want = {
+        k.split("::", 1)[1]: v
+        for k, v in load_file(str(REFERENCE / "extra-tensors.safetensors")).items()
+        if k.startswith("arcee-float32::")
+    }
     config = CORPUS.parent / "mergekit_extra" / "arcee-float32.yml"
     assert cli(world, "--config", str(config), "out/arcee32", cache=world / "cache") == 0
     got = read_tensors(world / "out" / "arcee32")

@@ -23,7 +23,9 @@ def test_yaml_lora_references_parse_fully():
 
 
 def test_modules():
-    mf = parse_text('out/x: linear {\n  module text { a weight=1 ; t = 1 }\n  module "v t" {\n    slice a[0:2]\n  }\n}\n', "F")
+    mf = parse_text(
+        'out/x: linear {\n  module text { a weight=1 ; t = 1 }\n  module "v t" {\n    slice a[0:2]\n  }\n}\n', "F"
+    )
     assert mf.targets()["out/x"].modules == (
         Module("text", sources=(Source(Sym("a"), None, (Param("weight", 1),)),), params=(Param("t", 1),)),
         Module("v t", slices=(Slice((Source(Sym("a"), (0, 2)),)),)),
@@ -43,14 +45,25 @@ modules:
     assert t.modules[0].sources[0].params == (Param("weight", 1),)
 
 
-@pytest.mark.parametrize(("text", "error", "message"), [
-    ("out/x: linear {\n  a weight=1\n  module m { a weight=1 }\n}\n", ConfigError, "mixes 'module' blocks"),
-    ("out/x: linear {\n  module m { a weight=1 }\n  module m { a weight=1 }\n}\n", ConfigError, "duplicate module 'm'"),
-    ("out/x: linear {\n  module m { t = 1 }\n}\n", ConfigError, "module 'm' has no sources or slices"),
-    ("out/x: linear {\n  module m { a weight=1 ; slice a[0:1] }\n}\n", ConfigError, "mixes source lines and slices"),
-    ('model a = "./a" + "./l" + "./m"\n', MergefileSyntaxError, r"unexpected '\+'; expected end of line"),
-    ("out/x: linear {\n  modul m { a weight=1 }\n}\n", MergefileSyntaxError, "did you mean 'module'?"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        ("out/x: linear {\n  a weight=1\n  module m { a weight=1 }\n}\n", ConfigError, "mixes 'module' blocks"),
+        (
+            "out/x: linear {\n  module m { a weight=1 }\n  module m { a weight=1 }\n}\n",
+            ConfigError,
+            "duplicate module 'm'",
+        ),
+        ("out/x: linear {\n  module m { t = 1 }\n}\n", ConfigError, "module 'm' has no sources or slices"),
+        (
+            "out/x: linear {\n  module m { a weight=1 ; slice a[0:1] }\n}\n",
+            ConfigError,
+            "mixes source lines and slices",
+        ),
+        ('model a = "./a" + "./l" + "./m"\n', MergefileSyntaxError, r"unexpected '\+'; expected end of line"),
+        ("out/x: linear {\n  modul m { a weight=1 }\n}\n", MergefileSyntaxError, "did you mean 'module'?"),
+    ],
+)
 def test_errors(text: str, error: type, message: str):
     with pytest.raises(error, match=message):
         parse_text(text, "F")

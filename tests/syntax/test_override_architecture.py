@@ -28,8 +28,11 @@ def test_yaml_dict_form_reads_the_class():
 
 
 def test_mergefile_declaration_option():
-    mf = parse_text('model a = "./a" (architecture="LlavaForConditionalGeneration")\n'
-                    'model b = hf("org/b", revision="v1") + "./l" (architecture="T5ForConditionalGeneration")\n', "F")  # fmt: skip
+    mf = parse_text(
+        'model a = "./a" (architecture="LlavaForConditionalGeneration")\n'
+        'model b = hf("org/b", revision="v1") + "./l" (architecture="T5ForConditionalGeneration")\n',
+        "F",
+    )
     assert mf.models()["a"].ref == PathRef("./a", architecture="LlavaForConditionalGeneration")
     assert mf.models()["b"].ref == HfRef("org/b", "v1", lora=PathRef("./l"), architecture="T5ForConditionalGeneration")
     assert parse_text(render_mergefile(mf), "F").statements == mf.statements
@@ -46,17 +49,28 @@ def test_import_and_export_round_trip(tmp_path, monkeypatch):
     parsed = parse_text(text, str(tmp_path / "Mergefile"))
     exported = render_yaml(parsed, "out/x", str(tmp_path))
     assert "override_architecture: LlavaForConditionalGeneration" in exported
-    again = yaml_to_mergefile((yaml_text_to_target(exported, str(tmp_path / "e.yml"), "out/x"),), str(tmp_path / "Mergefile"))
+    again = yaml_to_mergefile(
+        (yaml_text_to_target(exported, str(tmp_path / "e.yml"), "out/x"),), str(tmp_path / "Mergefile")
+    )
     assert parse_text(render_mergefile(again), str(tmp_path / "Mergefile")).statements == parsed.statements
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('model a = "./a" (architectur="X")\n', r"unknown model option 'architectur' \(did you mean 'architecture'\?\)"),
-    ('model a = "./a" (revision="X")\n', r"unknown model option 'revision' \(a model takes only architecture=...\)"),
-    ('model a = "./a" ("X")\n', "takes only architecture="),
-    ('model a = "./a" (architecture=3)\n', "architecture must be a quoted class name"),
-    ('model a = "./a" (architecture="X", architecture="Y")\n', "duplicate parameter 'architecture'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'model a = "./a" (architectur="X")\n',
+            r"unknown model option 'architectur' \(did you mean 'architecture'\?\)",
+        ),
+        (
+            'model a = "./a" (revision="X")\n',
+            r"unknown model option 'revision' \(a model takes only architecture=...\)",
+        ),
+        ('model a = "./a" ("X")\n', "takes only architecture="),
+        ('model a = "./a" (architecture=3)\n', "architecture must be a quoted class name"),
+        ('model a = "./a" (architecture="X", architecture="Y")\n', "duplicate parameter 'architecture'"),
+    ],
+)
 def test_bad_options(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_text(text, "F")

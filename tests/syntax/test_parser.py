@@ -126,7 +126,7 @@ def test_example_locations() -> None:
 
 
 def test_origin_is_the_target_text() -> None:
-    text = 'x = 1\nout/a: linear {  # mix\n  m weight=1\n}\nall: out/a\n'
+    text = "x = 1\nout/a: linear {  # mix\n  m weight=1\n}\nall: out/a\n"
     t = parse_text(text).targets()["out/a"]
     assert t.origin == "out/a: linear {  # mix\n  m weight=1\n}"
     assert parse_text("out/l: lora(finetuned=m, rank=32)\n").targets()["out/l"].origin == (
@@ -273,7 +273,7 @@ def test_line_continuation() -> None:
 
 
 def test_windows_newlines() -> None:
-    mf = parse_text('x = 1\r\nout/a: linear {\r\n  m weight=1\r\n}\r\n')
+    mf = parse_text("x = 1\r\nout/a: linear {\r\n  m weight=1\r\n}\r\n")
     assert mf.statements[0] == Assign("x", 1)
     assert mf.targets()["out/a"].sources[0].ref == Sym("m")
 
@@ -327,7 +327,9 @@ def test_include_yaml_as_target(tmp_path: Path) -> None:
     mf = parse_mergefile(tmp_path / "Mergefile")
     t = mf.targets()["out/x"]
     assert t == Target(
-        "out/x", "linear", sources=(Source(AutoRef("./a", str(tmp_path)), None, (P("weight", 1),)),)  # the Mergefile's folder
+        "out/x",
+        "linear",
+        sources=(Source(AutoRef("./a", str(tmp_path)), None, (P("weight", 1),)),),  # the Mergefile's folder
     )
     assert t.origin == yml
     assert t.loc == Loc(str(tmp_path / "Mergefile"), 1, 1)

@@ -26,7 +26,9 @@ def test_rendered_example_parses_back_to_the_same_ast():
     assert parse_text(render_mergefile(mf), "F").statements == mf.statements
 
 
-@pytest.mark.parametrize("value", [1, -2, 0.5, 1e-05, 1e16, -0.0, True, False, "a\"b\\c\nd\te", (), (0, 1.5), ((1,), "x")])
+@pytest.mark.parametrize(
+    "value", [1, -2, 0.5, 1e-05, 1e16, -0.0, True, False, 'a"b\\c\nd\te', (), (0, 1.5), ((1,), "x")]
+)
 def test_values_round_trip(value):
     mf = parse_text(f"v = {value_text(value)}", "F")
     assert mf.assigns()["v"].value == value and type(mf.assigns()["v"].value) is type(value)
@@ -35,9 +37,14 @@ def test_values_round_trip(value):
 def test_canonical_call_holds_the_settings():
     targets = yaml_text_to_targets(
         "merge_method: ties\nbase_model: org/b\nmodels:\n  - model: org/a\n    parameters: {weight: 1}\n"
-        "parameters: {normalize: true}\ndtype: bfloat16\nchat_template: chatml\n", "m.yml", "out/x")  # fmt: skip
+        "parameters: {normalize: true}\ndtype: bfloat16\nchat_template: chatml\n",
+        "m.yml",
+        "out/x",
+    )
     text = render_mergefile(yaml_to_mergefile(targets, "Mergefile"))
-    assert 'out/x: ties(base=b, dtype=bfloat16, chat_template="chatml") {\n    a weight=1\n    normalize = true\n}' in text
+    assert (
+        'out/x: ties(base=b, dtype=bfloat16, chat_template="chatml") {\n    a weight=1\n    normalize = true\n}' in text
+    )
 
 
 def test_non_finite_numbers_and_autorefs_are_refused():
@@ -56,7 +63,7 @@ def test_model_names_are_readable_and_unique(tmp_path: Path):
     text = "merge_method: linear\nmodels:\n" + "".join(
         f"  - model: {m}\n    parameters: {{weight: 1}}\n"
         for m in ("x/model", "y/model", "base", "7b", "'a b'", "m.v1", "org/Llama-2@main", "org/Llama-2", "x/model")
-    )  # fmt: skip
+    )
     targets = yaml_text_to_targets(text, str(tmp_path / "m.yml"), "out/x")
     mf = yaml_to_mergefile(targets, str(tmp_path / "Mergefile"))
     names = {d.name: d.ref for d in mf.models().values()}
@@ -107,14 +114,16 @@ def test_export_spells_out_what_a_mergefile_implies(tmp_path: Path):
         "merge_method": "dare_ties",
         "base_model": "../models/base",
         "models": [
-            {"model": "../models/a", "parameters": {"weight": [{"filter": "mlp", "value": 0.2}, {"value": 0.7}],
-                                                    "density": 0.6}},
+            {
+                "model": "../models/a",
+                "parameters": {"weight": [{"filter": "mlp", "value": 0.2}, {"value": 0.7}], "density": 0.6},
+            },
             {"model": "../models/b", "parameters": {"weight": 0.4, "density": [0.3, 0.9]}},
         ],
         "parameters": {"int8_mask": True, "density": [{"filter": "self_attn", "value": 0.5}], "normalize": False},
         "dtype": "float32",
         "seed": 3,
-    }  # fmt: skip
+    }
 
 
 def test_exported_yaml_builds_the_same_model(tiny_models, tmp_path: Path, capsys):
@@ -152,30 +161,44 @@ out/x: linear(tokenizer=union, chat_template=chatml) {
         "sources": [{"model": "org/m@abc+org/lora", "layer_range": [0, 2]}, {"model": "/abs/n", "layer_range": [0, 2]}],
         "parameters": {"weight": 0.5},
     }
-    assert out["tokenizer"] == {"source": "union", "pad_to_multiple_of": 64, "tokens": {
-        "<a>": {"source": "org/m@abc+org/lora"}, "<b>": {"source": {"kind": "zero"}, "force": True},
-        "<c>": {"source": {"kind": "model_token", "model": "/abs/n", "token": "<d>"}}, "<e>": {}}}  # fmt: skip
+    assert out["tokenizer"] == {
+        "source": "union",
+        "pad_to_multiple_of": 64,
+        "tokens": {
+            "<a>": {"source": "org/m@abc+org/lora"},
+            "<b>": {"source": {"kind": "zero"}, "force": True},
+            "<c>": {"source": {"kind": "model_token", "model": "/abs/n", "token": "<d>"}},
+            "<e>": {},
+        },
+    }
     assert out["chat_template"] == "chatml"
 
 
-@pytest.mark.parametrize(("text", "target", "message"), [
-    ("out/x: linear { a weight=1 }\nall: out/x\n", "all", "is a group of targets"),
-    ("out/x: evolve(ties, base=b)\n", "out/x", "cannot express it"),
-    ("out/x: linear { nope weight=1 }\n", "out/x", "unknown model 'nope'"),
-    ("out/x: linear { a weight=1 }\n", "out/y", "unknown target 'out/y'"),
-    ('model a = "a"\nout/x: linear { a[0:2] weight=1 }\n', "out/x", "layer range belongs in a 'slice'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "target", "message"),
+    [
+        ("out/x: linear { a weight=1 }\nall: out/x\n", "all", "is a group of targets"),
+        ("out/x: evolve(ties, base=b)\n", "out/x", "cannot express it"),
+        ("out/x: linear { nope weight=1 }\n", "out/x", "unknown model 'nope'"),
+        ("out/x: linear { a weight=1 }\n", "out/y", "unknown target 'out/y'"),
+        ('model a = "a"\nout/x: linear { a[0:2] weight=1 }\n', "out/x", "layer range belongs in a 'slice'"),
+    ],
+)
 def test_what_yaml_cannot_say_is_an_error(text: str, target: str, message: str):
     with pytest.raises(ConfigError, match=message):
         render_yaml(parse_text('model a = "a"\n' + text if "model a" not in text else text, "F"), target)
 
 
 def test_a_mergefile_target_built_from_another_becomes_named_documents(tiny_models, tmp_path: Path):
-    mergefile_for(tmp_path, tiny_models, """
+    mergefile_for(
+        tmp_path,
+        tiny_models,
+        """
 out/final: slerp(base=out/ab) { out/ab ; other/c2 ; t = 0.5 }
 out/ab: linear { a weight=1 ; b weight=1 }
 other/c2: linear { c weight=1 ; base weight=1 }
-""")
+""",
+    )
     from mergefile.syntax import parse_mergefile
 
     docs = export_configs(parse_mergefile(tmp_path / "Mergefile"), "out/final", str(tmp_path))
@@ -189,8 +212,12 @@ def test_a_block_line_restating_a_call_keyword_wins(tiny_models, tmp_path: Path)
     from mergefile.plan.planner import Planner
     from mergefile.syntax import parse_mergefile
 
-    mergefile_for(tmp_path, tiny_models, "out/x: linear(normalize=false, dtype=float16) {\n"
-                  "    a weight=1\n    b weight=1\n    normalize = true\n    dtype = float32\n}")  # fmt: skip
+    mergefile_for(
+        tmp_path,
+        tiny_models,
+        "out/x: linear(normalize=false, dtype=float16) {\n"
+        "    a weight=1\n    b weight=1\n    normalize = true\n    dtype = float32\n}",
+    )
     mf = parse_mergefile(tmp_path / "Mergefile")
     job = Planner(mf).plan("out/x").jobs[0]
     assert dict(job.params)["normalize"] is True and job.dtype == "float32"

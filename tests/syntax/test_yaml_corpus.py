@@ -54,8 +54,16 @@ def write_lora(folder: Path, base: Path, rank: int = 2) -> Path:
             tensors[prefix + ".lora_B.weight"] = torch.randn(out, rank, generator=g) * 0.1
     folder.mkdir(parents=True)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": sorted(outs),
-              "task_type": "CAUSAL_LM", "bias": "none", "fan_in_fan_out": False, "lora_dropout": 0.0}  # fmt: skip
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": sorted(outs),
+        "task_type": "CAUSAL_LM",
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "lora_dropout": 0.0,
+    }
     (folder / "adapter_config.json").write_text(json.dumps(config))
     return folder
 
@@ -91,10 +99,34 @@ def corpus_root(tiny_models, tmp_path_factory) -> Path:
 def test_corpus_is_large_and_covers_the_schema():
     assert len(FILES) >= 30
     text = "\n".join(p.read_text() for p in FILES)
-    keys = ["merge_method", "models", "slices", "modules", "base_model", "parameters", "dtype", "out_dtype",
-            "tokenizer_source", "tokenizer", "chat_template", "name", "seed", "layer_range", "sources",
-            "residual_weight", "filter", "value", "pad_to_multiple_of", "tokens", "force", "kind",
-            "model_token", "token_id", "+", "@"]  # fmt: skip
+    keys = [
+        "merge_method",
+        "models",
+        "slices",
+        "modules",
+        "base_model",
+        "parameters",
+        "dtype",
+        "out_dtype",
+        "tokenizer_source",
+        "tokenizer",
+        "chat_template",
+        "name",
+        "seed",
+        "layer_range",
+        "sources",
+        "residual_weight",
+        "filter",
+        "value",
+        "pad_to_multiple_of",
+        "tokens",
+        "force",
+        "kind",
+        "model_token",
+        "token_id",
+        "+",
+        "@",
+    ]
     for key in keys:
         assert key in text, f"no corpus config uses {key!r}"
 

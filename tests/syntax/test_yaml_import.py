@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import pytest
@@ -206,26 +205,72 @@ def test_work_dir_option_sets_base_dir() -> None:
 
 
 YAML_ERRORS = [
-    ("unknown top key", OK + "paramters: {t: 1}\n", 4, 1, "unknown key 'paramters' in the config (did you mean 'parameters'?)"),
-    ("unknown model key", "merge_method: linear\nmodels:\n  - model: a\n    parameter: {w: 1}\n", 4, 5,
-     "did you mean 'parameters'?"),
-    ("unknown source key", "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_rang: [0, 2]\n",
-     5, 7, "did you mean 'layer_range'?"),
-    ("unknown slice key", "merge_method: passthrough\nslices:\n  - source:\n    - model: a\n", 3, 5,
-     "did you mean 'sources'?"),
-    ("unknown conditional key", OK + "parameters:\n  t:\n    - filtr: mlp\n      value: 1\n", 6, 7,
-     "did you mean 'filter'?"),
+    (
+        "unknown top key",
+        OK + "paramters: {t: 1}\n",
+        4,
+        1,
+        "unknown key 'paramters' in the config (did you mean 'parameters'?)",
+    ),
+    (
+        "unknown model key",
+        "merge_method: linear\nmodels:\n  - model: a\n    parameter: {w: 1}\n",
+        4,
+        5,
+        "did you mean 'parameters'?",
+    ),
+    (
+        "unknown source key",
+        "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_rang: [0, 2]\n",
+        5,
+        7,
+        "did you mean 'layer_range'?",
+    ),
+    (
+        "unknown slice key",
+        "merge_method: passthrough\nslices:\n  - source:\n    - model: a\n",
+        3,
+        5,
+        "did you mean 'sources'?",
+    ),
+    (
+        "unknown conditional key",
+        OK + "parameters:\n  t:\n    - filtr: mlp\n      value: 1\n",
+        6,
+        7,
+        "did you mean 'filter'?",
+    ),
     ("missing merge_method", "models:\n  - model: a\n", 1, 1, "no 'merge_method'"),
     ("both models and slices", OK + "slices: []\n", 1, 1, "exactly one of 'models' or 'slices'"),
     ("neither models nor slices", "merge_method: linear\n", 1, 1, "exactly one of 'models' or 'slices'"),
-    ("layer_range not ints", "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_range: [a, 2]\n",
-     5, 20, "two integers"),
-    ("layer_range three items", "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_range: [0, 1, 2]\n",
-     5, 20, "two integers"),
-    ("layer_range reversed", "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_range: [8, 2]\n",
-     5, 20, "0 <= start < end"),
-    ("layer_range missing", "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n", 4, 7,
-     "needs 'layer_range'"),
+    (
+        "layer_range not ints",
+        "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_range: [a, 2]\n",
+        5,
+        20,
+        "two integers",
+    ),
+    (
+        "layer_range three items",
+        "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_range: [0, 1, 2]\n",
+        5,
+        20,
+        "two integers",
+    ),
+    (
+        "layer_range reversed",
+        "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n      layer_range: [8, 2]\n",
+        5,
+        20,
+        "0 <= start < end",
+    ),
+    (
+        "layer_range missing",
+        "merge_method: passthrough\nslices:\n  - sources:\n    - model: a\n",
+        4,
+        7,
+        "needs 'layer_range'",
+    ),
     ("model missing", "merge_method: linear\nmodels:\n  - parameters: {w: 1}\n", 3, 5, "needs 'model'"),
     ("models not a list", "merge_method: linear\nmodels: a\n", 2, 9, "must be a list"),
     ("models and modules", OK + "modules: {}\n", 1, 1, "(models and modules given)"),
@@ -240,8 +285,9 @@ YAML_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "column", "message"), [c[1:] for c in YAML_ERRORS],
-                         ids=[c[0] for c in YAML_ERRORS])
+@pytest.mark.parametrize(
+    ("text", "line", "column", "message"), [c[1:] for c in YAML_ERRORS], ids=[c[0] for c in YAML_ERRORS]
+)
 def test_yaml_errors(text: str, line: int, column: int, message: str) -> None:
     with pytest.raises(UserError) as info:
         convert(text)

@@ -15,84 +15,237 @@ from tests.helpers import cli
 
 LIN = "merge_method: linear\nmodels:\n  - model: m1\n    parameters: {weight: 1}\n"
 SRC = "merge_method: passthrough\nslices:\n  - sources:\n      - model: m1\n        layer_range: "
-TOK = LIN + "tokenizer:\n  tokens:\n    \"<x>\":\n"
+TOK = LIN + 'tokenizer:\n  tokens:\n    "<x>":\n'
 MULTI = "name: one\nmerge_method: linear\nmodels: [{model: m1, parameters: {weight: 1}}]\n---\n"
 
 # (id, YAML text, line, column, message)
 ERRORS = [
     # unknown or misspelled keys, at every level
-    ("top key", LIN + "paramters: {normalize: true}\n", 5, 1,
-     "unknown key 'paramters' in the config (did you mean 'parameters'?)"),
-    ("models entry key", "merge_method: linear\nmodels:\n  - model: m1\n    parameter: {weight: 1}\n", 4, 5,
-     "unknown key 'parameter' in a models entry (did you mean 'parameters'?)"),
-    ("slice key", "merge_method: passthrough\nslices:\n  - source:\n      - model: m1\n", 3, 5,
-     "unknown key 'source' in a slice (did you mean 'sources'?)"),
+    (
+        "top key",
+        LIN + "paramters: {normalize: true}\n",
+        5,
+        1,
+        "unknown key 'paramters' in the config (did you mean 'parameters'?)",
+    ),
+    (
+        "models entry key",
+        "merge_method: linear\nmodels:\n  - model: m1\n    parameter: {weight: 1}\n",
+        4,
+        5,
+        "unknown key 'parameter' in a models entry (did you mean 'parameters'?)",
+    ),
+    (
+        "slice key",
+        "merge_method: passthrough\nslices:\n  - source:\n      - model: m1\n",
+        3,
+        5,
+        "unknown key 'source' in a slice (did you mean 'sources'?)",
+    ),
     ("slice source key", SRC + "[0, 1]\n        parameter: {scale: 1}\n", 6, 9, "did you mean 'parameters'?"),
-    ("conditional key", LIN + "parameters:\n  normalize:\n    - filtr: mlp\n      value: true\n", 7, 7,
-     "unknown key 'filtr' in a conditional value of 'normalize' (did you mean 'filter'?)"),
-    ("tokenizer key", LIN + "tokenizer:\n  pad_to_multipel_of: 8\n", 6, 3,
-     "unknown key 'pad_to_multipel_of' in the tokenizer block (did you mean 'pad_to_multiple_of'?)"),
+    (
+        "conditional key",
+        LIN + "parameters:\n  normalize:\n    - filtr: mlp\n      value: true\n",
+        7,
+        7,
+        "unknown key 'filtr' in a conditional value of 'normalize' (did you mean 'filter'?)",
+    ),
+    (
+        "tokenizer key",
+        LIN + "tokenizer:\n  pad_to_multipel_of: 8\n",
+        6,
+        3,
+        "unknown key 'pad_to_multipel_of' in the tokenizer block (did you mean 'pad_to_multiple_of'?)",
+    ),
     ("token key", TOK + "      forced: true\n", 8, 7, "unknown key 'forced' in token '<x>' (did you mean 'force'?)"),
-    ("token source key", TOK + "      source: {kind: model_token, modle: m1, token: a}\n", 8, 35,
-     "unknown key 'modle' in a token source (did you mean 'model'?)"),
-    ("module key", "merge_method: linear\nmodules:\n  text:\n    model: [{model: m1}]\n", 4, 5,
-     "unknown key 'model' in module 'text' (did you mean 'models'?)"),
-    ("reference dict key", "merge_method: linear\nmodels:\n  - model: {model: {path: m1, revison: r}}\n", 3, 31,
-     "unknown key 'revison' in the model path (did you mean 'revision'?)"),
-    ("parameter name", LIN.replace("{weight: 1}", "{weigth: 1}"), 4, 18,
-     "unknown parameter 'weigth' for linear (did you mean 'weight'?)"),
+    (
+        "token source key",
+        TOK + "      source: {kind: model_token, modle: m1, token: a}\n",
+        8,
+        35,
+        "unknown key 'modle' in a token source (did you mean 'model'?)",
+    ),
+    (
+        "module key",
+        "merge_method: linear\nmodules:\n  text:\n    model: [{model: m1}]\n",
+        4,
+        5,
+        "unknown key 'model' in module 'text' (did you mean 'models'?)",
+    ),
+    (
+        "reference dict key",
+        "merge_method: linear\nmodels:\n  - model: {model: {path: m1, revison: r}}\n",
+        3,
+        31,
+        "unknown key 'revison' in the model path (did you mean 'revision'?)",
+    ),
+    (
+        "parameter name",
+        LIN.replace("{weight: 1}", "{weigth: 1}"),
+        4,
+        18,
+        "unknown parameter 'weigth' for linear (did you mean 'weight'?)",
+    ),
     ("merge method", LIN.replace("linear", "lineer"), 1, 15, "unknown merge method 'lineer' (did you mean 'linear'?)"),
     # wrong types
-    ("string for a number", LIN.replace("{weight: 1}", "{weight: abc}"), 4, 18,
-     "parameter 'weight' of linear must be a number, got 'abc'"),
+    (
+        "string for a number",
+        LIN.replace("{weight: 1}", "{weight: abc}"),
+        4,
+        18,
+        "parameter 'weight' of linear must be a number, got 'abc'",
+    ),
     ("word for a number", LIN.replace("{weight: 1}", "{weight: 'half'}"), 4, 18, "must be a number, got 'half'"),
-    ("strings as a gradient", LIN.replace("{weight: 1}", "{weight: [0.1, high]}"), 4, 32,
-     "gradient 'weight' must be a list of numbers, got 'high'"),
-    ("nested gradient", LIN.replace("{weight: 1}", "{weight: [[0, 1]]}"), 4, 27, "an element of 'weight' must be a single value"),
-    ("number for a boolean", LIN + "parameters: {normalize: 2}\n", 5, 14, "parameter 'normalize' of linear must be true or false, got 2"),
-    ("float for an integer", "merge_method: karcher\nmodels: [{model: m1}, {model: m2}]\nparameters: {max_iter: 2.5}\n", 3, 14,
-     "parameter 'max_iter' of karcher must be an integer, got 2.5"),
+    (
+        "strings as a gradient",
+        LIN.replace("{weight: 1}", "{weight: [0.1, high]}"),
+        4,
+        32,
+        "gradient 'weight' must be a list of numbers, got 'high'",
+    ),
+    (
+        "nested gradient",
+        LIN.replace("{weight: 1}", "{weight: [[0, 1]]}"),
+        4,
+        27,
+        "an element of 'weight' must be a single value",
+    ),
+    (
+        "number for a boolean",
+        LIN + "parameters: {normalize: 2}\n",
+        5,
+        14,
+        "parameter 'normalize' of linear must be true or false, got 2",
+    ),
+    (
+        "float for an integer",
+        "merge_method: karcher\nmodels: [{model: m1}, {model: m2}]\nparameters: {max_iter: 2.5}\n",
+        3,
+        14,
+        "parameter 'max_iter' of karcher must be an integer, got 2.5",
+    ),
     ("dtype not a string", LIN + "dtype: 16\n", 5, 8, "dtype must be a non-empty string, got 16"),
     ("models not a list", "merge_method: linear\nmodels: m1\n", 2, 9, "models must be a list"),
     ("parameters not a mapping", LIN + "parameters: [1]\n", 5, 13, "parameters of the config must be a mapping"),
     ("seed not an integer", LIN + "seed: 1.5\n", 5, 7, "seed must be an integer >= 0, got 1.5"),
-    ("pad not positive", LIN + "tokenizer: {pad_to_multiple_of: 0}\n", 5, 33, "pad_to_multiple_of must be an integer >= 1, got 0"),
+    (
+        "pad not positive",
+        LIN + "tokenizer: {pad_to_multiple_of: 0}\n",
+        5,
+        33,
+        "pad_to_multiple_of must be an integer >= 1, got 0",
+    ),
     ("force not a boolean", TOK + "      force: sure\n", 8, 14, "force must be true or false, got 'sure'"),
-    ("residual_weight not a number", SRC + "[0, 1]\n    residual_weight: x\n", 6, 22, "residual_weight must be a number"),
+    (
+        "residual_weight not a number",
+        SRC + "[0, 1]\n    residual_weight: x\n",
+        6,
+        22,
+        "residual_weight must be a number",
+    ),
     ("infinite value", LIN.replace("{weight: 1}", "{weight: .inf}"), 4, 26, "must be a finite number"),
-    ("token_id not an integer", TOK + "      source: {kind: model_token, model: m1, token_id: x}\n", 8, 56,
-     "token_id must be an integer >= 0, got 'x'"),
-    ("model_token without token", TOK + "      source: {kind: model_token, model: m1}\n", 8, 15,
-     "kind: model_token needs 'model' and one of 'token' or 'token_id'"),
+    (
+        "token_id not an integer",
+        TOK + "      source: {kind: model_token, model: m1, token_id: x}\n",
+        8,
+        56,
+        "token_id must be an integer >= 0, got 'x'",
+    ),
+    (
+        "model_token without token",
+        TOK + "      source: {kind: model_token, model: m1}\n",
+        8,
+        15,
+        "kind: model_token needs 'model' and one of 'token' or 'token_id'",
+    ),
     ("unknown token kind", TOK + "      source: {kind: random}\n", 8, 22, "unknown token source kind 'random'"),
-    ("tokenizer_source and tokenizer", LIN + "tokenizer_source: base\ntokenizer: {source: base}\n", 6, 1,
-     "'tokenizer_source' and 'tokenizer' cannot both be set"),
+    (
+        "tokenizer_source and tokenizer",
+        LIN + "tokenizer_source: base\ntokenizer: {source: base}\n",
+        6,
+        1,
+        "'tokenizer_source' and 'tokenizer' cannot both be set",
+    ),
     # bad layer ranges
     ("layer range reversed", SRC + "[3, 1]\n", 5, 22, "layer_range [3, 1] is empty or negative: need 0 <= start < end"),
     ("layer range negative", SRC + "[-1, 2]\n", 5, 22, "need 0 <= start < end"),
-    ("layer range three items", SRC + "[0, 1, 2]\n", 5, 22, "layer_range must be two integers [start, end], got [0, 1, 2]"),
+    (
+        "layer range three items",
+        SRC + "[0, 1, 2]\n",
+        5,
+        22,
+        "layer_range must be two integers [start, end], got [0, 1, 2]",
+    ),
     ("layer range floats", SRC + "[0, 2.5]\n", 5, 22, "layer_range must be two integers"),
     ("layer range not a list", SRC + "0-4\n", 5, 22, "layer_range must be a list"),
-    ("layer range missing", "merge_method: passthrough\nslices:\n  - sources:\n      - model: m1\n", 4, 9,
-     "a slice source needs 'layer_range'"),
+    (
+        "layer range missing",
+        "merge_method: passthrough\nslices:\n  - sources:\n      - model: m1\n",
+        4,
+        9,
+        "a slice source needs 'layer_range'",
+    ),
     # bad model references
-    ("two revisions", "merge_method: linear\nmodels:\n  - model: org/x@a@b\n", 3, 12,
-     "bad model reference 'org/x@a@b': more than one '@revision' in the model part"),
-    ("two loras", "merge_method: linear\nmodels:\n  - model: a+b+c\n", 3, 12, "bad model reference 'a+b+c': more than one '+lora'"),
+    (
+        "two revisions",
+        "merge_method: linear\nmodels:\n  - model: org/x@a@b\n",
+        3,
+        12,
+        "bad model reference 'org/x@a@b': more than one '@revision' in the model part",
+    ),
+    (
+        "two loras",
+        "merge_method: linear\nmodels:\n  - model: a+b+c\n",
+        3,
+        12,
+        "bad model reference 'a+b+c': more than one '+lora'",
+    ),
     ("empty path", "merge_method: linear\nmodels:\n  - model: '@main'\n", 3, 12, "the model path is empty"),
-    ("empty revision", "merge_method: linear\nmodels:\n  - model: org/x@\n", 3, 12, "empty revision after '@' in the model part"),
+    (
+        "empty revision",
+        "merge_method: linear\nmodels:\n  - model: org/x@\n",
+        3,
+        12,
+        "empty revision after '@' in the model part",
+    ),
     ("empty lora", "merge_method: linear\nmodels:\n  - model: org/x+\n", 3, 12, "the LoRA path is empty"),
-    ("lora with two revisions", "merge_method: linear\nmodels:\n  - model: org/x+org/l@a@b\n", 3, 12,
-     "more than one '@revision' in the LoRA part"),
-    ("number as a model", "merge_method: linear\nmodels:\n  - model: 3\n", 3, 12, "model must be a non-empty string, got 3"),
-    ("override_architecture not a string", "merge_method: linear\nmodels:\n  - model: {model: m1, override_architecture: 3}\n",
-     3, 47, "override_architecture must be a non-empty string, got 3"),
+    (
+        "lora with two revisions",
+        "merge_method: linear\nmodels:\n  - model: org/x+org/l@a@b\n",
+        3,
+        12,
+        "more than one '@revision' in the LoRA part",
+    ),
+    (
+        "number as a model",
+        "merge_method: linear\nmodels:\n  - model: 3\n",
+        3,
+        12,
+        "model must be a non-empty string, got 3",
+    ),
+    (
+        "override_architecture not a string",
+        "merge_method: linear\nmodels:\n  - model: {model: m1, override_architecture: 3}\n",
+        3,
+        47,
+        "override_architecture must be a non-empty string, got 3",
+    ),
     # multi-document files
-    ("unnamed middle document", "merge_method: linear\nmodels: [{model: m1}]\n---\n" + LIN, 1, 1,
-     "every document but the last needs a 'name:'"),
+    (
+        "unnamed middle document",
+        "merge_method: linear\nmodels: [{model: m1}]\n---\n" + LIN,
+        1,
+        1,
+        "every document but the last needs a 'name:'",
+    ),
     ("duplicate stage", MULTI + MULTI + LIN, 5, 7, "duplicate stage name 'one'"),
-    ("stage with a revision", MULTI + "merge_method: linear\nmodels: [{model: one@main}]\n", 6, 18,
-     "'one' names an earlier stage of this file; it takes no '@revision' or '+lora'"),
+    (
+        "stage with a revision",
+        MULTI + "merge_method: linear\nmodels: [{model: one@main}]\n",
+        6,
+        18,
+        "'one' names an earlier stage of this file; it takes no '@revision' or '+lora'",
+    ),
     ("stage named like the target", "name: x\n" + LIN + "---\n" + LIN, 1, 7, "stage 'x' would be built at 'out/x'"),
     ("yaml syntax", "merge_method: [linear\nmodels: x\n", 2, 7, "YAML syntax error"),
 ]
@@ -123,8 +276,10 @@ def test_errors_found_while_planning_are_located_too(tiny_models, tmp_path: Path
 
 def test_ignored_keys_warn_typos_stop_and_lenient_lets_typos_through(tiny_models, tmp_path: Path, capsys):
     (tmp_path / "models").symlink_to(Path(tiny_models["a"]).parent, target_is_directory=True)
-    text = ("merge_method: linear\nmodels:\n  - model: models/a\n    parameters: {weight: 1, weigth: 2}\n"
-            "    paramters: {weight: 3}\n  - model: models/b\n    parameters: {weight: 1}\nfoo: 1\n")  # fmt: skip
+    text = (
+        "merge_method: linear\nmodels:\n  - model: models/a\n    parameters: {weight: 1, weigth: 2}\n"
+        "    paramters: {weight: 3}\n  - model: models/b\n    parameters: {weight: 1}\nfoo: 1\n"
+    )
     (tmp_path / "m.yml").write_text(text)
     assert cli(tmp_path, "-n", "--config", "m.yml", "out/x") == 2
     err = capsys.readouterr().err
@@ -137,19 +292,30 @@ def test_ignored_keys_warn_typos_stop_and_lenient_lets_typos_through(tiny_models
 
 
 IGNORED = [  # (YAML, the warning) -- keys mergekit ignores, seen in public configs
-    (SRC.replace("m1", "models/a") + "[0, 2]\n        revision: main\n",
-     "unknown key 'revision' in a slice source, ignored as mergekit ignores it (to pin a revision, write it in"
-     " the model string: model: org/name@REVISION)"),
-    (LIN.replace("m1", "models/a") + "parameters: {dtype: bfloat16}\n",
-     "parameter 'dtype' ignored as mergekit ignores it ('dtype' is a top-level key of the config"),
-    ("merge_method: model_stock\nbase_model: models/base\nmodels:\n  - model: models/a\n    parameters: {weight: 1}\n"
-     "  - model: models/b\n", "parameter 'weight' ignored as mergekit ignores it (model_stock does not use it"),
-    ("merge_method: sce\nbase_model: models/base\nmodels: [{model: models/a}, {model: models/b}]\n"
-     "select_topk: 0.5\nparameters: {normalize: true}\n",
-     "unknown key 'select_topk' in the config, ignored as mergekit ignores it (it is a parameter of sce: put it"
-     " under 'parameters:')"),
-    ("merge_method: multislerp\nmodels: [{model: models/a}, {model: models/b}]\nparameters: {normalize: true, weight: 1}\n",
-     "parameter 'normalize' ignored as mergekit ignores it (multislerp does not use it"),
+    (
+        SRC.replace("m1", "models/a") + "[0, 2]\n        revision: main\n",
+        "unknown key 'revision' in a slice source, ignored as mergekit ignores it (to pin a revision, write it in"
+        " the model string: model: org/name@REVISION)",
+    ),
+    (
+        LIN.replace("m1", "models/a") + "parameters: {dtype: bfloat16}\n",
+        "parameter 'dtype' ignored as mergekit ignores it ('dtype' is a top-level key of the config",
+    ),
+    (
+        "merge_method: model_stock\nbase_model: models/base\nmodels:\n  - model: models/a\n    parameters: {weight: 1}\n"
+        "  - model: models/b\n",
+        "parameter 'weight' ignored as mergekit ignores it (model_stock does not use it",
+    ),
+    (
+        "merge_method: sce\nbase_model: models/base\nmodels: [{model: models/a}, {model: models/b}]\n"
+        "select_topk: 0.5\nparameters: {normalize: true}\n",
+        "unknown key 'select_topk' in the config, ignored as mergekit ignores it (it is a parameter of sce: put it"
+        " under 'parameters:')",
+    ),
+    (
+        "merge_method: multislerp\nmodels: [{model: models/a}, {model: models/b}]\nparameters: {normalize: true, weight: 1}\n",
+        "parameter 'normalize' ignored as mergekit ignores it (multislerp does not use it",
+    ),
 ]
 
 
@@ -183,8 +349,10 @@ def test_lenient_reaches_included_yaml(tiny_models, tmp_path: Path, capsys):
 
 def test_a_density_above_one_warns_and_keeps_every_entry(tiny_models, tmp_path: Path, capsys):
     (tmp_path / "models").symlink_to(Path(tiny_models["a"]).parent, target_is_directory=True)
-    ties = ("merge_method: ties\nbase_model: models/base\ndtype: float32\nmodels:\n"
-            "  - model: models/a\n    parameters: {weight: 1, density: DA}\n")  # fmt: skip
+    ties = (
+        "merge_method: ties\nbase_model: models/base\ndtype: float32\nmodels:\n"
+        "  - model: models/a\n    parameters: {weight: 1, density: DA}\n"
+    )
     cache = tmp_path / "cache"
     (tmp_path / "m.yml").write_text(ties.replace("DA", "5"))
     assert cli(tmp_path, "--config", "m.yml", "out/five", cache=cache) == 0

@@ -21,9 +21,19 @@ def make_dense(out: Path, family: str, seed: int = 0) -> Path:
     from transformers.utils import logging as hf_logging
 
     cfg_cls, model_cls = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[family]
-    config = cfg_cls(hidden_size=32, num_hidden_layers=2, intermediate_size=64, num_attention_heads=4,
-                     num_key_value_heads=2, vocab_size=128, max_position_embeddings=256, tie_word_embeddings=False,
-                     bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    config = cfg_cls(
+        hidden_size=32,
+        num_hidden_layers=2,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)

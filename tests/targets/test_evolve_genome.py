@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,12 @@ SEED_GENOME = REPO / "tests" / "data" / "evolve_genome.yml"
 
 
 def _genome(method="ties", models=("a", "b"), base="base", **kw) -> GenomeDef:
-    return GenomeDef(models=tuple((m, Sym(m)) for m in models), merge_method=method,
-                     base_model=(base, Sym(base)) if base else None, **kw)
+    return GenomeDef(
+        models=tuple((m, Sym(m)) for m in models),
+        merge_method=method,
+        base_model=(base, Sym(base)) if base else None,
+        **kw,
+    )
 
 
 def test_seed_genome_file_is_accepted_unchanged():
@@ -35,21 +38,32 @@ def test_seed_genome_file_is_accepted_unchanged():
     assert g.layer_granularity == 8 and g.normalize is False and g.filters == ("self_attn", "mlp")
     assert g.tokenizer_source is None and g.dtype == "bfloat16"  # mergekit-evolve merges in bfloat16
     assert [(t.name, t.weight, t.metric) for t in cfg.tasks] == [
-        ("lm_eval_task_name", 1.0, "acc,none"), ("perplexity_task", -0.5, "word_perplexity,none")]
+        ("lm_eval_task_name", 1.0, "acc,none"),
+        ("perplexity_task", -0.5, "word_perplexity,none"),
+    ]
     assert cfg.limit == 100 and cfg.num_fewshot == 0 and cfg.shuffle and cfg.apply_chat_template is True
     # the models are named after their paths and declared for the planner
     assert {s.name for s in cfg.statements} == {"model_1", "model_2", "base_model_if_needed"}
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("genome: {models: [a], merge_method: ties, base_model: b, layer_granularty: 2}\ntasks: [t]", "did you mean 'layer_granularity'"),
-    ("genome: {models: [a], merge_method: ties}\ntasks: [t]", "needs a base model"),
-    ("genome: {models: [a, b], merge_method: slerp, smooth: true}\ntasks: [t]", "smooth is not supported for slerp"),
-    ("genome: {models: [a, b], merge_method: karcher}\ntasks: [t]", "unknown evolve merge method 'karcher'"),
-    ("genome: {models: [a, b], merge_method: linear}\ntasks: []", "non-empty list"),
-    ("genome: {models: [a, b], merge_method: linear}\ntasks: [{name: t, metrc: acc}]", "did you mean 'metric'"),
-    ("genome: {models: [a, b], merge_method: linear}\n", "needs 'tasks:'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (
+            "genome: {models: [a], merge_method: ties, base_model: b, layer_granularty: 2}\ntasks: [t]",
+            "did you mean 'layer_granularity'",
+        ),
+        ("genome: {models: [a], merge_method: ties}\ntasks: [t]", "needs a base model"),
+        (
+            "genome: {models: [a, b], merge_method: slerp, smooth: true}\ntasks: [t]",
+            "smooth is not supported for slerp",
+        ),
+        ("genome: {models: [a, b], merge_method: karcher}\ntasks: [t]", "unknown evolve merge method 'karcher'"),
+        ("genome: {models: [a, b], merge_method: linear}\ntasks: []", "non-empty list"),
+        ("genome: {models: [a, b], merge_method: linear}\ntasks: [{name: t, metrc: acc}]", "did you mean 'metric'"),
+        ("genome: {models: [a, b], merge_method: linear}\n", "needs 'tasks:'"),
+    ],
+)
 def test_bad_genome_files_are_located_errors(tmp_path, text, needle):
     path = tmp_path / "g.yml"
     path.write_text(text)
@@ -188,19 +202,25 @@ def test_mergefile_evolve_target_front_end(tmp_path):
     g = cfg.genome
     assert g.merge_method == "ties" and [n for n, _ in g.models] == ["a", "evolve_b"]
     assert g.base_model[0] == "base" and g.filters == ("self_attn", "mlp") and g.layer_granularity == 2
-    assert [(t.name, t.weight, t.metric) for t in cfg.tasks] == [("evolve_tiny", 2.0, "acc_norm,none"), ("other", 1.0, "acc,none")]
+    assert [(t.name, t.weight, t.metric) for t in cfg.tasks] == [
+        ("evolve_tiny", 2.0, "acc_norm,none"),
+        ("other", 1.0, "acc,none"),
+    ]
     assert run["max_fevals"] == 12 and run["task_search_path"] == (str(tmp_path / "tasks"),)
     assert not any(getattr(s, "method", None) == "evolve" for s in cfg.statements)
 
 
-@pytest.mark.parametrize("body, needle", [
-    ("evolve(ties, base=base, models=[a]) { budgett = 3 ; t }", "did you mean 'budget'"),
-    ("evolve(base=base, models=[a]) { t }", "needs a merge method"),
-    ("evolve(tie, base=base, models=[a]) { t }", "did you mean 'ties'"),
-    ("evolve(ties, base=base) { t }", "needs models="),
-    ("evolve(ties, base=base, models=[a]) { t wieght=2 }", "did you mean 'weight'"),
-    ("evolve(ties, models=[a]) { t }", "needs a base model"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ("evolve(ties, base=base, models=[a]) { budgett = 3 ; t }", "did you mean 'budget'"),
+        ("evolve(base=base, models=[a]) { t }", "needs a merge method"),
+        ("evolve(tie, base=base, models=[a]) { t }", "did you mean 'ties'"),
+        ("evolve(ties, base=base) { t }", "needs models="),
+        ("evolve(ties, base=base, models=[a]) { t wieght=2 }", "did you mean 'weight'"),
+        ("evolve(ties, models=[a]) { t }", "needs a base model"),
+    ],
+)
 def test_mergefile_evolve_target_errors(tmp_path, body, needle):
     mf = parse_text(f'model base = "/m/base"\nmodel a = "/m/a"\nout/x: {body}\n', str(tmp_path / "Mergefile"))
     with pytest.raises(ConfigError, match=needle):

@@ -27,13 +27,49 @@ from tests.targets.evolve_support import TASK, TASK_DIR, make_evolve_models, wri
 # every option mergekit-evolve's command line has (mergekit/scripts/evolve.py) and the two
 # quantization switches of the issue: each must parse
 SEED_OPTIONS = [
-    "--max-fevals", "3", "--vllm", "--no-vllm", "-s", "pool", "--strategy", "serial", "--in-memory", "--no-in-memory",
-    "--num-gpus", "0", "--merge-cuda", "--no-merge-cuda", "--trust-remote-code", "--no-trust-remote-code",
-    "--allow-crimes", "--no-allow-crimes", "--random-seed", "3", "--batch-size", "4", "--sigma0", "0.2",
-    "--wandb", "--no-wandb", "--wandb-project", "proj", "--wandb-entity", "team", "--task-search-path", str(TASK_DIR),
-    "--i-understand-the-depths-of-the-evils-i-am-unleashing", "--save-final-model", "--no-save-final-model",
-    "--reshard", "--no-reshard", "--timeout", "60", "--force-population-size", "5", "--load-in-8bit",
-]  # fmt: skip
+    "--max-fevals",
+    "3",
+    "--vllm",
+    "--no-vllm",
+    "-s",
+    "pool",
+    "--strategy",
+    "serial",
+    "--in-memory",
+    "--no-in-memory",
+    "--num-gpus",
+    "0",
+    "--merge-cuda",
+    "--no-merge-cuda",
+    "--trust-remote-code",
+    "--no-trust-remote-code",
+    "--allow-crimes",
+    "--no-allow-crimes",
+    "--random-seed",
+    "3",
+    "--batch-size",
+    "4",
+    "--sigma0",
+    "0.2",
+    "--wandb",
+    "--no-wandb",
+    "--wandb-project",
+    "proj",
+    "--wandb-entity",
+    "team",
+    "--task-search-path",
+    str(TASK_DIR),
+    "--i-understand-the-depths-of-the-evils-i-am-unleashing",
+    "--save-final-model",
+    "--no-save-final-model",
+    "--reshard",
+    "--no-reshard",
+    "--timeout",
+    "60",
+    "--force-population-size",
+    "5",
+    "--load-in-8bit",
+]
 
 
 def parse(*argv: str):
@@ -51,9 +87,21 @@ def parse(*argv: str):
 def test_every_mergekit_evolve_option_parses_and_reaches_the_search_options():
     _, o = parse(*SEED_OPTIONS)
     assert (o.max_fevals, o.strategy, o.in_memory, o.vllm, o.random_seed, o.batch_size, o.sigma0) == (
-        3, "serial", False, False, 3, 4, 0.2)  # fmt: skip
-    assert (o.merge_cuda, o.trust_remote_code, o.allow_crimes, o.save_final_model, o.reshard) == (False, False, False,
-                                                                                                  False, False)  # fmt: skip
+        3,
+        "serial",
+        False,
+        False,
+        3,
+        4,
+        0.2,
+    )
+    assert (o.merge_cuda, o.trust_remote_code, o.allow_crimes, o.save_final_model, o.reshard) == (
+        False,
+        False,
+        False,
+        False,
+        False,
+    )
     assert (o.wandb, o.wandb_project, o.wandb_entity, o.quantization) == (False, "proj", "team", "8bit")
     assert (o.timeout, o.popsize, o.task_search_path) == (60.0, 5, (str(TASK_DIR),))
 
@@ -87,16 +135,19 @@ def test_merge_device_resolution():
         merge_device("cpu", True, False)
 
 
-@pytest.mark.parametrize(("q", "device", "vllm", "cuda", "bnb", "problem"), [
-    (None, "cpu", False, False, False, None),
-    ("8bit", "cuda", False, True, True, None),
-    ("4bit", "cuda:1", False, True, True, None),
-    ("8bit", "cuda", False, True, False, "needs bitsandbytes: pip install bitsandbytes"),
-    ("4bit", "cpu", False, False, True, "--load-in-4bit needs a CUDA device"),
-    ("8bit", "cpu", False, True, True, "--load-in-8bit evaluates on the GPU: add --device cuda"),
-    ("8bit", "cuda", True, True, True, "does not go with --vllm"),
-    ("2bit", "cuda", False, True, True, "unknown quantization '2bit'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("q", "device", "vllm", "cuda", "bnb", "problem"),
+    [
+        (None, "cpu", False, False, False, None),
+        ("8bit", "cuda", False, True, True, None),
+        ("4bit", "cuda:1", False, True, True, None),
+        ("8bit", "cuda", False, True, False, "needs bitsandbytes: pip install bitsandbytes"),
+        ("4bit", "cpu", False, False, True, "--load-in-4bit needs a CUDA device"),
+        ("8bit", "cpu", False, True, True, "--load-in-8bit evaluates on the GPU: add --device cuda"),
+        ("8bit", "cuda", True, True, True, "does not go with --vllm"),
+        ("2bit", "cuda", False, True, True, "unknown quantization '2bit'"),
+    ],
+)
 def test_quantization_needs_bitsandbytes_cuda_and_the_hf_backend(q, device, vllm, cuda, bnb, problem):
     from mergefile.targets.evolve.preflight import quantization_problem
 
@@ -105,11 +156,14 @@ def test_quantization_needs_bitsandbytes_cuda_and_the_hf_backend(q, device, vllm
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without CUDA")
-@pytest.mark.parametrize(("flags", "message"), [
-    (("--merge-cuda",), "--merge-cuda needs a CUDA device"),
-    (("--load-in-8bit", "--device", "cuda"), "--device cuda requested but no CUDA device is available"),
-    (("--load-in-4bit",), "--load-in-4bit needs"),  # bitsandbytes, or CUDA when it is installed
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--merge-cuda",), "--merge-cuda needs a CUDA device"),
+        (("--load-in-8bit", "--device", "cuda"), "--device cuda requested but no CUDA device is available"),
+        (("--load-in-4bit",), "--load-in-4bit needs"),  # bitsandbytes, or CUDA when it is installed
+    ],
+)
 def test_gpu_options_fail_up_front_without_cuda(tmp_path, capsys, flags, message):
     models = {"base": tmp_path / "m", "a": tmp_path / "m", "b": tmp_path / "m"}  # never read: the check comes first
     genome = write_genome(tmp_path / "genome.yml", models)
@@ -149,8 +203,14 @@ def test_merge_device_reaches_candidate_builds_and_workers():
     from mergefile.targets.evolve.scoring import ScoreSpec
     from mergefile.targets.evolve.worker import Worker, WorkerSpec
 
-    spec = WorkerSpec(config=None, score=ScoreSpec((TaskSpec(TASK),), device="cuda"), cache_dir="c", cache_size=1,
-                      storage="s", merge_device="cpu")  # fmt: skip
+    spec = WorkerSpec(
+        config=None,
+        score=ScoreSpec((TaskSpec(TASK),), device="cuda"),
+        cache_dir="c",
+        cache_size=1,
+        storage="s",
+        merge_device="cpu",
+    )
     assert Worker(spec)._options().device == "cpu"  # --no-merge-cuda: evaluation on the GPU, merges on the CPU
     assert build_options("cuda").read_to_device  # merging on the GPU reads inputs straight to it
     assert not build_options("cuda", in_memory=True).read_to_device
@@ -173,7 +233,12 @@ def test_mergefile_evolve_target_takes_the_new_settings(tmp_path):
     assert (run["reshard"], run["quantization"], run["wandb"]) == (False, None, False)  # a build reads in place
     run = run_of('reshard = true\nload_in_4bit = true\nwandb = true\nwandb_project = "p"\nwandb_entity = "e"')
     assert (run["reshard"], run["quantization"], run["wandb"], run["wandb_project"], run["wandb_entity"]) == (
-        True, "4bit", True, "p", "e")  # fmt: skip
+        True,
+        "4bit",
+        True,
+        "p",
+        "e",
+    )
     # quantized scores steer another search: its own state folder; the other new settings do not
     plain = run_of("", storage=True)
     assert run_of("reshard = true\nwandb = true", storage=True) == plain
@@ -228,11 +293,11 @@ def _read_wandb_file(path: Path) -> dict[str, list]:
         if left < 7:
             pos += left
             continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and n == 0:  # block padding
             pos += left
             continue
-        buf += data[pos + 7:pos + 7 + n]
+        buf += data[pos + 7 : pos + 7 + n]
         pos += 7 + n
         if kind in (1, 4):  # FULL or LAST
             record = pb.Record()
@@ -267,15 +332,30 @@ def wandb_offline(tmp_path, monkeypatch) -> Path:
     pytest.importorskip("wandb")
     root = tmp_path / "wandb-dir"
     root.mkdir()
-    for k, v in {"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"}.items():
+    for k, v in {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(root),
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+    }.items():
         monkeypatch.setenv(k, v)
     return root
 
 
 def _line(n: int, gen: int, score: float) -> dict:
-    return {"n": n, "generation": gen, "member": n - 1, "key": f"k{n}", "score": score, "cached": n == 2,
-            "results": {TASK: {"acc,none": score, "acc_stderr,none": 0.1}}, "seconds": 1.5, "merge_seconds": 0.5,
-            "eval_seconds": 1.0, "params": {"a.weight": [0.1 * n, 0.2], "a.density": [1.0]}}  # fmt: skip
+    return {
+        "n": n,
+        "generation": gen,
+        "member": n - 1,
+        "key": f"k{n}",
+        "score": score,
+        "cached": n == 2,
+        "results": {TASK: {"acc,none": score, "acc_stderr,none": 0.1}},
+        "seconds": 1.5,
+        "merge_seconds": 0.5,
+        "eval_seconds": 1.0,
+        "params": {"a.weight": [0.1 * n, 0.2], "a.density": [1.0]},
+    }
 
 
 def test_wandb_tracker_logs_evaluations_and_resumes_its_run(tmp_path, wandb_offline):
@@ -324,7 +404,7 @@ def _sharded_copy(src: Path, out: Path) -> Path:
     names = sorted(tensors)
     out.mkdir(parents=True)
     weight_map = {}
-    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), start=1):
         file = f"model-0000{i}-of-00002.safetensors"
         save_file({k: tensors[k] for k in part}, str(out / file), {"format": "pt"})
         weight_map.update(dict.fromkeys(part, file))
@@ -351,8 +431,11 @@ def inputs(tmp_path_factory):
     """The evolve test models with one input sharded and one pickled: what resharding converts."""
     root = tmp_path_factory.mktemp("evolve_options")
     plain = make_evolve_models(root / "models")
-    models = {"base": plain["base"], "a": _sharded_copy(plain["a"], root / "a-sharded"),
-              "b": _pickled_copy(plain["b"], root / "b-pickled")}  # fmt: skip
+    models = {
+        "base": plain["base"],
+        "a": _sharded_copy(plain["a"], root / "a-sharded"),
+        "b": _pickled_copy(plain["b"], root / "b-pickled"),
+    }
     return SimpleNamespace(root=root, plain=plain, models=models, genome=write_genome(root / "genome.yml", models))
 
 
@@ -383,8 +466,9 @@ def test_reshard_reads_copies_with_the_same_keys_tensors_and_scores(inputs, tmp_
     options = build_options("cpu", allow_pickle=True)
     made: list[str] = []
     with Store(tmp_path / "cache-orig") as orig_store, Store(tmp_path / "cache-copy") as copy_store:
-        copied = reshard_config(config, storage, allow_pickle=True, convert_dir=str(copy_store.root / "converted"),
-                                message=made.append)  # fmt: skip
+        copied = reshard_config(
+            config, storage, allow_pickle=True, convert_dir=str(copy_store.root / "converted"), message=made.append
+        )
         copies = sorted((storage / INPUTS).iterdir())
         assert len(made) == 3 and len(copies) == 3
         for folder in copies:  # one single-shard safetensors file per input, with its config and tokenizer
@@ -392,7 +476,10 @@ def test_reshard_reads_copies_with_the_same_keys_tensors_and_scores(inputs, tmp_
             assert not list(folder.glob("*.bin")) and not list(folder.glob("*.index.json"))
             assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
         base_copy = next(f for f in copies if f.name.startswith("base-"))
-        assert os.stat(base_copy / "model.safetensors").st_ino == os.stat(inputs.models["base"] / "model.safetensors").st_ino
+        assert (
+            os.stat(base_copy / "model.safetensors").st_ino
+            == os.stat(inputs.models["base"] / "model.safetensors").st_ino
+        )
         for target in _candidates(config, inputs.genome):
             pc_orig = plan_candidate(config, target, orig_store, options)
             pc_copy = plan_candidate(copied, target, copy_store, options)
@@ -442,7 +529,9 @@ def test_no_reshard_needs_no_pickle_conversion_in_storage(inputs, tmp_path):
 
     config = load_genome_yaml(inputs.genome)
     with Store(tmp_path / "cache") as store:
-        pc = plan_candidate(config, _candidates(config, inputs.genome)[0], store, build_options("cpu", allow_pickle=True))
+        pc = plan_candidate(
+            config, _candidates(config, inputs.genome)[0], store, build_options("cpu", allow_pickle=True)
+        )
     read = _files_read(pc)
     assert any(f.startswith(str(inputs.models["a"].resolve())) for f in read)
     assert any(f.startswith(str(tmp_path / "cache" / "converted")) for f in read)  # the .bin, converted once
@@ -452,9 +541,26 @@ def test_no_reshard_needs_no_pickle_conversion_in_storage(inputs, tmp_path):
 
 
 def evolve(inputs, storage: Path, cache: Path, *extra: str) -> int:
-    return main(["evolve", str(inputs.genome), "--storage-path", str(storage), "--cache-dir", str(cache),
-                 "--max-fevals", "3", "--force-population-size", "3", "--task-search-path", str(TASK_DIR),
-                 "--allow-pickle", "--no-save-final-model", "--quiet", *extra])  # fmt: skip
+    return main(
+        [
+            "evolve",
+            str(inputs.genome),
+            "--storage-path",
+            str(storage),
+            "--cache-dir",
+            str(cache),
+            "--max-fevals",
+            "3",
+            "--force-population-size",
+            "3",
+            "--task-search-path",
+            str(TASK_DIR),
+            "--allow-pickle",
+            "--no-save-final-model",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def history(storage: Path) -> list[dict]:
@@ -466,7 +572,9 @@ def test_search_with_reshard_and_wandb(inputs, tmp_path, wandb_offline, ray_loca
     from mergefile.targets.evolve.reshard import INPUTS
 
     st, cache = tmp_path / "st", tmp_path / "cache"
-    assert evolve(inputs, st, cache, "--reshard", "--wandb", "--wandb-project", "evo-test") == 0, capsys.readouterr().err
+    assert evolve(inputs, st, cache, "--reshard", "--wandb", "--wandb-project", "evo-test") == 0, (
+        capsys.readouterr().err
+    )
     lines = history(st)
     assert [h["n"] for h in lines] == [1, 2, 3] and all(h["score"] is not None for h in lines)
     assert len(list((st / INPUTS).iterdir())) == 3
@@ -494,6 +602,7 @@ def test_search_with_reshard_and_wandb(inputs, tmp_path, wandb_offline, ray_loca
     again = history(plain)
     assert not (plain / INPUTS).exists()
     assert all(h["cached"] for h in again)
+
     def by_member(hs):  # results arrive in any order from two workers
         return {(h["generation"], h["member"]): (h["key"], h["score"]) for h in hs}
 
@@ -513,7 +622,10 @@ def test_merge_cuda_search_matches_cpu_merges(inputs, tmp_path, ray_local):
 
     config = load_genome_yaml(inputs.genome)
     target = _candidates(config, inputs.genome)[1]
-    with Store(tmp_path / "c-cpu") as s_cpu, Store(tmp_path / "c-gpu") as s_gpu:  # own caches: keys leave out the device
+    with (
+        Store(tmp_path / "c-cpu") as s_cpu,
+        Store(tmp_path / "c-gpu") as s_gpu,
+    ):  # own caches: keys leave out the device
         cpu = read_tensors(build_candidate(config, target, tmp_path / "cpu", s_cpu, build_options("cpu", True)))
         gpu_ = read_tensors(build_candidate(config, target, tmp_path / "gpu", s_gpu, build_options("cuda", True)))
     assert cpu.keys() == gpu_.keys() and all(torch.allclose(cpu[k], gpu_[k], atol=1e-5) for k in cpu)

@@ -31,9 +31,22 @@ def evo(tmp_path_factory, ray_local):
 
 
 def evolve(evo, storage: str, cache: str, budget: int = BUDGET, *extra: str) -> int:
-    argv = ["evolve", str(evo.genome), "--storage-path", str(evo.root / storage), "--cache-dir", str(evo.root / cache),
-            "--max-fevals", str(budget), "--force-population-size", str(POP), "--task-search-path", str(TASK_DIR),
-            "--quiet", *extra]  # fmt: skip
+    argv = [
+        "evolve",
+        str(evo.genome),
+        "--storage-path",
+        str(evo.root / storage),
+        "--cache-dir",
+        str(evo.root / cache),
+        "--max-fevals",
+        str(budget),
+        "--force-population-size",
+        str(POP),
+        "--task-search-path",
+        str(TASK_DIR),
+        "--quiet",
+        *extra,
+    ]
     return main(argv)
 
 
@@ -133,9 +146,9 @@ def test_evolve_target_in_a_mergefile(evo, reference, tmp_path, capsys):
     """The Mergefile spelling: built through the score cache (no evaluation), then up to date."""
     m = evo.models
     (tmp_path / "Mergefile").write_text(f"""
-model base = "{m['base']}"
-model a = "{m['a']}"
-model b = "{m['b']}"
+model base = "{m["base"]}"
+model a = "{m["a"]}"
+model b = "{m["b"]}"
 
 out/best: evolve(ties, base=base, models=[a, b]) {{
     layer_granularity = 2

@@ -53,7 +53,7 @@ def deltas_error(adapter: dict, base: dict, ft: dict) -> float:
     for k in adapter:
         if not k.endswith(".lora_A.weight"):
             continue
-        module = k[len(PREFIX):-len(".lora_A.weight")]
+        module = k[len(PREFIX) : -len(".lora_A.weight")]
         a, b = adapter[k], adapter[k.replace("lora_A", "lora_B")]
         delta = ft[module + ".weight"] - base[module + ".weight"]
         worst = max(worst, ((b @ a - delta).norm() / delta.norm()).item())
@@ -66,12 +66,24 @@ def test_full_rank_adapter_reproduces_the_finetune(tiny_models, work, capsys):
     r = cli_json(d, cache=cache, capsys=capsys)
     assert r["exit"] == 0 and r["targets"][0]["built"]
     out = d / "out/l"
-    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "mergebuild.json"} <= {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "mergebuild.json"} <= {
+        p.name for p in out.iterdir()
+    }
     assert not (out / "config.json").exists() and not list(out.glob("model*.safetensors"))
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == cfg["lora_alpha"] == 32
-    assert set(cfg["rank_pattern"].values()) == {16} and all(m.endswith(("k_proj", "v_proj")) for m in cfg["rank_pattern"])
-    assert sorted(cfg["target_modules"]) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert set(cfg["rank_pattern"].values()) == {16} and all(
+        m.endswith(("k_proj", "v_proj")) for m in cfg["rank_pattern"]
+    )
+    assert sorted(cfg["target_modules"]) == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
     assert {"embed_tokens", "lm_head"} <= set(cfg["modules_to_save"])
     adapter = read_tensors(out)
     assert adapter[PREFIX + "lm_head.weight"].equal(read_model(tiny_models["a"])["lm_head.weight"])
@@ -101,7 +113,11 @@ def test_error_falls_as_rank_rises(tiny_models, work, capsys):
 def test_tied_embeddings(tied_models, work, capsys):
     """No lm_head tensor in either model: no KeyError (#484), no empty output (#447), head tied."""
     d, cache = work
-    mergefile_for(d, tied_models, "out/l: lora(finetuned=ft, base=base, rank=32)\nout/e: lora(finetuned=ft, base=base, rank=32, embed_lora=true)")
+    mergefile_for(
+        d,
+        tied_models,
+        "out/l: lora(finetuned=ft, base=base, rank=32)\nout/e: lora(finetuned=ft, base=base, rank=32, embed_lora=true)",
+    )
     r = cli_json(d, "out/l", "out/e", cache=cache, capsys=capsys)
     assert r["exit"] == 0
     target = logits(load(tied_models["ft"]))
@@ -126,7 +142,9 @@ def test_editing_one_modules_rank_recomputes_only_that_module(tiny_models, work,
     mergefile_for(d, tiny_models, "out/l: lora(finetuned=a, base=base, rank=4)")
     first = cli_json(d, cache=cache, capsys=capsys)["targets"][0]
     assert first["stage_misses"] == 28  # one SVD per linear module (7 per layer x 4), shared by A and B
-    mergefile_for(d, tiny_models, "out/l: lora(finetuned=a, base=base, rank=4) {\n  rank[layers.1.self_attn.q_proj] = 2\n}")
+    mergefile_for(
+        d, tiny_models, "out/l: lora(finetuned=a, base=base, rank=4) {\n  rank[layers.1.self_attn.q_proj] = 2\n}"
+    )
     r = cli_json(d, cache=cache, capsys=capsys)["targets"][0]
     module = PREFIX + "model.layers.1.self_attn.q_proj"
     assert sorted(r["to_compute"]) == [module + ".lora_A.weight", module + ".lora_B.weight"]
@@ -145,7 +163,9 @@ def test_sv_epsilon_cuts_ranks_from_the_singular_values(tiny_models, work, capsy
     assert cli(d, cache=cache) == 0
     adapter = read_tensors(d / "out/l")
     cfg = json.loads((d / "out/l/adapter_config.json").read_text())
-    ranks = {k[len(PREFIX):-len(".lora_A.weight")]: v.shape[0] for k, v in adapter.items() if k.endswith(".lora_A.weight")}
+    ranks = {
+        k[len(PREFIX) : -len(".lora_A.weight")]: v.shape[0] for k, v in adapter.items() if k.endswith(".lora_A.weight")
+    }
     assert cfg["r"] == max(ranks.values()) and 1 <= min(ranks.values()) < cfg["r"] <= 32
     assert cfg["rank_pattern"] == {m: k for m, k in ranks.items() if k != cfg["r"]}
     peft_load(tiny_models["base"], d / "out/l")  # shapes and config agree
@@ -163,7 +183,9 @@ out/l: lora(finetuned=a, base=base, rank=8, exclude_regex=["mlp"], save_modules=
     adapter = read_tensors(d / "out/l")
     assert not any("mlp" in k for k in adapter)
     assert cfg["modules_to_save"] == ["model.layers.0.self_attn.o_proj"]  # a full name: 'o_proj' would take all
-    assert PREFIX + "model.layers.0.self_attn.o_proj.weight" in adapter and not any("norm" in k or "embed" in k for k in adapter)
+    assert PREFIX + "model.layers.0.self_attn.o_proj.weight" in adapter and not any(
+        "norm" in k or "embed" in k for k in adapter
+    )
     assert "model.layers.1.self_attn.o_proj" in cfg["target_modules"] and "q_proj" not in cfg["target_modules"]
     a = adapter[PREFIX + "model.layers.1.self_attn.q_proj.lora_A.weight"]
     b = adapter[PREFIX + "model.layers.1.self_attn.q_proj.lora_B.weight"]
@@ -205,8 +227,21 @@ def test_extract_lora_verb_builds_the_same_adapter(tiny_models, work, capsys):
     d, cache = work
     mergefile_for(d, tiny_models, "out/l: lora(finetuned=a, base=base, rank=4) {\n  rank[q_proj] = 2\n}")
     assert cli(d, cache=cache) == 0
-    args = ["extract-lora", str(tiny_models["a"]), str(tiny_models["base"]), "out/v", "--rank", "4",
-            "--rank-pattern", "q_proj=2", "-C", str(d), "--cache-dir", str(cache), "--json"]
+    args = [
+        "extract-lora",
+        str(tiny_models["a"]),
+        str(tiny_models["base"]),
+        "out/v",
+        "--rank",
+        "4",
+        "--rank-pattern",
+        "q_proj=2",
+        "-C",
+        str(d),
+        "--cache-dir",
+        str(cache),
+        "--json",
+    ]
     capsys.readouterr()
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)["targets"][0]
@@ -215,8 +250,10 @@ def test_extract_lora_verb_builds_the_same_adapter(tiny_models, work, capsys):
     assert sorted(a) == sorted(v) and all(a[k].equal(v[k]) for k in a)
     assert main([*args, "--rank-pattern", "layers.2.mlp.up_proj=1"]) == 0
     report = json.loads(capsys.readouterr().out)["targets"][0]
-    assert sorted(report["to_compute"]) == [PREFIX + "model.layers.2.mlp.up_proj.lora_A.weight",
-                                            PREFIX + "model.layers.2.mlp.up_proj.lora_B.weight"]
+    assert sorted(report["to_compute"]) == [
+        PREFIX + "model.layers.2.mlp.up_proj.lora_A.weight",
+        PREFIX + "model.layers.2.mlp.up_proj.lora_B.weight",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -224,7 +261,7 @@ def test_extract_lora_verb_builds_the_same_adapter(tiny_models, work, capsys):
     [
         ("out/l: lora(finetuned=a, base=base, rnak=4)", "did you mean 'rank'"),
         ("out/l: lora(base=base, rank=4)", "needs finetuned=MODEL"),
-        ("out/l: lora(finetuned=a, base=base, exclude_regex=[\".\"])", "no LoRA module"),
+        ('out/l: lora(finetuned=a, base=base, exclude_regex=["."])', "no LoRA module"),
         ("out/l: lora(finetuned=a, base=base) { a weight=1 }", "takes no model lines"),
         ("out/l: lora(finetuned=a, base=base, sv_epsilon=true)", "must be a number"),
         ("out/l: lora(finetuned=a, base=base) { dtype[q_proj] = float16 }", "takes no [filter]"),

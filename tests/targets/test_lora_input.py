@@ -24,8 +24,13 @@ def adapter(tiny_models, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapter")
     torch.manual_seed(7)
     model = AutoModelForCausalLM.from_pretrained(tiny_models["base"])
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False,
-                        modules_to_save=["lm_head"])
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "up_proj"],
+        init_lora_weights=False,
+        modules_to_save=["lm_head"],
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations inside peft
         peft_model = get_peft_model(model, config)
@@ -48,11 +53,16 @@ def mergefile(d: Path, tiny_models, adapter, body: str) -> None:
 
 def test_merge_with_a_lora_input_equals_the_merge_of_peft_merged_model(tiny_models, adapter, tmp_path, capsys):
     d, cache = tmp_path / "w", tmp_path / "cache"
-    mergefile(d, tiny_models, adapter, """
+    mergefile(
+        d,
+        tiny_models,
+        adapter,
+        """
 out/x: linear { ml weight=0.5 ; b weight=0.5 }
 out/y: linear { peft_merged weight=0.5 ; b weight=0.5 }
 out/id: linear { ml weight=1 }
-""")
+""",
+    )
     assert cli(d, "out/x", "out/y", "out/id", cache=cache) == 0
     x, y = read_tensors(d / "out/x"), read_tensors(d / "out/y")
     assert sorted(x) == sorted(y)
@@ -65,7 +75,9 @@ out/id: linear { ml weight=1 }
 
 def test_the_merged_input_is_cached(tiny_models, adapter, tmp_path, capsys, monkeypatch):
     d, cache = tmp_path / "w", tmp_path / "cache"
-    mergefile(d, tiny_models, adapter, "out/x: linear { ml weight=0.5 ; a weight=0.5 }\nout/p: linear { base weight=1 }")
+    mergefile(
+        d, tiny_models, adapter, "out/x: linear { ml weight=0.5 ; a weight=0.5 }\nout/p: linear { base weight=1 }"
+    )
     merges, real = [], lora_input.LoraApplied._merge_into
 
     def counted(self, blobs):
@@ -82,7 +94,12 @@ def test_the_merged_input_is_cached(tiny_models, adapter, tmp_path, capsys, monk
     q = "model.layers.0.self_attn.q_proj.weight"
     assert man_x[q]["recipe"]["inputs"][0] != man_p[q]["recipe"]["inputs"][0]
     # another recipe over the same input: recomputed merges, but no adapter math
-    mergefile(d, tiny_models, adapter, "out/x: linear { ml weight=0.7 ; a weight=0.3 }\nout/z: linear { ml weight=0.2 ; b weight=0.8 }")
+    mergefile(
+        d,
+        tiny_models,
+        adapter,
+        "out/x: linear { ml weight=0.7 ; a weight=0.3 }\nout/z: linear { ml weight=0.2 ; b weight=0.8 }",
+    )
     r = cli_json(d, "out/x", "out/z", cache=cache, capsys=capsys)
     assert r["exit"] == 0 and all(t["computed"] > 0 for t in r["targets"])
     assert len(merges) == 1

@@ -74,7 +74,12 @@ def test_mixtral_from_llama_experts(tiny_models, work, capsys):
     out_dir = d / "out/moe"
     model = load_checked(out_dir, "MixtralForCausalLM")
     cfg = json.loads((out_dir / "config.json").read_text())
-    assert (cfg["model_type"], cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["intermediate_size"]) == ("mixtral", 3, 2, 64)
+    assert (cfg["model_type"], cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["intermediate_size"]) == (
+        "mixtral",
+        3,
+        2,
+        64,
+    )
     assert model.config.num_local_experts == 3
     out, base = read_tensors(out_dir), read_model(tiny_models["base"])
     experts = [read_model(tiny_models[n]) for n in "abc"]
@@ -87,9 +92,14 @@ def test_mixtral_from_llama_experts(tiny_models, work, capsys):
             torch.testing.assert_close(out[f"{mlp}.experts.down_proj"][e], ex[f"{mlp}.down_proj.weight"] * scale)
         assert out[f"model.layers.{i}.self_attn.q_proj.weight"].equal(base[f"model.layers.{i}.self_attn.q_proj.weight"])
     assert out["model.embed_tokens.weight"].equal(base["model.embed_tokens.weight"])
-    want = torch.stack([hidden_gates(tiny_models["base"], ["solve the math", "prove it"], ["hello"]),
-                        hidden_gates(tiny_models["base"], ["def class", "return value"]),
-                        hidden_gates(tiny_models["base"], ["hello there", "thanks"])], dim=1)
+    want = torch.stack(
+        [
+            hidden_gates(tiny_models["base"], ["solve the math", "prove it"], ["hello"]),
+            hidden_gates(tiny_models["base"], ["def class", "return value"]),
+            hidden_gates(tiny_models["base"], ["hello there", "thanks"]),
+        ],
+        dim=1,
+    )
     assert routers(out, 4).equal(want.to(out["model.layers.0.mlp.gate.weight"].dtype))
     assert "experts:" in (out_dir / "mergekit_moe_config.yml").read_text()
 
@@ -112,7 +122,9 @@ out/moe: moe(base=base, architecture=qwen2_moe, experts_per_token=1) {
     out, base, c = read_tensors(d / "out/moe"), read_model(qwen2_models["base"]), read_model(qwen2_models["c"])
     assert out["model.layers.1.self_attn.q_proj.bias"].equal(base["model.layers.1.self_attn.q_proj.bias"])
     assert out["model.layers.1.mlp.shared_expert.up_proj.weight"].equal(c["model.layers.1.mlp.up_proj.weight"])
-    torch.testing.assert_close(out["model.layers.1.mlp.shared_expert.down_proj.weight"], c["model.layers.1.mlp.down_proj.weight"] * 0.5)
+    torch.testing.assert_close(
+        out["model.layers.1.mlp.shared_expert.down_proj.weight"], c["model.layers.1.mlp.down_proj.weight"] * 0.5
+    )
     shared = routers(out, 2, "shared_expert_gate.weight")[:, 0]
     assert shared.equal(hidden_gates(qwen2_models["base"], ["hello there"]).to(shared.dtype))
 
@@ -131,7 +143,12 @@ out/moe: moe(base=base, gate_mode=cheap_embed) {
     assert cli(d, cache=cache) == 0
     load_checked(d / "out/moe", "Qwen3MoeForCausalLM")
     cfg = json.loads((d / "out/moe/config.json").read_text())
-    assert (cfg["model_type"], cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"]) == ("qwen3_moe", 2, 2, 64)
+    assert (cfg["model_type"], cfg["num_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"]) == (
+        "qwen3_moe",
+        2,
+        2,
+        64,
+    )
     out, base = read_tensors(d / "out/moe"), read_model(qwen3_models["base"])
     assert out["model.layers.0.self_attn.q_norm.weight"].equal(base["model.layers.0.self_attn.q_norm.weight"])
     tok, emb = AutoTokenizer.from_pretrained(qwen3_models["base"]), base["model.embed_tokens.weight"]
@@ -217,14 +234,23 @@ experts:
 @pytest.mark.parametrize(
     "body, message",
     [
-        ("out/m: moe(base=base, experts_per_token=3) { a prompts=[\"x\"] ; b prompts=[\"y\"] }", "between 1 and the number"),
-        ("out/m: moe(base=base) { a prompts=[\"x\"] ; b }", "needs prompts"),
-        ("out/m: moe(base=base) { a prompts=[\"x\"] ; b prompts=[\"x\"] }", "same prompts"),
-        ("out/m: moe(base=base) { a prompts=[\"x\"] ; a prompts=[\"y\"] }", "allow_identical_experts"),  # random gates: built, see test_mergekit_paths
-        ("out/m: moe(base=base, architecture=qwen3) { a prompts=[\"x\"] ; b prompts=[\"y\"] }", "takes qwen3"),
-        ("out/m: moe(base=base, architecture=mixtral) { a prompts=[\"x\"] ; b prompts=[\"y\"] ; c shared=true }", "needs exactly 0"),
-        ("out/m: moe(base=base, gate_mode=hiden) { a prompts=[\"x\"] }", "unknown gate_mode"),
-        ("out/m: moe(base=base) { a prompt=[\"x\"] }", "did you mean 'prompts'"),
+        (
+            'out/m: moe(base=base, experts_per_token=3) { a prompts=["x"] ; b prompts=["y"] }',
+            "between 1 and the number",
+        ),
+        ('out/m: moe(base=base) { a prompts=["x"] ; b }', "needs prompts"),
+        ('out/m: moe(base=base) { a prompts=["x"] ; b prompts=["x"] }', "same prompts"),
+        (
+            'out/m: moe(base=base) { a prompts=["x"] ; a prompts=["y"] }',
+            "allow_identical_experts",
+        ),  # random gates: built, see test_mergekit_paths
+        ('out/m: moe(base=base, architecture=qwen3) { a prompts=["x"] ; b prompts=["y"] }', "takes qwen3"),
+        (
+            'out/m: moe(base=base, architecture=mixtral) { a prompts=["x"] ; b prompts=["y"] ; c shared=true }',
+            "needs exactly 0",
+        ),
+        ('out/m: moe(base=base, gate_mode=hiden) { a prompts=["x"] }', "unknown gate_mode"),
+        ('out/m: moe(base=base) { a prompt=["x"] }', "did you mean 'prompts'"),
         ("out/m: moe(gate_mode=random) { a }", "needs base=MODEL"),
     ],
 )

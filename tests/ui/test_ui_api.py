@@ -10,11 +10,10 @@ import os
 import time
 from pathlib import Path
 
-from tests.ui.ui_support import Client, copy_demo, write_search
-
 from mergefile.cli.main import main as cli_main
 from mergefile.store.lock import output_lock
 from mergefile.store.log import BuildLog
+from tests.ui.ui_support import Client, copy_demo, write_search
 
 
 def cli(*argv: str) -> tuple[int, str, str]:
@@ -68,8 +67,13 @@ def test_index_turns_the_token_into_a_strict_cookie(client: Client):
 
 def test_only_the_pages_own_files_are_served(client: Client):
     assert client.request("/static/app.js")[0] == 200
-    for path in ("/static/..%2f..%2fpyproject.toml", "/static/session.py", "/static/%2e%2e%2fapp.py", "/Mergefile",
-                 "/api/../pyproject.toml"):
+    for path in (
+        "/static/..%2f..%2fpyproject.toml",
+        "/static/session.py",
+        "/static/%2e%2e%2fapp.py",
+        "/Mergefile",
+        "/api/../pyproject.toml",
+    ):
         assert client.request(path)[0] == 404, path
 
 
@@ -78,8 +82,11 @@ def test_graph_shows_every_target_state_and_the_clis_explanation(client: Client,
     assert code == 200 and r["text"] == (demo / "Mergefile").read_text()
     view = r["view"]
     assert view["ok"]
-    assert {t["name"]: t["state"] for t in view["targets"]} == {"out/math-code": "stale", "out/final": "stale",
-                                                                 "out/frank": "stale"}
+    assert {t["name"]: t["state"] for t in view["targets"]} == {
+        "out/math-code": "stale",
+        "out/final": "stale",
+        "out/frank": "stale",
+    }
     assert {m["name"] for m in view["models"]} == {"base", "math", "code", "chat"}
     assert view["groups"] == [{"id": "group:all", "name": "all"}]
     assert ["model:" + str((demo / "models" / "base").resolve()), "target:out/math-code", "base"] in view["edges"]
@@ -139,7 +146,10 @@ def test_a_page_build_gives_the_clis_files_and_its_timings(client: Client, demo:
     b = wait_build(client, r["build"]["id"])
     assert b["state"] == "done", b
     assert {t: (p["done"], p["total"]) for t, p in b["progress"].items()} == {
-        "out/math-code": (39, 39), "out/final": (39, 39), "out/frank": (57, 57)}
+        "out/math-code": (39, 39),
+        "out/final": (39, 39),
+        "out/frank": (57, 57),
+    }
     assert any(line.startswith("out/final: built — 39 computed") for line in b["lines"])
     other = copy_demo(tmp_path / "cli", demo_models).parent
     assert cli("-C", str(other), "--quiet")[0] == 0
@@ -168,15 +178,19 @@ def test_a_build_held_by_another_process_is_refused_as_on_the_cli(client: Client
     with output_lock(demo / "out" / "frank"):
         code, r = client.request("/api/build", {"target": "all"})
         assert code == 409
-        assert r["error"] == (f"mergebuild: error: {demo / 'out' / 'frank'} is being built by another mergebuild "
-                              f"(pid {os.getpid()}) (wait for it to finish, or build another target)")
+        assert r["error"] == (
+            f"mergebuild: error: {demo / 'out' / 'frank'} is being built by another mergebuild "
+            f"(pid {os.getpid()}) (wait for it to finish, or build another target)"
+        )
         _, snap = client.request("/api/builds")
         assert snap["building"] == {"out/frank": os.getpid()}
         status, _, stderr = cli("-C", str(demo), "--no-wait", "--quiet", "out/frank")  # the CLI agrees
         assert status == 2 and "is being built by another mergebuild" in stderr
     _, snap = client.request("/api/builds")
     assert snap["building"] == {}
-    assert client.request("/api/build", {"target": "nope"})[1]["error"].startswith("mergebuild: error: unknown target 'nope'")
+    assert client.request("/api/build", {"target": "nope"})[1]["error"].startswith(
+        "mergebuild: error: unknown target 'nope'"
+    )
 
 
 def test_cancel_stops_a_build_and_leaves_the_output_untouched(client: Client, demo: Path):
@@ -287,7 +301,9 @@ def test_a_mergekit_config_is_seen_edited_and_built_as_with_config(demo: Path, t
         client = Client(srv)
         _, r = client.request("/api/recipe")
         assert r["config"] and [t["name"] for t in r["view"]["targets"]] == ["out/linear"]
-        _, view = client.request("/api/plan", {"text": YAML.replace("weight: 0.5\n  - model", "weight: [0.5\n  - model", 1)})
+        _, view = client.request(
+            "/api/plan", {"text": YAML.replace("weight: 0.5\n  - model", "weight: [0.5\n  - model", 1)}
+        )
         assert not view["ok"] and view["error"]["line"] == 6 and view["error"]["in_this_file"]
         code, b = client.request("/api/build", {"target": "out/linear"})
         assert wait_build(client, b["build"]["id"])["state"] == "done"

@@ -19,8 +19,16 @@ if CHROMIUM is None:
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 expect = sync_api.expect  # waits through Playwright's own script (the page's CSP forbids eval)
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +69,17 @@ def shot(page, tmp_path: Path, name: str) -> Path:
 
 
 def node_states(page) -> dict[str, str]:
-    return page.eval_on_selector_all(".node.target", "ns => Object.fromEntries(ns.map(n => [n.dataset.id, n.dataset.state]))")
+    return page.eval_on_selector_all(
+        ".node.target", "ns => Object.fromEntries(ns.map(n => [n.dataset.id, n.dataset.state]))"
+    )
 
 
 def test_graph_and_a_bad_edit(page, tmp_path: Path):
-    assert node_states(page) == {"target:out/math-code": "stale", "target:out/final": "stale", "target:out/frank": "stale"}
+    assert node_states(page) == {
+        "target:out/math-code": "stale",
+        "target:out/final": "stale",
+        "target:out/frank": "stale",
+    }
     assert page.locator(".node.model").count() == 4 and page.locator(".node.group").count() == 1
     assert "57/57 tensors (missing output)" in page.inner_text(".trow[data-target='out/frank']")
     assert page.inner_text("#summary") == "3 stale target(s), 135 stale tensor(s)"
@@ -157,8 +171,9 @@ def test_a_build_held_elsewhere_shows_up_live(page, server):
     with output_lock(demo / "out" / "frank"), BuildLog(server.session.cache_dir / "logs").start_run(argv) as run:
         run.record(target="out/frank", tensor="model.norm.weight", key="k1", status="computed", seconds=0.01)
         page.wait_for_selector(".node.target[data-id='target:out/frank'][data-state='building']")
-        expect(page.locator("#runs")).to_contain_text(f"running elsewhere: pid {os.getpid()} "
-                                                      f"(mergebuild {' '.join(argv)}) — out/frank: 1 tensor done")
+        expect(page.locator("#runs")).to_contain_text(
+            f"running elsewhere: pid {os.getpid()} (mergebuild {' '.join(argv)}) — out/frank: 1 tensor done"
+        )
         assert page.locator(".trow[data-target='out/frank'] button").is_disabled()
     page.wait_for_selector(".node.target[data-id='target:out/frank'][data-state='stale']")
     expect(page.locator("#runs")).to_have_text("")

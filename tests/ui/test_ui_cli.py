@@ -15,16 +15,20 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.ui.ui_support import Client
-
 from mergefile.cli.main import main as cli_main
+from tests.ui.ui_support import Client
 
 ENV = {**os.environ, "MERGEBUILD_SERVER": "off"}
 
 
 def test_ui_prints_its_url_serves_the_recipe_and_stops_on_ctrl_c(demo: Path):
-    proc = subprocess.Popen([sys.executable, "-m", "mergefile.cli.main", "ui", "-C", str(demo), "--no-browser"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergefile.cli.main", "ui", "-C", str(demo), "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         url = re.search(r"http://\S+", lines[1]).group(0)

@@ -26,8 +26,9 @@ class Client:
         self.srv = srv
         self.base = f"http://127.0.0.1:{srv.port}"
 
-    def request(self, path: str, body: dict | None = None, headers: dict | None = None,
-                token: str | None = "header") -> tuple[int, object]:
+    def request(
+        self, path: str, body: dict | None = None, headers: dict | None = None, token: str | None = "header"
+    ) -> tuple[int, object]:
         h = dict(headers or {})
         if token == "header":
             h["x-mergebuild-token"] = self.srv.token
@@ -54,13 +55,23 @@ def write_search(folder: Path, scores: list[float]) -> None:
     history = read_history(folder / "history.jsonl")
     best = max(history, key=lambda h: h["score"]) if history else None
     for i, score in enumerate(scores, start=len(history)):
-        line = {"n": i + 1, "generation": i // 2, "member": i % 2, "score": score, "results": {"t": {"acc,none": score}},
-                "params": {"math.weight": [0.1 * i, 0.5], "code.weight": [0.5, 1 - 0.1 * i]}, "key": f"k{i}"}
+        line = {
+            "n": i + 1,
+            "generation": i // 2,
+            "member": i % 2,
+            "score": score,
+            "results": {"t": {"acc,none": score}},
+            "params": {"math.weight": [0.1 * i, 0.5], "code.weight": [0.5, 1 - 0.1 * i]},
+            "key": f"k{i}",
+        }
         append_history(folder / "history.jsonl", line)
         if best is None or score > best["score"]:
             best = line
             write_text(folder / "best.json", json.dumps(best))
             genes = best["params"]
-            write_text(folder / "best.mf", f"# evaluation {best['n']}: score {score}\n"
-                       'model math = "models/math"\nmodel code = "models/code"\n\nfinal_model: linear {\n'
-                       f"    math weight={genes['math.weight']}\n    code weight={genes['code.weight']}\n}}\n")
+            write_text(
+                folder / "best.mf",
+                f"# evaluation {best['n']}: score {score}\n"
+                'model math = "models/math"\nmodel code = "models/code"\n\nfinal_model: linear {\n'
+                f"    math weight={genes['math.weight']}\n    code weight={genes['code.weight']}\n}}\n",
+            )

@@ -48,8 +48,7 @@ def _file_digest(path: str) -> str:
     return _FILE_DIGESTS[k]
 
 
-def build_options(device: str = "cpu", allow_pickle: bool = False, allow_crimes: bool = False,
-                  in_memory: bool = False):
+def build_options(device: str = "cpu", allow_pickle: bool = False, allow_crimes: bool = False, in_memory: bool = False):
     """Options of a candidate build: one job, on ``device``.
 
     On a GPU the inputs are read straight to it (as mergekit-evolve's ``--merge-cuda`` reads to
@@ -58,8 +57,13 @@ def build_options(device: str = "cpu", allow_pickle: bool = False, allow_crimes:
     """
     from mergefile.run.build import BuildOptions
 
-    return BuildOptions(jobs=1, device=device, allow_pickle=allow_pickle, allow_crimes=allow_crimes,
-                        read_to_device=device.startswith("cuda") and not in_memory)  # fmt: skip
+    return BuildOptions(
+        jobs=1,
+        device=device,
+        allow_pickle=allow_pickle,
+        allow_crimes=allow_crimes,
+        read_to_device=device.startswith("cuda") and not in_memory,
+    )
 
 
 def plan_candidate(config: EvolveConfig, target: Target, store, options) -> PlannedCandidate:

@@ -51,20 +51,45 @@ METHOD_PARAMS: dict[str, tuple[str, ...]] = {
 }
 NEEDS_BASE = ("task_arithmetic", "ties", "dare_ties")
 GENOME_KEYS = (
-    "models", "merge_method", "base_model", "tokenizer_source", "layer_granularity", "normalize",
-    "allow_negative_weights", "filters", "smooth", "dtype",
-)  # fmt: skip  ("dtype" is a mergebuild extension; mergekit always merges in bfloat16)
+    "models",
+    "merge_method",
+    "base_model",
+    "tokenizer_source",
+    "layer_granularity",
+    "normalize",
+    "allow_negative_weights",
+    "filters",
+    "smooth",
+    "dtype",
+)  # ("dtype" is a mergebuild extension; mergekit always merges in bfloat16)
 TOP_KEYS = (
-    "genome", "tasks", "limit", "num_fewshot", "shuffle", "random_init", "apply_chat_template",
+    "genome",
+    "tasks",
+    "limit",
+    "num_fewshot",
+    "shuffle",
+    "random_init",
+    "apply_chat_template",
     "fewshot_as_multiturn",
-)  # fmt: skip
+)
 TASK_KEYS = ("name", "weight", "metric")
 # Common benchmarks: optimizing against their test sets is refused unless explicitly allowed
 # (mergekit-evolve's --i-understand-the-depths-of-the-evils-i-am-unleashing).
 BENCHMARK_PREFIXES = (
-    "mmlu", "hendrycks", "agieval", "gsm8k", "hellaswag", "winogrande", "arc_", "ai2_arc",
-    "truthfulqa", "bigbench", "piqa", "openbookqa", "leaderboard",
-)  # fmt: skip
+    "mmlu",
+    "hendrycks",
+    "agieval",
+    "gsm8k",
+    "hellaswag",
+    "winogrande",
+    "arc_",
+    "ai2_arc",
+    "truthfulqa",
+    "bigbench",
+    "piqa",
+    "openbookqa",
+    "leaderboard",
+)
 _NAME = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -138,7 +163,8 @@ class EvolveConfig:
             "refs": [_ref_text(r) for _, r in g.models],
             "base": _ref_text(g.base_model[1]) if g.base_model else None,
             "method": g.merge_method,
-            "tokenizer_source": _ref_text(g.tokenizer_source[1]) if isinstance(g.tokenizer_source, tuple)
+            "tokenizer_source": _ref_text(g.tokenizer_source[1])
+            if isinstance(g.tokenizer_source, tuple)
             else (g.tokenizer_source.name if isinstance(g.tokenizer_source, Sym) else None),
             "layer_granularity": g.layer_granularity,
             "normalize": g.normalize,
@@ -206,11 +232,14 @@ def check_benchmarks(config: EvolveConfig, allow: bool) -> list[str]:
     for task in config.tasks:
         if task.name.endswith("_train") or not task.name.startswith(BENCHMARK_PREFIXES):
             continue
-        text = (f"task '{task.name}' is a common benchmark: optimizing a merge against its test set "
-                "games the benchmark")  # fmt: skip
+        text = f"task '{task.name}' is a common benchmark: optimizing a merge against its test set games the benchmark"
         if not allow:
-            raise ConfigError(text, None, "use a task of your own (--task-search-path), or pass "
-                              "--i-understand-the-depths-of-the-evils-i-am-unleashing")  # fmt: skip
+            raise ConfigError(
+                text,
+                None,
+                "use a task of your own (--task-search-path), or pass "
+                "--i-understand-the-depths-of-the-evils-i-am-unleashing",
+            )
         warnings.append(text)
     return warnings
 
@@ -403,7 +432,7 @@ def _tasks_from_yaml(tasks: Any, loc: Loc) -> tuple[TaskSpec, ...]:
         weight = _number(t.get("weight", 1.0), "weight", loc)
         metric = t.get("metric", "acc,none")
         if not isinstance(metric, str):
-            raise ConfigError(f"task metric must be a string like \"acc,none\", got {metric!r}", loc)
+            raise ConfigError(f'task metric must be a string like "acc,none", got {metric!r}', loc)
         out.append(TaskSpec(t["name"], float(1.0 if weight is None else weight), metric))
     return tuple(out)
 
@@ -417,9 +446,15 @@ def genome_yaml_text(config: EvolveConfig) -> str:
     if g.base_model:
         genome["base_model"] = _ref_text(g.base_model[1])
     if g.tokenizer_source is not None:
-        genome["tokenizer_source"] = g.tokenizer_source.name if isinstance(g.tokenizer_source, Sym) else _ref_text(g.tokenizer_source[1])
-    genome.update(layer_granularity=g.layer_granularity, normalize=g.normalize,
-                  allow_negative_weights=g.allow_negative_weights, smooth=g.smooth)
+        genome["tokenizer_source"] = (
+            g.tokenizer_source.name if isinstance(g.tokenizer_source, Sym) else _ref_text(g.tokenizer_source[1])
+        )
+    genome.update(
+        layer_granularity=g.layer_granularity,
+        normalize=g.normalize,
+        allow_negative_weights=g.allow_negative_weights,
+        smooth=g.smooth,
+    )
     if g.filters:
         genome["filters"] = list(g.filters)
     if g.dtype != "bfloat16":
@@ -427,9 +462,11 @@ def genome_yaml_text(config: EvolveConfig) -> str:
     data = {
         "genome": genome,
         "tasks": [{"name": t.name, "weight": t.weight, "metric": t.metric} for t in config.tasks],
-        "limit": config.limit, "num_fewshot": config.num_fewshot, "shuffle": config.shuffle,
-        "random_init": config.random_init, "apply_chat_template": config.apply_chat_template,
+        "limit": config.limit,
+        "num_fewshot": config.num_fewshot,
+        "shuffle": config.shuffle,
+        "random_init": config.random_init,
+        "apply_chat_template": config.apply_chat_template,
         "fewshot_as_multiturn": config.fewshot_as_multiturn,
-    }  # fmt: skip
+    }
     return yaml.safe_dump(data, sort_keys=False)
-

@@ -52,8 +52,9 @@ class Genome:
         if g > 0 and self.num_layers % g:
             raise ConfigError(
                 f"layer_granularity {g} does not divide the models' {self.num_layers} layers",
-                None, "choose a divisor of the layer count, or 0 for one group",
-            )  # fmt: skip
+                None,
+                "choose a divisor of the layer count, or 0 for one group",
+            )
 
     @property
     def groups(self) -> int:
@@ -101,7 +102,9 @@ class Genome:
         """Readable parameters for the history: ``model.param[filter]`` -> value per layer group."""
         d = self.definition
         if d.merge_method == "slerp":
-            return {f"group{gi}": self._slerp_choice(np.asarray(x).reshape(self.shape), gi)[2:] for gi in range(self.groups)}
+            return {
+                f"group{gi}": self._slerp_choice(np.asarray(x).reshape(self.shape), gi)[2:] for gi in range(self.groups)
+            }
         out = {}
         for name, arr in self.values(x).items():
             for mi, (model, _) in enumerate(d.models):
@@ -171,7 +174,9 @@ class Genome:
 
     def _smooth_sources(self, values) -> tuple[Source, ...]:
         d = self.definition
-        sources = [Source(Sym(m), None, self._model_params(values, slice(None), mi)) for mi, (m, _) in enumerate(d.models)]
+        sources = [
+            Source(Sym(m), None, self._model_params(values, slice(None), mi)) for mi, (m, _) in enumerate(d.models)
+        ]
         if self._needs_base_source():
             sources.append(Source(Sym(d.base_model[0])))
         return tuple(sources)

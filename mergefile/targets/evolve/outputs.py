@@ -119,8 +119,11 @@ def _used_models(target: Target) -> list[str]:
     sources = list(target.sources) + [s for sl in target.slices for s in sl.sources]
     refs = [s.ref for s in sources] + [p.value for p in target.params if p.name == "base"]
     refs += [p.value for sl in target.slices for p in sl.params if p.name == "base"]
-    refs += [p.value for p in target.params if p.name == "tokenizer_source"
-             and not (isinstance(p.value, Sym) and p.value.name in ("base", "union"))]  # fmt: skip
+    refs += [
+        p.value
+        for p in target.params
+        if p.name == "tokenizer_source" and not (isinstance(p.value, Sym) and p.value.name in ("base", "union"))
+    ]
     for r in refs:
         if isinstance(r, Sym) and r.name not in names:
             names.append(r.name)

@@ -39,13 +39,16 @@ def merge_device(device: str, merge_cuda: bool | None, cuda_available: bool) -> 
     if not merge_cuda:
         return "cpu"
     if not cuda_available:
-        raise UserError("--merge-cuda needs a CUDA device, and none is available",
-                        hint="merge on the CPU: leave --merge-cuda out (or pass --no-merge-cuda)")  # fmt: skip
+        raise UserError(
+            "--merge-cuda needs a CUDA device, and none is available",
+            hint="merge on the CPU: leave --merge-cuda out (or pass --no-merge-cuda)",
+        )
     return device if device.startswith("cuda") else "cuda"
 
 
-def quantization_problem(quantization: str | None, device: str, vllm: bool, cuda_available: bool,
-                         has_bitsandbytes: bool) -> str | None:
+def quantization_problem(
+    quantization: str | None, device: str, vllm: bool, cuda_available: bool, has_bitsandbytes: bool
+) -> str | None:
     """Why ``--load-in-8bit``/``--load-in-4bit`` cannot run here, or None when it can.
 
     bitsandbytes quantizes on load, for the hf backend, on a CUDA device.

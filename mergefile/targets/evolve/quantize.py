@@ -24,8 +24,12 @@ def bnb_config(quantization: str):
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     raise ValueError(f"unknown quantization {quantization!r}")
 
 
@@ -33,8 +37,11 @@ def quantized_linears(model) -> dict[str, Any]:
     """``parameter name -> module`` of every bitsandbytes linear layer's weight in ``model``."""
     import bitsandbytes as bnb
 
-    return {f"{name}.weight" if name else "weight": m for name, m in model.named_modules()
-            if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))}  # fmt: skip
+    return {
+        f"{name}.weight" if name else "weight": m
+        for name, m in model.named_modules()
+        if isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit))
+    }
 
 
 def _conv1d(module) -> bool:
@@ -64,13 +71,20 @@ def requantize(module, tensor) -> None:
     device = old.device
     value = (tensor.T if _conv1d(module) else tensor).detach()
     if isinstance(module, bnb.nn.Linear8bitLt):
-        module.weight = bnb.nn.Int8Params(value.to("cpu").contiguous(), requires_grad=False,
-                                          has_fp16_weights=False).to(device)  # fmt: skip
+        module.weight = bnb.nn.Int8Params(value.to("cpu").contiguous(), requires_grad=False, has_fp16_weights=False).to(
+            device
+        )
         module.state.CB = module.state.SCB = None  # the next forward takes them from the new weight
     elif isinstance(module, bnb.nn.Linear4bit):
-        new = bnb.nn.Params4bit(value.to(device).contiguous(), requires_grad=False,
-                                blocksize=old.blocksize, compress_statistics=old.compress_statistics,
-                                quant_type=old.quant_type, quant_storage=old.quant_storage, module=module)
+        new = bnb.nn.Params4bit(
+            value.to(device).contiguous(),
+            requires_grad=False,
+            blocksize=old.blocksize,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            quant_storage=old.quant_storage,
+            module=module,
+        )
         module.weight = new.to(device)
     else:  # pragma: no cover - quantized_linears only yields the two kinds
         raise TypeError(f"not a bitsandbytes linear layer: {type(module).__name__}")

@@ -55,8 +55,15 @@ def genome_model_names(config: EvolveConfig) -> list[str]:
     return names
 
 
-def reshard_config(config: EvolveConfig, storage: str | Path, *, allow_pickle: bool = False,
-                   allow_crimes: bool = False, convert_dir: str | None = None, message=None) -> EvolveConfig:
+def reshard_config(
+    config: EvolveConfig,
+    storage: str | Path,
+    *,
+    allow_pickle: bool = False,
+    allow_crimes: bool = False,
+    convert_dir: str | None = None,
+    message=None,
+) -> EvolveConfig:
     """``config`` with each input model declared at its copy in ``STORAGE/input_models``.
 
     Args:
@@ -75,8 +82,10 @@ def reshard_config(config: EvolveConfig, storage: str | Path, *, allow_pickle: b
     from mergefile.plan.planner import Planner
 
     root = Path(storage) / INPUTS
-    resolver = Planner(config.mergefile(), ResolveOptions(allow_pickle=allow_pickle, allow_crimes=allow_crimes,
-                                                          convert_dir=convert_dir)).resolver  # fmt: skip
+    resolver = Planner(
+        config.mergefile(),
+        ResolveOptions(allow_pickle=allow_pickle, allow_crimes=allow_crimes, convert_dir=convert_dir),
+    ).resolver
     decls = {s.name: s for s in config.statements if isinstance(s, ModelDecl)}
     copies: dict[str, ModelDecl] = {}
     for name in genome_model_names(config):
@@ -100,8 +109,9 @@ def _source_id(model: Any) -> str:
     for f in sorted({info.file for info in model.tensors.values()}):
         st = os.stat(f)
         files.append([os.path.realpath(f), st.st_size, st.st_mtime_ns])
-    return key_of("evolve-reshard", {"version": RESHARD_VERSION, "folder": os.path.realpath(model.path),
-                                     "files": files})[:16]  # fmt: skip
+    return key_of(
+        "evolve-reshard", {"version": RESHARD_VERSION, "folder": os.path.realpath(model.path), "files": files}
+    )[:16]
 
 
 def reshard_model(model: Any, name: str, root: Path) -> tuple[Path, bool]:
@@ -153,7 +163,7 @@ def _write_weights(model: Any, out: Path) -> None:
             if info.file not in maps:
                 f = open(info.file, "rb")
                 maps[info.file] = (f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-            return memoryview(maps[info.file][1])[info.begin:info.end]
+            return memoryview(maps[info.file][1])[info.begin : info.end]
 
         entries = [(i.name, i.dtype, tuple(i.shape), (lambda i=i: fetch(i))) for i in infos]
         write_safetensors(out, entries, {"format": "pt"})

@@ -230,8 +230,11 @@ class Scorer:
         self.calls += 1
         out = {}
         for task, metrics in res["results"].items():
-            out[task] = {k: float(v) for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}  # fmt: skip
+            out[task] = {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+            }
         return out
 
     def score_folder(self, folder: str | Path) -> dict[str, dict[str, float]]:
@@ -252,12 +255,22 @@ class Scorer:
                 from lm_eval.models.vllm_causallms import VLLM
             except ImportError:
                 raise UserError("--vllm needs vLLM: pip install 'mergebuild[vllm]'") from None
-            return VLLM(pretrained=str(folder), batch_size=spec.hf_batch_size, device=spec.device,
-                        trust_remote_code=spec.trust_remote_code, gpu_memory_utilization=0.8)  # fmt: skip
+            return VLLM(
+                pretrained=str(folder),
+                batch_size=spec.hf_batch_size,
+                device=spec.device,
+                trust_remote_code=spec.trust_remote_code,
+                gpu_memory_utilization=0.8,
+            )
         from lm_eval.models.huggingface import HFLM
 
-        return HFLM(pretrained=str(folder), device=spec.device, batch_size=spec.hf_batch_size,
-                    dtype="auto", trust_remote_code=spec.trust_remote_code)  # fmt: skip
+        return HFLM(
+            pretrained=str(folder),
+            device=spec.device,
+            batch_size=spec.hf_batch_size,
+            dtype="auto",
+            trust_remote_code=spec.trust_remote_code,
+        )
 
     def _quantized_lm(self, folder: str | Path):
         """The folder's model loaded with bitsandbytes, wrapped in ``HFLM`` (which cannot take a
@@ -276,8 +289,13 @@ def load_quantized(auto_class, folder: str | Path, dtype, spec: ScoreSpec):
     from mergefile.targets.evolve.quantize import bnb_config
 
     index = spec.device.partition(":")[2] or "0"
-    model = auto_class.from_pretrained(str(folder), dtype=dtype, quantization_config=bnb_config(spec.quantization),
-                                       device_map={"": f"cuda:{index}"}, trust_remote_code=spec.trust_remote_code)
+    model = auto_class.from_pretrained(
+        str(folder),
+        dtype=dtype,
+        quantization_config=bnb_config(spec.quantization),
+        device_map={"": f"cuda:{index}"},
+        trust_remote_code=spec.trust_remote_code,
+    )
     return model.eval().requires_grad_(False)
 
 
@@ -365,7 +383,9 @@ class Resident:
             self.model = load_quantized(AutoModelForCausalLM, template, dtype, spec)
             self._quantized = quantized_linears(self.model)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(template), dtype=dtype, trust_remote_code=spec.trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(template), dtype=dtype, trust_remote_code=spec.trust_remote_code
+            )
             self.model = model.to(device).eval().requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(str(template), trust_remote_code=spec.trust_remote_code)
         self.lm = HFLM(pretrained=self.model, tokenizer=tokenizer, batch_size=spec.hf_batch_size)
@@ -389,7 +409,9 @@ class Resident:
                 else:
                     p = self._params.get(name)
                     if p is None:
-                        raise UserError(f"--in-memory: the merged tensor '{name}' has no parameter in the resident model")
+                        raise UserError(
+                            f"--in-memory: the merged tensor '{name}' has no parameter in the resident model"
+                        )
                     _check_shape(name, tuple(t.shape), tuple(p.shape))
                     p.copy_(t)
                 seen.add(self._canonical.get(name, name))

@@ -68,13 +68,16 @@ def read_state(storage: str | Path) -> dict[str, Any] | None:
 
 def search_key(config: EvolveConfig, genome: Genome, options: EvolveOptions) -> str:
     """Identity of a search trajectory: same key, same candidates in the same order."""
-    return key_of("evolve-search", {
-        **config.search_payload(),
-        "num_layers": genome.num_layers,
-        "sigma0": options.sigma0,
-        "popsize": options.popsize,
-        "seed": options.random_seed,
-    })  # fmt: skip
+    return key_of(
+        "evolve-search",
+        {
+            **config.search_payload(),
+            "num_layers": genome.num_layers,
+            "sigma0": options.sigma0,
+            "popsize": options.popsize,
+            "seed": options.random_seed,
+        },
+    )
 
 
 def num_layers(config: EvolveConfig, options) -> int:
@@ -82,7 +85,9 @@ def num_layers(config: EvolveConfig, options) -> int:
     from mergefile.plan.inputs import ResolveOptions
     from mergefile.plan.planner import Planner
 
-    planner = Planner(config.mergefile(), ResolveOptions(allow_pickle=options.allow_pickle, allow_crimes=options.allow_crimes))
+    planner = Planner(
+        config.mergefile(), ResolveOptions(allow_pickle=options.allow_pickle, allow_crimes=options.allow_crimes)
+    )
     name, _ = config.genome.models[0]
     return planner.resolver.resolve(Sym(name)).get_layout().num_layers
 
@@ -90,26 +95,41 @@ def num_layers(config: EvolveConfig, options) -> int:
 class _Search:
     """One run over a storage path: resume, loop, finish."""
 
-    def __init__(self, config: EvolveConfig, options: EvolveOptions, store, progress: SearchProgress, start_ray=None,
-                 merge_device: str | None = None):
+    def __init__(
+        self,
+        config: EvolveConfig,
+        options: EvolveOptions,
+        store,
+        progress: SearchProgress,
+        start_ray=None,
+        merge_device: str | None = None,
+    ):
         self.config, self.options, self.store, self.progress = config, options, store, progress
         self.eval_config = config  # what candidates are planned from: the inputs' copies with --reshard
         self.start_ray = start_ray
         self.storage = Path(options.storage_path).resolve()
         self.storage.mkdir(parents=True, exist_ok=True)
         self.merge_device = merge_device or options.device
-        self.build_options = build_options(self.merge_device, options.allow_pickle, options.allow_crimes,
-                                           in_memory=options.in_memory)  # fmt: skip
+        self.build_options = build_options(
+            self.merge_device, options.allow_pickle, options.allow_crimes, in_memory=options.in_memory
+        )
         self.genome = Genome(config.genome, num_layers(config, options))
         self.key = search_key(config, self.genome, options)
         self.score_spec = ScoreSpec(
-            tasks=config.tasks, limit=config.limit, num_fewshot=config.num_fewshot, shuffle=config.shuffle,
-            seed=options.random_seed, apply_chat_template=config.apply_chat_template,
+            tasks=config.tasks,
+            limit=config.limit,
+            num_fewshot=config.num_fewshot,
+            shuffle=config.shuffle,
+            seed=options.random_seed,
+            apply_chat_template=config.apply_chat_template,
             fewshot_as_multiturn=config.fewshot_as_multiturn,
             task_paths=tuple(str(Path(p).resolve()) for p in options.task_search_path),
-            batch_size=options.batch_size, device=options.device, vllm=options.vllm,
-            trust_remote_code=options.trust_remote_code, quantization=options.quantization,
-        )  # fmt: skip
+            batch_size=options.batch_size,
+            device=options.device,
+            vllm=options.vllm,
+            trust_remote_code=options.trust_remote_code,
+            quantization=options.quantization,
+        )
         self.score_payload = self.score_spec.key_payload()
         self.history_path = self.storage / "history.jsonl"
         self.history = read_history(self.history_path)
@@ -126,11 +146,24 @@ class _Search:
         from mergefile.targets.evolve.tracking import WandbTracker
 
         o = self.options
-        run_config = {**self.config.search_payload(), "num_layers": self.genome.num_layers, "max_fevals": o.max_fevals,
-                      "sigma0": o.sigma0, "popsize": o.popsize, "random_seed": o.random_seed, "strategy": o.strategy,
-                      "in_memory": o.in_memory, "vllm": o.vllm, "batch_size": self.score_spec.hf_batch_size,
-                      "device": o.device, "merge_device": self.merge_device, "quantization": o.quantization,
-                      "reshard": o.reshard, "storage_path": str(self.storage), "search_key": self.key}  # fmt: skip
+        run_config = {
+            **self.config.search_payload(),
+            "num_layers": self.genome.num_layers,
+            "max_fevals": o.max_fevals,
+            "sigma0": o.sigma0,
+            "popsize": o.popsize,
+            "random_seed": o.random_seed,
+            "strategy": o.strategy,
+            "in_memory": o.in_memory,
+            "vllm": o.vllm,
+            "batch_size": self.score_spec.hf_batch_size,
+            "device": o.device,
+            "merge_device": self.merge_device,
+            "quantization": o.quantization,
+            "reshard": o.reshard,
+            "storage_path": str(self.storage),
+            "search_key": self.key,
+        }
         return WandbTracker(self.storage, run_config, o.wandb_project, o.wandb_entity)
 
     def _reshard(self) -> None:
@@ -138,9 +171,13 @@ class _Search:
         from mergefile.targets.evolve.reshard import reshard_config
 
         self.eval_config = reshard_config(
-            self.config, self.storage, allow_pickle=self.options.allow_pickle, allow_crimes=self.options.allow_crimes,
-            convert_dir=str(Path(self.store.root) / "converted"), message=self.progress.message,
-        )  # fmt: skip
+            self.config,
+            self.storage,
+            allow_pickle=self.options.allow_pickle,
+            allow_crimes=self.options.allow_crimes,
+            convert_dir=str(Path(self.store.root) / "converted"),
+            message=self.progress.message,
+        )
 
     # -- checkpoint ---------------------------------------------------------------------------
     def _new_state(self) -> dict[str, Any]:
@@ -151,16 +188,29 @@ class _Search:
         rng = np.random.default_rng(seed) if self.config.random_init else None
         x0 = self.genome.initial(rng)
         opts = {
-            "randn": SeededNormal(seed), "seed": np.nan, "verbose": -9, "verb_log": 0, "verb_disp": 0,
+            "randn": SeededNormal(seed),
+            "seed": np.nan,
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
             # the budget stops the search: accuracy-like metrics are flat over small steps, and
             # CMA-ES's flat-fitness / tolerance tests would end it after a generation or two
-            "tolflatfitness": 10**9, "tolfun": 0, "tolfunhist": 0,
-        }  # fmt: skip
+            "tolflatfitness": 10**9,
+            "tolfun": 0,
+            "tolfunhist": 0,
+        }
         if self.options.popsize:
             opts["popsize"] = self.options.popsize
         es = cma.CMAEvolutionStrategy(x0, self.options.sigma0, opts)
-        return {"version": CHECKPOINT_VERSION, "key": self.key, "es": es, "generation": 0,
-                "pending": None, "pending_f": None, "stop": None}  # fmt: skip
+        return {
+            "version": CHECKPOINT_VERSION,
+            "key": self.key,
+            "es": es,
+            "generation": 0,
+            "pending": None,
+            "pending_f": None,
+            "stop": None,
+        }
 
     def load(self) -> dict[str, Any]:
         path = self.storage / "checkpoint.pkl"
@@ -175,8 +225,9 @@ class _Search:
         if state.get("version") != CHECKPOINT_VERSION or state.get("key") != self.key:
             raise UserError(
                 f"{self.storage} holds a search of a different genome, task set or CMA-ES setting",
-                None, "use another --storage-path (or delete that one) to start a new search",
-            )  # fmt: skip
+                None,
+                "use another --storage-path (or delete that one) to start a new search",
+            )
         self._reconcile(state)
         return state
 
@@ -196,11 +247,22 @@ class _Search:
             os.fsync(f.fileno())
         os.replace(tmp, self.storage / "checkpoint.pkl")
         best = self.best()
-        write_text(self.storage / "state.json", json.dumps({
-            "key": self.key, "evaluations": len(self.history), "generation": state["generation"],
-            "max_fevals": self.options.max_fevals, "stop": state["stop"],
-            "best_n": best["n"] if best else None, "best_score": best["score"] if best else None,
-        }, indent=2) + "\n")  # fmt: skip
+        write_text(
+            self.storage / "state.json",
+            json.dumps(
+                {
+                    "key": self.key,
+                    "evaluations": len(self.history),
+                    "generation": state["generation"],
+                    "max_fevals": self.options.max_fevals,
+                    "stop": state["stop"],
+                    "best_n": best["n"] if best else None,
+                    "best_score": best["score"] if best else None,
+                },
+                indent=2,
+            )
+            + "\n",
+        )
 
     # -- the loop -----------------------------------------------------------------------------
     def best(self) -> dict[str, Any] | None:
@@ -282,8 +344,10 @@ class _Search:
         for job, result in self._strategy().run([j for _, j, _ in jobs]):
             cached = False
             if "results" in result:
-                self.store.meta.set(SCORE_PREFIX + self._score_key(job.key),
-                                    {"results": result["results"], "seconds": result.get("eval_seconds")})
+                self.store.meta.set(
+                    SCORE_PREFIX + self._score_key(job.key),
+                    {"results": result["results"], "seconds": result.get("eval_seconds")},
+                )
                 self.scored += 1
             seconds = result.get("merge_seconds", 0.0) + result.get("eval_seconds", 0.0)
             self._record(state, job.n, by_member[job.n], job.key, result, cached=cached, seconds=seconds)
@@ -300,12 +364,20 @@ class _Search:
             except UserError as e:  # a metric the task does not report: no candidate can score
                 error, bad_config = e.render(), e
         line = {
-            "n": len(self.history) + 1, "generation": state["generation"], "member": member,
-            "key": key, "score": score, "results": result.get("results"), "cached": cached,
-            "seconds": round(seconds, 4), "merge_seconds": _round(result.get("merge_seconds")),
-            "eval_seconds": _round(result.get("eval_seconds")), "x": list(x),
-            "params": self.genome.describe(x), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }  # fmt: skip
+            "n": len(self.history) + 1,
+            "generation": state["generation"],
+            "member": member,
+            "key": key,
+            "score": score,
+            "results": result.get("results"),
+            "cached": cached,
+            "seconds": round(seconds, 4),
+            "merge_seconds": _round(result.get("merge_seconds")),
+            "eval_seconds": _round(result.get("eval_seconds")),
+            "x": list(x),
+            "params": self.genome.describe(x),
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         if result.get("pid") is not None:
             line["worker"] = result["pid"]
         if error:
@@ -332,15 +404,23 @@ class _Search:
                 self.start_ray()
             gpus = self._gpus()
             spec = WorkerSpec(
-                config=self.eval_config, score=self.score_spec, cache_dir=str(self.store.root),
-                cache_size=self.store.blobs.size_limit, storage=str(self.storage), in_memory=self.options.in_memory,
-                allow_pickle=self.options.allow_pickle, allow_crimes=self.options.allow_crimes, token=uuid.uuid4().hex,
+                config=self.eval_config,
+                score=self.score_spec,
+                cache_dir=str(self.store.root),
+                cache_size=self.store.blobs.size_limit,
+                storage=str(self.storage),
+                in_memory=self.options.in_memory,
+                allow_pickle=self.options.allow_pickle,
+                allow_crimes=self.options.allow_crimes,
+                token=uuid.uuid4().hex,
                 merge_device=self.merge_device,
-            )  # fmt: skip
+            )
             workers = self.options.workers or default_workers(gpus)
             self.strategy = make_strategy(self.options.strategy, spec, workers, gpus)
-            self.progress.message(f"evaluating on Ray: {self.options.strategy} strategy, {workers} worker(s)"
-                                  + (f", {gpus} GPU(s)" if gpus else ", CPU only"))  # fmt: skip
+            self.progress.message(
+                f"evaluating on Ray: {self.options.strategy} strategy, {workers} worker(s)"
+                + (f", {gpus} GPU(s)" if gpus else ", CPU only")
+            )
         return self.strategy
 
     def _gpus(self) -> int:
@@ -361,14 +441,17 @@ class _Search:
             f"Best candidate of the evolve search in {self.storage}",
             f"score {best['score']:.6g} ({tasks}), evaluation {best['n']}, candidate {best['key']}",
             "Rebuild it: mergebuild -f best.mf   (writes final_model/ beside this file)",
-        ]  # fmt: skip
+        ]
         write_text(self.storage / "best.mf", render_mergefile(self.config, target, header))
         write_text(self.storage / "best_config.yaml", render_mergekit(self.config, target))
         write_text(self.storage / "best.json", json.dumps(best, indent=2, sort_keys=True) + "\n")
 
     def _write_plot(self) -> None:
-        write_plot(self.storage / "plot.png", self.history, f"evolve: {self.config.genome.merge_method}, "
-                   f"{len(self.history)} evaluations")  # fmt: skip
+        write_plot(
+            self.storage / "plot.png",
+            self.history,
+            f"evolve: {self.config.genome.merge_method}, {len(self.history)} evaluations",
+        )
 
     def finish(self, stop: str) -> SearchResult:
         self._write_plot()
@@ -392,8 +475,9 @@ def _objective(line: dict[str, Any]) -> float:
     return FAILED if line.get("score") is None else -float(line["score"])
 
 
-def run_search(config: EvolveConfig, options: EvolveOptions, store, progress: SearchProgress | None = None,
-               start_ray=None) -> SearchResult:
+def run_search(
+    config: EvolveConfig, options: EvolveOptions, store, progress: SearchProgress | None = None, start_ray=None
+) -> SearchResult:
     """Run (or resume) the search; Ray is needed only if some candidate is not in the score cache.
 
     Args:

@@ -39,12 +39,49 @@ from mergefile.targets.evolve.config import METHOD_PARAMS, EvolveConfig, GenomeD
 __all__ = ["EVOLVE", "config_from_target", "expand_evolve_targets"]
 
 EVOLVE = "evolve"
-GENOME_PARAMS = ("method", "base", "models", "tokenizer_source", "layer_granularity", "normalize",
-                 "allow_negative_weights", "smooth", "filters", "dtype")  # fmt: skip
-EVAL_PARAMS = ("limit", "num_fewshot", "shuffle", "random_init", "apply_chat_template", "fewshot_as_multiturn", "task_path")
-RUN_PARAMS = ("budget", "sigma0", "popsize", "seed", "timeout", "strategy", "in_memory", "vllm", "workers",
-              "num_gpus", "batch_size", "storage", "ray_address", "allow_benchmarks", "reshard", "load_in_8bit",
-              "load_in_4bit", "wandb", "wandb_project", "wandb_entity")  # fmt: skip
+GENOME_PARAMS = (
+    "method",
+    "base",
+    "models",
+    "tokenizer_source",
+    "layer_granularity",
+    "normalize",
+    "allow_negative_weights",
+    "smooth",
+    "filters",
+    "dtype",
+)
+EVAL_PARAMS = (
+    "limit",
+    "num_fewshot",
+    "shuffle",
+    "random_init",
+    "apply_chat_template",
+    "fewshot_as_multiturn",
+    "task_path",
+)
+RUN_PARAMS = (
+    "budget",
+    "sigma0",
+    "popsize",
+    "seed",
+    "timeout",
+    "strategy",
+    "in_memory",
+    "vllm",
+    "workers",
+    "num_gpus",
+    "batch_size",
+    "storage",
+    "ray_address",
+    "allow_benchmarks",
+    "reshard",
+    "load_in_8bit",
+    "load_in_4bit",
+    "wandb",
+    "wandb_project",
+    "wandb_entity",
+)
 ALL_PARAMS = GENOME_PARAMS + EVAL_PARAMS + RUN_PARAMS
 TASK_PARAMS = ("weight", "metric")
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -86,7 +123,7 @@ def _model(value: Any, loc: Loc | None, taken: set[str], decls: list[ModelDecl])
     if isinstance(value, str):
         value = PathRef(value, loc)
     if not isinstance(value, (PathRef, HfRef)):
-        raise ConfigError(f"not a model: {value!r} (use a model name, a \"path\" or hf(\"org/id\"))", loc)
+        raise ConfigError(f'not a model: {value!r} (use a model name, a "path" or hf("org/id"))', loc)
     stem = _SAFE.sub("_", (value.path if isinstance(value, PathRef) else value.repo).rstrip("/").rsplit("/", 1)[-1])
     name, i = f"evolve_{stem}", 2
     while name in taken:
@@ -125,32 +162,41 @@ def config_from_target(t: Target, mf: Mergefile) -> tuple[EvolveConfig, dict[str
     tok = p.get("tokenizer_source")
     tok_v = None
     if tok is not None:
-        tok_v = tok.value if isinstance(tok.value, Sym) and tok.value.name in ("base", "union") else _model(tok.value, tok.loc, taken, decls)
+        tok_v = (
+            tok.value
+            if isinstance(tok.value, Sym) and tok.value.name in ("base", "union")
+            else _model(tok.value, tok.loc, taken, decls)
+        )
     filters = _typed(p.get("filters"), tuple, (), "a list of tensor-name substrings")
     if not all(isinstance(f, (str, Sym)) for f in filters):
         raise ConfigError("filters must be a list of tensor-name substrings", p["filters"].loc)
     genome = GenomeDef(
-        models=models, merge_method=method, base_model=base, tokenizer_source=tok_v,
+        models=models,
+        merge_method=method,
+        base_model=base,
+        tokenizer_source=tok_v,
         layer_granularity=_typed(p.get("layer_granularity"), int, 0, "an integer"),
         normalize=_typed(p.get("normalize"), bool, None, "true or false"),
         allow_negative_weights=_typed(p.get("allow_negative_weights"), bool, False, "true or false"),
         smooth=_typed(p.get("smooth"), bool, False, "true or false"),
         filters=tuple(f.name if isinstance(f, Sym) else f for f in filters),
         dtype=_word(p.get("dtype"), "bfloat16"),
-    )  # fmt: skip
+    )
     tasks = tuple(_task(s) for s in t.sources)
     keep = tuple(s for s in mf.statements if not (isinstance(s, Target) and s.method == EVOLVE))
     act = _word(p.get("apply_chat_template"), True)
     config = EvolveConfig(
-        genome=genome, tasks=tasks,
+        genome=genome,
+        tasks=tasks,
         limit=_typed(p.get("limit"), (int, float), None, "a number"),
         num_fewshot=_typed(p.get("num_fewshot"), int, None, "an integer"),
         shuffle=_typed(p.get("shuffle"), bool, False, "true or false"),
         random_init=_typed(p.get("random_init"), bool, False, "true or false"),
         apply_chat_template=act,
         fewshot_as_multiturn=_typed(p.get("fewshot_as_multiturn"), bool, True, "true or false"),
-        path=mf.path, statements=tuple(decls) + keep,
-    )  # fmt: skip
+        path=mf.path,
+        statements=tuple(decls) + keep,
+    )
     validate(config, t.loc)
     here = Path(t.loc.file).parent if t.loc and t.loc.file not in ("<string>", "") else Path(mf.path).resolve().parent
     paths = _typed(p.get("task_path"), (str, tuple), (), "a folder or a list of folders")
@@ -191,7 +237,7 @@ def _quantization(p: dict[str, Param]) -> str | None:
 def _task(s) -> TaskSpec:
     name = s.ref.name if isinstance(s.ref, Sym) else getattr(s.ref, "path", None)
     if not isinstance(name, str) or s.layers is not None:
-        raise ConfigError("a task line is an lm-eval task name, then weight=... metric=\"...\"", s.loc)
+        raise ConfigError('a task line is an lm-eval task name, then weight=... metric="..."', s.loc)
     weight, metric = 1.0, "acc,none"
     for p in s.params:
         if p.name not in TASK_PARAMS or p.filter is not None:
@@ -202,7 +248,7 @@ def _task(s) -> TaskSpec:
             weight = float(p.value)
         else:
             if not isinstance(p.value, str):
-                raise ConfigError(f"task metric must be a string like \"acc,none\", got {p.value!r}", p.loc)
+                raise ConfigError(f'task metric must be a string like "acc,none", got {p.value!r}', p.loc)
             metric = p.value
     return TaskSpec(name, weight, metric)
 
@@ -212,7 +258,12 @@ def _storage(t: Target, config: EvolveConfig, run: dict[str, Any], store) -> Pat
         return Path(run["storage"])
     from mergefile.store.keys import key_of
 
-    payload = {**config.search_payload(), "sigma0": run["sigma0"], "popsize": run["popsize"], "seed": run["random_seed"]}
+    payload = {
+        **config.search_payload(),
+        "sigma0": run["sigma0"],
+        "popsize": run["popsize"],
+        "seed": run["random_seed"],
+    }
     if run.get("quantization"):  # quantized scores steer another search (absent when off: old ids stay)
         payload["quantization"] = run["quantization"]
     ident = key_of("evolve-target", payload)
@@ -231,8 +282,11 @@ class _BuildProgress:
 
     def result(self, line: dict, best) -> None:
         last = "error" if line.get("error") else f"{line['score']:.4g}" + (" (cached)" if line["cached"] else "")
-        self.progress.message(f"{self.name}: evaluation {line['n']}: {last}, best {best:.4g}" if best is not None
-                              else f"{self.name}: evaluation {line['n']}: {last}")  # fmt: skip
+        self.progress.message(
+            f"{self.name}: evaluation {line['n']}: {last}, best {best:.4g}"
+            if best is not None
+            else f"{self.name}: evaluation {line['n']}: {last}"
+        )
 
     def message(self, text: str) -> None:
         self.progress.message(f"{self.name}: {text}")
@@ -268,12 +322,20 @@ def expand_evolve_targets(mf: Mergefile, requested: Sequence[str], store, option
             for w in check_benchmarks(config, run["allow_benchmarks"]):
                 progress.message(f"warning: {t.name}: {w}")
             best = _best(t, config, run, store, options, progress, stack)
-            replaced[t.name] = Target(t.name, best.method, best.params, best.sources, best.slices, (), t.loc,
-                                      t.method_loc, t.origin)  # fmt: skip
-            extra += [d for d in config.statements if isinstance(d, ModelDecl) and d.name.startswith("evolve_")
-                      and d not in extra and d.name not in mf.models()]  # fmt: skip
-    statements = tuple(extra) + tuple(replaced.get(getattr(s, "name", None), s) if isinstance(s, Target) else s
-                                      for s in mf.statements)  # fmt: skip
+            replaced[t.name] = Target(
+                t.name, best.method, best.params, best.sources, best.slices, (), t.loc, t.method_loc, t.origin
+            )
+            extra += [
+                d
+                for d in config.statements
+                if isinstance(d, ModelDecl)
+                and d.name.startswith("evolve_")
+                and d not in extra
+                and d.name not in mf.models()
+            ]
+    statements = tuple(extra) + tuple(
+        replaced.get(getattr(s, "name", None), s) if isinstance(s, Target) else s for s in mf.statements
+    )
     return Mergefile(mf.path, statements)
 
 
@@ -282,14 +344,29 @@ def _best(t: Target, config: EvolveConfig, run: dict[str, Any], store, options, 
 
     storage = _storage(t, config, run, store)
     evo = EvolveOptions(
-        storage_path=str(storage), max_fevals=run["max_fevals"], sigma0=run["sigma0"], popsize=run["popsize"],
-        timeout=run["timeout"], random_seed=run["random_seed"], strategy=run["strategy"], in_memory=run["in_memory"],
-        vllm=run["vllm"], workers=run["workers"], num_gpus=run["num_gpus"], batch_size=run["batch_size"],
-        task_search_path=run["task_search_path"], device=options.device, save_final_model=False,
-        allow_crimes=getattr(options, "allow_crimes", False), allow_pickle=options.allow_pickle,
-        reshard=run["reshard"], quantization=run["quantization"], wandb=run["wandb"],
-        wandb_project=run["wandb_project"], wandb_entity=run["wandb_entity"],
-    )  # fmt: skip
+        storage_path=str(storage),
+        max_fevals=run["max_fevals"],
+        sigma0=run["sigma0"],
+        popsize=run["popsize"],
+        timeout=run["timeout"],
+        random_seed=run["random_seed"],
+        strategy=run["strategy"],
+        in_memory=run["in_memory"],
+        vllm=run["vllm"],
+        workers=run["workers"],
+        num_gpus=run["num_gpus"],
+        batch_size=run["batch_size"],
+        task_search_path=run["task_search_path"],
+        device=options.device,
+        save_final_model=False,
+        allow_crimes=getattr(options, "allow_crimes", False),
+        allow_pickle=options.allow_pickle,
+        reshard=run["reshard"],
+        quantization=run["quantization"],
+        wandb=run["wandb"],
+        wandb_project=run["wandb_project"],
+        wandb_entity=run["wandb_entity"],
+    )
     state = read_state(storage)
     stop = (state or {}).get("stop") or ""
     finished = stop.startswith("cma:") or (stop == "max_fevals" and state["evaluations"] >= run["max_fevals"])
@@ -303,8 +380,9 @@ def _best(t: Target, config: EvolveConfig, run: dict[str, Any], store, options, 
 
     result = run_search(config, evo, store, _BuildProgress(t.name, progress), start_ray=start_ray)
     if result.target is None:
-        raise ConfigError(f"evolve target '{t.name}': no candidate could be built and scored "
-                          f"(see {storage / 'history.jsonl'})", t.loc)  # fmt: skip
+        raise ConfigError(
+            f"evolve target '{t.name}': no candidate could be built and scored (see {storage / 'history.jsonl'})", t.loc
+        )
     return result.target
 
 
@@ -320,8 +398,10 @@ def _current_best(config, evo, storage: Path, state, progress, name: str, search
     if best_path.is_file():
         best = json.loads(best_path.read_text(encoding="utf-8"))
         if not searched:
-            progress.message(f"{name}: evolve search not finished ({state['evaluations'] if state else 0} of "
-                             f"{evo.max_fevals} evaluations): showing the best so far")  # fmt: skip
+            progress.message(
+                f"{name}: evolve search not finished ({state['evaluations'] if state else 0} of "
+                f"{evo.max_fevals} evaluations): showing the best so far"
+            )
         return genome.target(best["x"], "final_model")
     progress.message(f"{name}: evolve search not run yet: showing its initial candidate")
     return genome.target(genome.initial(), "final_model")

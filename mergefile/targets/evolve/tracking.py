@@ -48,8 +48,12 @@ def _metric_name(metric: str) -> str:
 
 def evaluation_metrics(line: dict[str, Any], best: dict[str, Any] | None) -> dict[str, float]:
     """One history line as W&B metrics: score, best so far, per-task metrics, parameters, timing."""
-    out: dict[str, float] = {"evaluation": line["n"], "generation": line["generation"],
-                             "cached": float(bool(line.get("cached"))), "failed": float(bool(line.get("error")))}  # fmt: skip
+    out: dict[str, float] = {
+        "evaluation": line["n"],
+        "generation": line["generation"],
+        "cached": float(bool(line.get("cached"))),
+        "failed": float(bool(line.get("error"))),
+    }
     for key in ("score", "seconds", "merge_seconds", "eval_seconds"):
         v = _number(line.get(key))
         if v is not None:
@@ -91,7 +95,9 @@ class WandbTracker(Tracker):
         except (OSError, ValueError, KeyError, AttributeError):
             pass
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))  # as W&B's ids
-        path.write_text(json.dumps({"id": run_id, "project": self.project, "entity": self.entity}) + "\n", encoding="utf-8")
+        path.write_text(
+            json.dumps({"id": run_id, "project": self.project, "entity": self.entity}) + "\n", encoding="utf-8"
+        )
         return run_id
 
     def start(self) -> None:
@@ -100,12 +106,21 @@ class WandbTracker(Tracker):
         self.wandb = require_wandb()
         run_id = self._run_id()
         try:
-            self.run = self.wandb.init(project=self.project, entity=self.entity, config=self.config, id=run_id,
-                                       resume="allow", name=self.storage.name, job_type="evolve",
-                                       dir=os.environ.get("WANDB_DIR") or str(self.storage))  # fmt: skip
+            self.run = self.wandb.init(
+                project=self.project,
+                entity=self.entity,
+                config=self.config,
+                id=run_id,
+                resume="allow",
+                name=self.storage.name,
+                job_type="evolve",
+                dir=os.environ.get("WANDB_DIR") or str(self.storage),
+            )
         except Exception as e:  # wandb raises its own error types (no login, no network, bad entity)
-            raise UserError(f"--wandb: cannot start a W&B run: {type(e).__name__}: {e}",
-                            hint="run 'wandb login', or set WANDB_MODE=offline and 'wandb sync' later") from None  # fmt: skip
+            raise UserError(
+                f"--wandb: cannot start a W&B run: {type(e).__name__}: {e}",
+                hint="run 'wandb login', or set WANDB_MODE=offline and 'wandb sync' later",
+            ) from None
         self.run.define_metric("best_score", summary="max")
 
     def evaluation(self, line: dict[str, Any], best: dict[str, Any] | None) -> None:
@@ -116,22 +131,32 @@ class WandbTracker(Tracker):
         if not lines:
             return
         scores = [float(h["score"]) for h in lines if h.get("score") is not None]
-        data: dict[str, float] = {"cma/sigma": float(sigma), "population/generation": generation,
-                                  "population/size": len(lines)}  # fmt: skip
+        data: dict[str, float] = {
+            "cma/sigma": float(sigma),
+            "population/generation": generation,
+            "population/size": len(lines),
+        }
         if scores:
             mean = sum(scores) / len(scores)
-            data.update({"population/score_mean": mean, "population/score_max": max(scores),
-                         "population/score_min": min(scores),
-                         "population/score_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))})  # fmt: skip
+            data.update(
+                {
+                    "population/score_mean": mean,
+                    "population/score_max": max(scores),
+                    "population/score_min": min(scores),
+                    "population/score_std": math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores)),
+                }
+            )
         self.run.log(data, step=max(h["n"] for h in lines))
 
     def new_best(self, best: dict[str, Any], recipe: Path) -> None:
         """The best candidate so far: in the run summary, and its recipe as an artifact version."""
-        self.run.summary.update({"best/score": float(best["score"]), "best/evaluation": best["n"],
-                                 "best/candidate": best["key"]})  # fmt: skip
+        self.run.summary.update(
+            {"best/score": float(best["score"]), "best/evaluation": best["n"], "best/candidate": best["key"]}
+        )
         if recipe.is_file():
-            art = self.wandb.Artifact("best_config", type="merge_config",
-                                      metadata={"score": float(best["score"]), "evaluation": best["n"]})  # fmt: skip
+            art = self.wandb.Artifact(
+                "best_config", type="merge_config", metadata={"score": float(best["score"]), "evaluation": best["n"]}
+            )
             art.add_file(str(recipe))
             mf = recipe.with_name("best.mf")
             if mf.is_file():

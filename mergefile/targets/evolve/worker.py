@@ -76,8 +76,9 @@ class Worker:
     def _options(self):
         from mergefile.targets.evolve.candidates import build_options
 
-        return build_options(self.spec.merge_on, self.spec.allow_pickle, self.spec.allow_crimes,
-                             in_memory=self.spec.in_memory)  # fmt: skip
+        return build_options(
+            self.spec.merge_on, self.spec.allow_pickle, self.spec.allow_crimes, in_memory=self.spec.in_memory
+        )
 
     def folder(self, name: str) -> Path:
         return Path(self.spec.storage) / "candidates" / name
@@ -163,5 +164,9 @@ def score_task(spec: WorkerSpec, job: Job, merged: dict[str, Any]) -> dict[str, 
 
         shutil.rmtree(merged["folder"], ignore_errors=True)
         Path(lock_path(merged["folder"])).unlink(missing_ok=True)
-    return {"results": results, "merge_seconds": merged["merge_seconds"], "eval_seconds": time.perf_counter() - t0,
-            "pid": os.getpid()}
+    return {
+        "results": results,
+        "merge_seconds": merged["merge_seconds"],
+        "eval_seconds": time.perf_counter() - t0,
+        "pid": os.getpid(),
+    }
