@@ -1,4 +1,8 @@
-"""The grammar file is found in a checkout and inside an installed wheel; the parser is cached."""
+"""The grammar file is found in a checkout and inside an installed wheel; the parser is cached.
+
+The wheel test covers every data file of the package (the grammar, architecture families, the
+``mergebuild ui`` page): each is in the wheel and found from the installed copy alone.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ _CHECK = textwrap.dedent(
     assert Path(mergefile.__file__).is_relative_to(sys.argv[1]), mergefile.__file__
     res = importlib.resources.files("mergefile").joinpath("grammar/mergefile.lark")
     assert res.is_file(), res
+    page = importlib.resources.files("mergefile.ui").joinpath("static", "index.html")
+    assert page.is_file() and b"<html" in page.read_bytes().lower(), page
+    from mergefile.arch.families import family_for
+    assert family_for({"architectures": ["LlamaForCausalLM"]}) is not None
     from mergefile.syntax import parse_text
     print(parse_text('out/a: linear { m weight=1 }').targets()["out/a"].method)
     """
@@ -47,7 +55,7 @@ _CHECK = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_wheel_ships_grammar(tmp_path: Path) -> None:
+def test_wheel_ships_grammar_and_data_files(tmp_path: Path) -> None:
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
         capture_output=True,
@@ -59,7 +67,13 @@ def test_wheel_ships_grammar(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("mergebuild-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        assert "mergefile/grammar/mergefile.lark" in zf.namelist()
+        names = set(zf.namelist())
+        assert "mergefile/grammar/mergefile.lark" in names
+        tracked = subprocess.run(["git", "ls-files", "mergefile"], cwd=ROOT, capture_output=True, text=True)
+        data = [n for n in tracked.stdout.split() if not n.endswith(".py")]
+        if tracked.returncode == 0:  # a checkout: every tracked data file is packaged
+            assert "mergefile/ui/static/index.html" in data
+            assert set(data) <= names, sorted(set(data) - names)
         zf.extractall(tmp_path / "site")
     # The extracted wheel has no top-level grammar/ beside it, so only the resource can work.
     run = subprocess.run(
