@@ -52,8 +52,24 @@ def _pinned(f: Callable[[torch.Tensor], _T], m: torch.Tensor) -> _T:
 
 
 def svd(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.linalg.svd(m, full_matrices=False)``, the same bits on every executor."""
-    u, s, vh = _pinned(lambda x: torch.linalg.svd(x, full_matrices=False), m)
+    """``torch.linalg.svd(m, full_matrices=False)``, the same bits on every executor.
+
+    LAPACK's float32 divide-and-conquer SVD gives up on some ill-conditioned matrices (many
+    repeated singular values: seen on a sum of random-init task matrices); those are factored
+    again in float64, which converges, and returned in ``m``'s dtype. A given matrix always takes
+    the same path (one thread, same input), so the result is still deterministic.
+    """
+
+    def factor(x: torch.Tensor):
+        try:
+            return torch.linalg.svd(x, full_matrices=False)
+        except torch.linalg.LinAlgError:
+            if x.dtype == torch.float64:
+                raise
+            u, s, vh = torch.linalg.svd(x.to(torch.float64), full_matrices=False)
+            return u.to(x.dtype), s.to(x.dtype), vh.to(x.dtype)
+
+    u, s, vh = _pinned(factor, m)
     return u, s, vh
 
 
