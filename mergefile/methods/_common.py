@@ -35,6 +35,21 @@ def native(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype.is_floating_point else t.to(torch.float32)
 
 
+_SAME_SIZE_INT = {2: "int16", 4: "int32", 8: "int64"}
+
+
+def factor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool ``mask`` as 0/1 in the floating ``dtype``: the values ``mask.to(dtype)`` gives.
+
+    Built from bits (``mask`` as bytes, widened, times the bits of 1.0) because torch's CPU kernels
+    that read or write bool are several times slower than integer ones; a product with the result
+    equals the product with the bool mask, NaN * 0 included.
+    """
+    itype = getattr(torch, _SAME_SIZE_INT[torch.empty((), dtype=dtype).element_size()])
+    one = torch.ones((), dtype=dtype, device=mask.device).view(itype)
+    return mask.view(torch.uint8).to(itype).mul_(one).view(dtype)
+
+
 def finish(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Round a working-dtype result back to ``dtype`` (integers are rounded, not truncated)."""
     if not dtype.is_floating_point and t.dtype.is_floating_point:

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any
 
 from mergefile._lazy import torch
-from mergefile.methods._common import finish, model_param, native, others, require_base
+from mergefile.methods._common import factor, finish, model_param, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
 from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Keep, Sparsifier, SparsifyOptions, select
 
@@ -174,15 +174,42 @@ def _combine_sum(weighted: torch.Tensor, weights: torch.Tensor, normalize: bool)
 
     Exact zeros never agree with a ±1 majority, so they leave the element-wise divisor too.
     """
+    total = weighted.sum(dim=0)
+    if weighted.dtype.is_floating_point and bool(torch.isfinite(total.abs().amax())):
+        return _combine_sum_finite(weighted, weights, normalize, total)
     one = torch.ones((), dtype=weighted.dtype, device=weighted.device)
-    majority = torch.where(weighted.sum(dim=0) >= 0, one, -one)
-    # 0/1 in the deltas' dtype (mergekit's mask dtype): same-dtype products are several times
-    # faster on CPU than bool-promoting ones, and give the same values
+    majority = torch.where(total >= 0, one, -one)
     mask = (torch.sign(weighted) == majority).to(weighted.dtype)
     mixed = weighted.mul_(mask).sum(dim=0)
     if normalize:
         divisor = (weights * mask).sum(dim=0)
         mixed = mixed / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return mixed
+
+
+def _combine_sum_finite(
+    weighted: torch.Tensor, weights: torch.Tensor, normalize: bool, total: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_combine_sum` when every weighted delta is finite (a NaN or inf makes ``total``
+    non-finite), in fewer and cheaper kernels, giving the same bits.
+
+    ``w * majority`` flips signs exactly, so an entry agrees iff that product is > 0, which for a
+    finite float is its bits read as a signed integer being > 0 (``-0.0`` is negative there).
+    Masks are 0/1 in the deltas' dtype (:func:`factor`), and ``divisor + (divisor == 0)`` is
+    mergekit's zero guard without a select.
+    """
+    itype = getattr(torch, {2: "int16", 4: "int32", 8: "int64"}[weighted.element_size()])
+    majority = factor(total >= 0, weighted.dtype).mul_(2).sub_(1)
+    agree = torch.empty(weighted.shape, dtype=torch.bool, device=weighted.device)
+    for i in range(weighted.shape[0]):  # row by row: a broadcast product is a slower kernel
+        torch.gt(torch.mul(weighted[i], majority).view(itype), 0, out=agree[i])
+    mask = factor(agree, weighted.dtype)
+    mixed = weighted.mul_(mask).sum(dim=0)
+    if normalize:
+        for i in range(mask.shape[0]):
+            mask[i].mul_(weights[i])
+        divisor = mask.sum(dim=0)
+        mixed = mixed / divisor.add_(factor(divisor == 0, divisor.dtype))
     return mixed
 
 
@@ -228,7 +255,9 @@ def _merge(
     w = [model_param(row.name, per_model[i], "weight", i, ctx) for i in idx]
     deltas = _stack_deltas(tensors, idx, base_w, row.sparsifier is not None, ctx.consume_inputs)
     weights = torch.tensor(w, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
-    mixed = COMBINERS[row.consensus](deltas.mul_(weights), weights, bool(params["normalize"]))
+    for j in range(deltas.shape[0]):  # row by row: a broadcast product is a slower CPU kernel
+        deltas[j].mul_(weights[j])
+    mixed = COMBINERS[row.consensus](deltas, weights, bool(params["normalize"]))
     lam = float(params["lambda"])
     if lam != 1.0:
         mixed = mixed * lam

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from mergefile._lazy import torch
 from mergefile.errors import ConfigError
-from mergefile.methods._common import draw_uniform
+from mergefile.methods._common import draw_uniform, factor
 from mergefile.methods.select import stable_range, stable_ranks, stable_top
 
 _NORM_EPS = 1e-7  # below this an L1 norm counts as zero and rescaling is skipped (as mergekit)
@@ -62,7 +62,7 @@ class Keep:
         """The sparsified delta: ``x * mask`` (times ``scale``), as mergekit computes it."""
         if self.mask is None and self.scale is None:
             return x
-        masked = x * self.mask if self.mask is not None else x  # bool promotes in the kernel
+        masked = x * factor(self.mask, x.dtype) if self.mask is not None else x
         if self.scale is None:
             return masked
         if self.scale.dtype == x.dtype:
@@ -110,7 +110,7 @@ def _l1_scale(x: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.
     """
     xs = x.to(dtype)
     before = xs.abs().sum()
-    after = (xs * mask).abs().sum()
+    after = (xs * factor(mask, xs.dtype)).abs().sum()
     if not (torch.isfinite(before) and torch.isfinite(after)) and dtype != torch.float32:
         return _l1_scale(x, mask, torch.float32)
     if before < _NORM_EPS or after < _NORM_EPS:
