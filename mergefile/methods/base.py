@@ -151,6 +151,9 @@ class Method:
     aliases: tuple[str, ...] = field(default=())
     check: CheckFn | None = None  # parameter validation run by the planner for every tensor
     mergekit: bool = True  # mergekit can build it too; False marks a mergebuild extension (export says so)
+    # modules a build imports in the background while it hashes inputs (like torch): the
+    # compiled kernels this method calls, so their loading overlaps the build's start
+    warm: tuple[str, ...] = field(default=())
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 from mergefile._lazy import torch
+from mergefile.methods import _gta_kernels
 from mergefile.methods._common import factor, finish, model_param, native, others, require_base
 from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, ParamCheckError, ParamSpec, Stage
 from mergefile.methods.sparsify import RANDOM_SPARSIFIERS, Keep, Sparsifier, SparsifyOptions, select
@@ -140,7 +141,12 @@ def _stage_split(
     """One model's sparsified task vector (input dtype) and its packed selection."""
     delta = native(x) - native(base)
     keep = _stage_keep(kind, delta, params, ctx)
-    return keep.apply(delta), keep.pack()
+    packed = keep.pack()
+    if packed is not None and (keep.scale is None or keep.scale.dtype == x.dtype) and _gta_kernels.available((x, base)):
+        fused = _gta_kernels.masked_delta(x, base, packed.numpy(), keep.scale)
+        if fused is not None:
+            return fused, packed
+    return keep.apply(delta), packed
 
 
 def _stage_fn(
@@ -152,6 +158,12 @@ def _stage_fn(
 
 def _stage_apply(x: torch.Tensor, base: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     """The sparsified task vector again, from a cached packed selection."""
+    if _gta_kernels.available((x, base)):
+        scale = Keep.packed_scale(packed, x)
+        if scale is None or scale.dtype == x.dtype:
+            fused = _gta_kernels.masked_delta(x, base, packed.numpy(), scale)
+            if fused is not None:
+                return fused
     delta = native(x) - native(base)
     return Keep.unpack(packed, delta).apply(delta)
 
@@ -253,12 +265,21 @@ def _merge(
         return base
     base_w = native(base)
     w = [model_param(row.name, per_model[i], "weight", i, ctx) for i in idx]
-    deltas = _stack_deltas(tensors, idx, base_w, row.sparsifier is not None, ctx.consume_inputs)
+    lam = float(params["lambda"])
+    staged = row.sparsifier is not None
+    inputs = [tensors[i] for i in idx]
+    if _gta_kernels.available((base, *inputs)) and all(t.shape == base.shape for t in inputs):
+        fused = _gta_kernels.combine(
+            inputs, not staged, base, w, row.consensus is Consensus.SUM, bool(params["normalize"]), lam
+        )
+        if fused is not None:
+            return fused
+    del inputs
+    deltas = _stack_deltas(tensors, idx, base_w, staged, ctx.consume_inputs)
     weights = torch.tensor(w, dtype=deltas.dtype, device=deltas.device).view(-1, *[1] * (deltas.dim() - 1))
     for j in range(deltas.shape[0]):  # row by row: a broadcast product is a slower CPU kernel
         deltas[j].mul_(weights[j])
     mixed = COMBINERS[row.consensus](deltas, weights, bool(params["normalize"]))
-    lam = float(params["lambda"])
     if lam != 1.0:
         mixed = mixed * lam
     return finish(base_w + mixed, base.dtype)
@@ -330,6 +351,7 @@ def build(row: GTARow) -> Method:
         stage=_stage(row),
         summary=row.summary,
         check=partial(_check, row),
+        warm=_gta_kernels.WARM,
     )
 
 

@@ -91,16 +91,21 @@ class Keep:
         import numpy as np
 
         raw = packed.detach().to("cpu").numpy()
-        n, code = like.numel(), int(raw[-1])
-        nbits = (n + 7) // 8
-        mask = torch.from_numpy(np.unpackbits(raw[:nbits], count=n).view(np.bool_))
-        scale = None
-        if code:
-            dtype = torch.float32 if code == 2 and like.dtype != torch.float32 else like.dtype
-            size = torch.empty((), dtype=dtype).element_size()
-            scale = torch.from_numpy(raw[nbits : nbits + size].copy()).view(dtype).reshape(())
-            scale = scale.to(like.device)
-        return Keep(mask.reshape(like.shape).to(like.device), scale)
+        n = like.numel()
+        mask = torch.from_numpy(np.unpackbits(raw[: (n + 7) // 8], count=n).view(np.bool_))
+        return Keep(mask.reshape(like.shape).to(like.device), Keep.packed_scale(packed, like))
+
+    @staticmethod
+    def packed_scale(packed: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """The scale that :meth:`pack` wrote after the mask bits (None: no scale)."""
+        raw = packed.detach().to("cpu").numpy()
+        nbits, code = (like.numel() + 7) // 8, int(raw[-1])
+        if not code:
+            return None
+        dtype = torch.float32 if code == 2 and like.dtype != torch.float32 else like.dtype
+        size = torch.empty((), dtype=dtype).element_size()
+        scale = torch.from_numpy(raw[nbits : nbits + size].copy()).view(dtype).reshape(())
+        return scale.to(like.device)
 
 
 def _l1_scale(x: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:

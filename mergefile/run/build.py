@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from mergefile._lazy import preload, torch
 from mergefile.errors import UserError
+from mergefile.methods.registry import get_method
 from mergefile.plan.graph import build_graph, build_order
 from mergefile.plan.inputs import ResolveOptions
 from mergefile.plan.jobs import TargetPlan, TensorJob
@@ -118,6 +119,11 @@ def _check_device(device: str, executor: str = "local") -> None:
         raise UserError(f"unknown device '{device}' (use cpu or cuda)")
 
 
+def _warm_modules(plan: TargetPlan) -> set[str]:
+    """What the methods of ``plan``'s jobs ask to have imported ahead (``Method.warm``)."""
+    return {m for name in {j.method for j in plan.jobs} for m in get_method(name).warm}
+
+
 def plan_build(
     mf: Mergefile,
     requested: Sequence[str],
@@ -182,6 +188,8 @@ def plan_build(
             status = compare(kp, aux.key, force=options.force)
             if not status.up_to_date and not options.dry_run:  # it will compute: import torch meanwhile
                 preload("torch")
+                for module in _warm_modules(plan):
+                    preload(module)
             out.append((plan, kp, status, aux))
             watched.paths.append(plan.out_dir)
             watched.outputs.append(plan.out_dir)

@@ -34,6 +34,7 @@ WARM_MODULES = (
     "mergefile.run.executor",
     "mergefile.run.plan_keys",
     "mergefile.methods.registry",
+    "mergefile.methods._gta_kernels_numba",  # compiled TIES/task-arithmetic kernels, loaded
     "mergefile.io.reader",
     "mergefile.io.writer",
     "mergefile.store.store",
