@@ -58,7 +58,9 @@ RECIPES: dict[str, tuple[str, list[dict], dict]] = {
 def install_mergekit() -> None:
     """A throwaway virtualenv with mergekit 0.1.5 under bench/ (git-ignored)."""
     subprocess.run([sys.executable, "-m", "venv", str(MK_VENV)], check=True)
-    subprocess.run([str(MK_VENV / "bin" / "pip"), "install", "-q", f"mergekit=={MK_VERSION}"], check=True)
+    # torch pinned as the project's: a bare requirement can pull a multi-GB CUDA build
+    pip = [str(MK_VENV / "bin" / "pip"), "install", "-q"]
+    subprocess.run([*pip, f"mergekit=={MK_VERSION}", "torch==2.13.0"], check=True)
 
 
 def yaml_for(recipe: str, models: list[Path], weight_scale: float = 1.0, layer_edit: float | None = None) -> str:

@@ -463,8 +463,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         code = 1
-    if argv is None:
-        sys.exit(code)
+    if argv is None:  # the console: exit without tearing down torch's modules (mergefile/_exit.py)
+        from mergefile._exit import exit_now
+
+        exit_now(code)
     return code
 
 

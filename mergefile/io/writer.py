@@ -16,11 +16,12 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from mergefile._lazy import torch
-from mergefile.io.header import DTYPE_CODES, TORCH_DTYPES
+from mergefile.io.header import DTYPE_CODES, DTYPE_SIZES
 
-__all__ = ["tensor_bytes", "write_index", "write_safetensors"]
+__all__ = ["RawTensor", "raw_tensor", "tensor_bytes", "write_index", "write_safetensors"]
 
 Fetch = Callable[[], "memoryview | bytes"]
 Entry = tuple[str, str, tuple[int, ...], Fetch]
@@ -48,6 +49,21 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
 
 
+class RawTensor(NamedTuple):
+    """A tensor as the bytes a safetensors file holds: what copying a cached tensor into an
+    output shard needs, with no torch (a build whose tensors all come from the cache never
+    waits for torch to import)."""
+
+    code: str  # safetensors dtype code, e.g. "BF16"
+    shape: tuple[int, ...]
+    data: memoryview  # little-endian, C order, ``prod(shape) * itemsize`` bytes
+
+
+def raw_tensor(t: torch.Tensor) -> RawTensor:
+    """A tensor's :class:`RawTensor` (no copy for a contiguous CPU tensor; see tensor_bytes)."""
+    return RawTensor(DTYPE_CODES[t.dtype], tuple(t.shape), tensor_bytes(t))
+
+
 def _header_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None) -> tuple[bytes, list[int]]:
     """Serialized, space-padded header as safetensors writes it, and each entry's byte size."""
     header: dict[str, object] = {}
@@ -61,12 +77,12 @@ def _header_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None) -> 
     for name, code, shape, _ in entries:
         if name in header:
             raise ValueError(f"tensor name '{name}' appears twice (or is reserved)")
-        if code not in TORCH_DTYPES:
+        if code not in DTYPE_SIZES:
             raise ValueError(f"unknown safetensors dtype code {code!r} for '{name}'")
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ValueError(f"negative dimension in shape {shape} of '{name}'")
-        nbytes = math.prod(shape) * TORCH_DTYPES[code].itemsize
+        nbytes = math.prod(shape) * DTYPE_SIZES[code]
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         sizes.append(nbytes)
         offset += nbytes

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from mergefile._lazy import preload, torch
 from mergefile.errors import UserError
+from mergefile.io.writer import RawTensor, raw_tensor
 from mergefile.methods.registry import get_method
 from mergefile.plan.graph import build_graph, build_order
 from mergefile.plan.inputs import ResolveOptions
@@ -405,11 +406,12 @@ def _build_target(
         jobs_by_name = {j.name: j for j in plan.jobs}
         computed = {j.name for j in need}
 
-        def fetch(name: str) -> torch.Tensor:
+        def fetch(name: str) -> RawTensor:
             key = kp.keys[name]
-            t = store.blobs.get(key, verify=True)
+            t = store.blobs.get_raw(key, verify=True)  # bytes, no torch: a cached tensor is copied
             if t is None:  # evicted or corrupt since: recompute
-                t, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, device)
+                tensor, res = compute_job(jobs_by_name[name], kp, loader, store.blobs, device)
+                t = raw_tensor(tensor)
                 report.computed += 1
                 run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
             elif name not in computed:

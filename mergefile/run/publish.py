@@ -21,6 +21,7 @@ from pathlib import Path
 import xxhash
 
 from mergefile._lazy import torch
+from mergefile.io.writer import RawTensor
 from mergefile.plan.card import card_texts
 from mergefile.plan.jobs import TargetPlan
 from mergefile.store.keys import key_of
@@ -146,7 +147,7 @@ class OutputWriter:
     and swaps the folder in. The files are byte-for-byte what a one-pass write would give.
 
     Args:
-        fetch: ``fetch(tensor_name)`` for a tensor not handed to :meth:`add` (the blob store,
+        fetch: ``fetch(tensor_name)`` -> RawTensor (bytes, no torch) for a tensor not handed to :meth:`add` (the blob store,
             verified, or recomputed); called on the caller's thread only.
         fresh: names of the tensors that will arrive through :meth:`add`.
         keep_bytes: most bytes of arrived tensors held for shards still incomplete; beyond it a
@@ -162,7 +163,7 @@ class OutputWriter:
         recipes: dict[str, dict],
         reuse: set[str],
         aux: AuxFiles,
-        fetch: Callable[[str], torch.Tensor],
+        fetch: Callable[[str], RawTensor],
         fresh: set[str] = frozenset(),
         keep_bytes: int = 0,
     ):
@@ -204,17 +205,19 @@ class OutputWriter:
             self._write(shard)
 
     def _write(self, shard: str) -> None:
-        from mergefile.io.writer import tensor_bytes
+        from mergefile.io.writer import raw_tensor
 
         entries = []
         for job in self.by_shard[shard]:
             t = self.held.pop(job.name, None)
             if t is None:
-                t = self.fetch(job.name)
+                raw = self.fetch(job.name)
             else:
                 self.held_bytes -= t.nbytes
-            shape = tuple(t.shape) if getattr(self.plan.layout, "dynamic_shapes", False) else tuple(job.result_shape)
-            entries.append((job.name, job.result_dtype, shape, lambda t=t: tensor_bytes(t)))
+                raw = raw_tensor(t)
+            del t
+            shape = raw.shape if getattr(self.plan.layout, "dynamic_shapes", False) else tuple(job.result_shape)
+            entries.append((job.name, job.result_dtype, shape, lambda d=raw.data: d))
         while len(self._queued) >= self.QUEUE:  # back-pressure: bounded memory in flight
             self.written += self._queued.pop(0).result()
         self._queued.append(self._pool.submit(_write_shard, self.tmp / shard, entries))

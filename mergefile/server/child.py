@@ -11,7 +11,6 @@ and a killed build leaves its output as any killed build does (``docs/cache.md``
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import io
 import os
@@ -20,10 +19,10 @@ import select
 import signal
 import socket
 import sys
-import threading
 import traceback
 from typing import Any, NoReturn
 
+from mergefile._exit import finish_process
 from mergefile.server import protocol
 
 
@@ -154,19 +153,7 @@ def run(conn: socket.socket, request: dict[str, Any], fds: list[int], inherited:
 def _exit(conn: socket.socket, code: int) -> NoReturn:
     """What interpreter shutdown does (join threads, atexit), then the status to the client."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # no KeyboardInterrupt may escape from here
-    try:
-        threading._shutdown()  # type: ignore[attr-defined] - joins non-daemon threads, as exit does
-    except BaseException:  # noqa: BLE001
-        pass
-    try:
-        atexit._run_exitfuncs()
-    except BaseException:  # noqa: BLE001
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001
-            pass
+    finish_process()
     _stop_dying_with_client(conn)  # the client closes once it has the status
     try:
         protocol.send(conn, {"exit": code})

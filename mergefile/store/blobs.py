@@ -36,6 +36,7 @@ from mergefile._lazy import torch
 from mergefile.io.header import DTYPE_CODES as _CODES
 from mergefile.io.header import DTYPE_SIZES as _SIZES
 from mergefile.io.header import TORCH_DTYPES as _DTYPES
+from mergefile.io.writer import RawTensor
 
 _MAX_HEADER = 1 << 20  # one tensor's header is ~200 bytes; anything big is garbage
 _MMAP_MIN = 1 << 16  # below this, one small read beats an mmap (and a map-count slot)
@@ -157,18 +158,30 @@ class BlobStore:
             verify: re-hash the data (xxh3); a mismatch drops the entry and reads as a miss,
                 so the caller rebuilds it.
         """
+        raw = self.get_raw(key, verify=verify)
+        if raw is None:
+            return None
+        dtype = _DTYPES[raw.code]
+        if not raw.data.nbytes:
+            return torch.empty(raw.shape, dtype=dtype)
+        return torch.frombuffer(raw.data, dtype=dtype).reshape(raw.shape)
+
+    def get_raw(self, key: str, *, verify: bool = False) -> RawTensor | None:
+        """The blob's dtype code, shape and bytes (a read-only view, mapped for big blobs), or
+        None on a miss; ``verify`` as in :meth:`get`. No torch: what publishing a cached
+        tensor into an output shard reads."""
         try:
-            tensor = self._load(key, verify)
+            raw = self._load(key, verify)
         except _Corrupt:
             self.delete(key)
-            tensor = None
-        if tensor is None:
+            raw = None
+        if raw is None:
             self._count(misses=1)
         else:
-            self._count(hits=1, bytes_read=tensor.numel() * tensor.element_size())
-        return tensor
+            self._count(hits=1, bytes_read=raw.data.nbytes)
+        return raw
 
-    def _load(self, key: str, verify: bool) -> torch.Tensor | None:
+    def _load(self, key: str, verify: bool) -> RawTensor | None:
         handle = self._cache.get(key, read=True, retry=True)
         if handle is None:
             return None
@@ -177,23 +190,20 @@ class BlobStore:
             if os.fstat(handle.fileno()).st_size != start + nbytes:
                 raise _Corrupt("blob size does not match its header")
             if nbytes == 0:
-                return torch.empty(shape, dtype=_DTYPES[code])
+                return RawTensor(code, tuple(shape), memoryview(b""))
             if nbytes < _MMAP_MIN:
                 handle.seek(start)
                 buf: mmap.mmap | bytearray = bytearray(handle.read(nbytes))
                 start = 0
             else:
                 buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        if verify:
-            with memoryview(buf) as mv:
-                ok = xxhash.xxh3_128_hexdigest(mv[start : start + nbytes]) == digest
-            if not ok:
-                if isinstance(buf, mmap.mmap):
-                    buf.close()
-                raise _Corrupt("data digest mismatch")
-        dtype = _DTYPES[code]
-        flat = torch.frombuffer(buf, dtype=dtype, count=nbytes // dtype.itemsize, offset=start)
-        return flat.reshape(shape)
+        data = memoryview(buf)[start : start + nbytes]
+        if verify and xxhash.xxh3_128_hexdigest(data) != digest:
+            data.release()
+            if isinstance(buf, mmap.mmap):
+                buf.close()
+            raise _Corrupt("data digest mismatch")
+        return RawTensor(code, tuple(shape), data)
 
     def info(self, key: str) -> tuple[str, tuple[int, ...], int] | None:
         """(dtype code, shape, nbytes) from the header only; None if missing or unreadable."""

@@ -45,7 +45,7 @@ def _recording_fetch(kp, store):
 
     def fetch(name: str):
         fetched.append(name)
-        return store.blobs.get(kp.keys[name], verify=True)
+        return store.blobs.get_raw(kp.keys[name], verify=True)
 
     return fetch, fetched
 
