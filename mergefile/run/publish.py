@@ -147,8 +147,8 @@ class OutputWriter:
     and swaps the folder in. The files are byte-for-byte what a one-pass write would give.
 
     Args:
-        fetch: ``fetch(tensor_name)`` -> RawTensor (bytes, no torch) for a tensor not handed to :meth:`add` (the blob store,
-            verified, or recomputed); called on the caller's thread only.
+        fetch: ``fetch(tensor_name)`` -> RawTensor (bytes, no torch) for a tensor not handed to
+            :meth:`add` (the blob store, verified, or recomputed); called on the caller's thread only.
         fresh: names of the tensors that will arrive through :meth:`add`.
         keep_bytes: most bytes of arrived tensors held for shards still incomplete; beyond it a
             tensor is dropped and fetched again from its blob when its shard is written.

@@ -167,7 +167,7 @@ class BlobStore:
         return torch.frombuffer(raw.data, dtype=dtype).reshape(raw.shape)
 
     def get_raw(self, key: str, *, verify: bool = False) -> RawTensor | None:
-        """The blob's dtype code, shape and bytes (a read-only view, mapped for big blobs), or
+        """The blob's dtype code, shape and bytes (a view; a copy-on-write mapping for big blobs), or
         None on a miss; ``verify`` as in :meth:`get`. No torch: what publishing a cached
         tensor into an output shard reads."""
         try:
