@@ -82,6 +82,29 @@ class TensorReader:
             self.tensors_read += 1
         return tensor
 
+    def get_raw(self, info: TensorInfo) -> memoryview:
+        """The tensor's bytes, as a view of the file's mapping (copy-on-write, like :meth:`get`),
+        without torch: what a torch-free merge (``run/compute_bits.py``) reads. Counted as
+        :meth:`get` counts.
+
+        Raises:
+            UserError: the file changed size since its header was read.
+        """
+        if info.nbytes == 0:
+            data = memoryview(b"")
+        else:
+            mm = self._map(info.file)
+            if info.end > len(mm):
+                raise UserError(
+                    f"'{info.file}' is shorter than its header says (tensor '{info.name}' ends at "
+                    f"byte {info.end}, file has {len(mm)}); it changed during the build"
+                )
+            data = memoryview(mm)[info.begin : info.end]
+        with self._lock:
+            self.bytes_read += info.nbytes
+            self.tensors_read += 1
+        return data
+
     def release(self, info: TensorInfo) -> None:
         """Let the kernel drop the pages of a tensor that is no longer needed.
 

@@ -42,6 +42,11 @@ def available(tensors: Sequence[torch.Tensor]) -> bool:
     )
 
 
+def available_bits(n_inputs: int) -> bool:
+    """Whether the kernels can merge this many bf16 inputs given as bits (numba installed)."""
+    return 0 < n_inputs <= MAX_MODELS + 1 and _numba() is not None
+
+
 def _bits(t: torch.Tensor):
     """The tensor's bf16 bits as a flat uint16 numpy array (no copy)."""
     import numpy as np
@@ -53,7 +58,52 @@ def _kernels():
     """The compiled kernels (``_gta_kernels_numba``: imported on first use, numba is heavy)."""
     from mergefile.methods import _gta_kernels_numba as nb
 
-    return nb.masked_delta, nb.combine
+    return nb.masked_delta, nb.combine, nb.combine_masked
+
+
+def bf16_round(values: Sequence[float]):
+    """Python floats rounded to bf16 as torch's ``torch.tensor(values, dtype=bfloat16)`` rounds
+    them (to float32, then to nearest even), returned as float32: what the kernels multiply by."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):  # a double beyond float32 becomes inf, as in torch
+        u = np.asarray(values, dtype=np.float64).astype(np.float32).view(np.uint32)
+    r = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)) << np.uint32(16)
+    return r.astype(np.uint32).view(np.float32)
+
+
+def bf16_sum(values) -> float:
+    """A bf16 vector's sum as torch gives it for a few entries: float32 in order, one rounding."""
+    import numpy as np
+
+    acc = np.float32(0.0)
+    for v in values:
+        acc = np.float32(acc + np.float32(v))
+    return float(bf16_round([float(acc)])[0])
+
+
+def packed_scale_bits(packed) -> int | None | bool:
+    """The bf16 scale :meth:`Keep.pack` wrote after the mask bits of a bf16 delta, as its bits.
+
+    None: no scale; False: a float32 scale (multiplied in float32, which the kernels do not do).
+    """
+    code = int(packed[-1])
+    if code == 0:
+        return None
+    if code != 1:
+        return False
+    return int(packed[-3]) | int(packed[-2]) << 8
+
+
+def masked_delta_bits(x, base, packed, scale: int | None):
+    """:func:`masked_delta` on bf16 bits (flat uint16 arrays; ``scale`` as bits), no torch: the
+    result's bits, or None when a value is not finite."""
+    import numpy as np
+
+    out = np.empty(x.size, dtype=np.uint16)
+    sc = np.uint16(0 if scale is None else scale)
+    ok = _kernels()[0](x, base, packed, sc, scale is not None, out)
+    return out if ok else None
 
 
 def masked_delta(x: torch.Tensor, base: torch.Tensor, packed, scale: torch.Tensor | None) -> torch.Tensor | None:
@@ -61,11 +111,63 @@ def masked_delta(x: torch.Tensor, base: torch.Tensor, packed, scale: torch.Tenso
 
     None when a value is not finite: the caller computes it with torch instead.
     """
+    sc = None if scale is None else int(_bits(scale.reshape(1))[0])
+    bits = masked_delta_bits(_bits(x), _bits(base), packed, sc)
+    return None if bits is None else torch.from_numpy(bits).view(torch.bfloat16).reshape(x.shape)
+
+
+def combine_bits(
+    deltas: Sequence,
+    subtract: bool,
+    base,
+    weights: Sequence[float],
+    elect: bool,
+    normalize: bool,
+    lam: float,
+):
+    """:func:`combine` on bf16 bits (flat uint16 arrays), no torch: the result's bits or None."""
     import numpy as np
 
-    out = torch.empty_like(x)
-    sc = np.uint16(0) if scale is None else _bits(scale.reshape(1))[0]
-    ok = _kernels()[0](_bits(x), _bits(base), packed, sc, scale is not None, _bits(out))
+    wts, divisor = _weights(weights, elect, normalize)
+    out = np.empty(base.size, dtype=np.uint16)
+    flat = tuple(deltas)  # no (N, ...) stack; one compiled kernel per N
+    ok = _kernels()[1](flat, subtract, base, wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, out)
+    return out if ok else None
+
+
+def _weights(weights: Sequence[float], elect: bool, normalize: bool):
+    """The weights as the kernels take them (bf16-rounded, float32) and the plain sum's divisor."""
+    import numpy as np
+
+    wts = bf16_round(list(weights))
+    divisor = np.float32(1.0)
+    if normalize and not elect:
+        s = bf16_sum(wts)
+        divisor = np.float32(s if abs(s) >= 1e-8 else 1.0)
+    return wts, divisor
+
+
+def combine_masked_bits(
+    xs: Sequence,
+    base,
+    packed: Sequence,
+    scales: Sequence[int | None],
+    weights: Sequence[float],
+    elect: bool,
+    normalize: bool,
+    lam: float,
+):
+    """:func:`masked_delta_bits` of every model, then :func:`combine_bits`, in one pass (the
+    task vectors are never stored): the same bits, or None when a value is not finite."""
+    import numpy as np
+
+    wts, divisor = _weights(weights, elect, normalize)
+    sc = np.array([0 if s is None else s for s in scales], dtype=np.uint16)
+    has = np.array([s is not None for s in scales], dtype=np.bool_)
+    out = np.empty(base.size, dtype=np.uint16)
+    ok = _kernels()[2](
+        tuple(xs), base, tuple(packed), sc, has, wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, out
+    )
     return out if ok else None
 
 
@@ -83,17 +185,7 @@ def combine(
     ``deltas`` are N bf16 tensors: task vectors, or the inputs themselves with ``subtract``. None
     when a value is not finite (the caller then runs the torch steps).
     """
-    import numpy as np
-
-    wb = torch.tensor(list(weights), dtype=torch.bfloat16)
-    wts = wb.float().numpy()
-    divisor = np.float32(1.0)
-    if normalize and not elect:
-        s = wb.sum()
-        divisor = np.float32(float(s) if abs(float(s)) >= 1e-8 else 1.0)
-    out = torch.empty_like(base)
-    flat = tuple(_bits(d) for d in deltas)  # no (N, ...) stack; one compiled kernel per N
-    ok = _kernels()[1](
-        flat, subtract, _bits(base), wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, _bits(out)
-    )
-    return out if ok else None
+    bits = combine_bits([_bits(d) for d in deltas], subtract, _bits(base), weights, elect, normalize, lam)
+    if bits is None:
+        return None
+    return torch.from_numpy(bits).view(torch.bfloat16).reshape(base.shape)

@@ -42,6 +42,7 @@ def masked_delta(x, base, packed, scale, has_scale, out):
         for t in range(min(8, n - 8 * j)):
             k = 8 * j + t
             d = narrow(widen(x[k]) - widen(base[k]))
+            bad |= not finite(d)  # a NaN the mask drops is still NaN for torch (NaN * 0)
             bit = (byte >> np.uint16(7 - t)) & np.uint16(1)
             d &= np.uint16(0x8000) | np.uint16(bit * np.uint16(0x7FFF))  # d * 0.0 keeps d's sign
             if has_scale:
@@ -49,6 +50,51 @@ def masked_delta(x, base, packed, scale, has_scale, out):
             bad |= not finite(d)
             out[k] = d
     return bad == 0
+
+
+@njit(inline="always")
+def _finish_block(w, acc, div, neg, n_models, m, s0, wts, elect, normalize, divisor, lam, has_lam, base, out):
+    """One block of ``combine`` after the weighted task vectors ``w`` and their sum ``acc``:
+    sign election, masked sums, divisor, lambda, base +. Returns whether all was finite."""
+    bad = 0
+    zero = np.float32(0.0)
+    for k in range(m):
+        t = narrow(acc[k])
+        bad |= not finite(t)
+        acc[k] = widen(t)
+    if elect:
+        for k in range(m):
+            neg[k] = np.float32(acc[k] < zero)
+            acc[k] = zero
+            div[k] = zero
+        for i in range(n_models):
+            wt = wts[i]
+            for k in range(m):
+                v = w[i, k]
+                agree = np.float32((v != zero) & (np.float32(v < zero) == neg[k]))
+                acc[k] += v * agree  # v * 0.0 is a zero with v's sign, as the mask product
+                div[k] += wt * agree
+        for k in range(m):
+            mixed = narrow(acc[k])
+            if normalize:
+                dv = widen(narrow(div[k]))
+                dv = dv + np.float32(dv == zero)
+                mixed = narrow(widen(mixed) / dv)
+            acc[k] = widen(mixed)
+    elif normalize:
+        for k in range(m):
+            acc[k] = widen(narrow(acc[k] / divisor))
+    for k in range(m):
+        mixed = acc[k]
+        if has_lam:
+            mixed = widen(narrow(mixed * lam))
+        r = narrow(widen(base[s0 + k]) + mixed)
+        bad |= not finite(r)
+        out[s0 + k] = r
+    return bad
+
+
+BLOCK = 512  # entries per block: a multiple of 8, so a block starts on a mask byte
 
 
 @njit
@@ -60,7 +106,7 @@ def combine(ds, subtract, base, wts, elect, normalize, divisor, lam, has_lam, ou
     a Python scalar). Branch-free blocks, so the inner loops vectorize.
     """
     n_models, n = len(ds), base.size
-    blk = 512
+    blk = BLOCK
     w = np.empty((n_models, blk), np.float32)
     acc = np.empty(blk, np.float32)
     div = np.empty(blk, np.float32)
@@ -79,39 +125,53 @@ def combine(ds, subtract, base, wts, elect, normalize, divisor, lam, has_lam, ou
                 v = widen(narrow(widen(d) * wt))
                 w[i, k] = v
                 acc[k] += v
-        for k in range(m):
-            t = narrow(acc[k])
-            bad |= not finite(t)
-            acc[k] = widen(t)
-        if elect:
-            for k in range(m):
-                neg[k] = np.float32(acc[k] < zero)
-                acc[k] = zero
-                div[k] = zero
-            for i in range(n_models):
-                wt = wts[i]
+        bad |= _finish_block(w, acc, div, neg, n_models, m, s0, wts, elect, normalize, divisor, lam, has_lam, base, out)
+    return bad == 0
+
+
+@njit
+def combine_masked(xs, base, masks, scales, has_scale, wts, elect, normalize, divisor, lam, has_lam, out):
+    """``masked_delta`` of every model and ``combine`` in one pass: the task vectors are never
+    stored, so a weight edit from cached masks streams each input once (the kernels are bound by
+    memory bandwidth on CPU). Same roundings as the two kernels in sequence, hence the same bits.
+
+    ``xs`` the models' bf16 bits, ``masks`` their packed keep-masks, ``scales`` their bf16 L1
+    rescale factors' bits where ``has_scale``.
+    """
+    n_models, n = len(xs), base.size
+    blk = BLOCK
+    w = np.empty((n_models, blk), np.float32)
+    acc = np.empty(blk, np.float32)
+    div = np.empty(blk, np.float32)
+    neg = np.empty(blk, np.float32)
+    dt = np.empty(blk, np.uint16)
+    bad = 0
+    zero = np.float32(0.0)
+    for s0 in range(0, n, blk):
+        m = min(blk, n - s0)
+        acc[:m] = zero
+        for i in range(n_models):
+            x_i, p_i, wt = xs[i], masks[i], wts[i]
+            b0 = s0 // 8
+            for j in range((m + 7) // 8):  # masked_delta's loops: a mask byte per 8 entries
+                byte = np.uint16(p_i[b0 + j])
+                for t in range(min(8, m - 8 * j)):
+                    k = 8 * j + t
+                    d = narrow(widen(x_i[s0 + k]) - widen(base[s0 + k]))
+                    bad |= not finite(d)  # a NaN the mask drops is still NaN for torch (NaN * 0)
+                    bit = (byte >> np.uint16(7 - t)) & np.uint16(1)
+                    dt[k] = d & (np.uint16(0x8000) | np.uint16(bit * np.uint16(0x7FFF)))  # d * 0.0 keeps d's sign
+            if has_scale[i]:
+                sc = widen(scales[i])
                 for k in range(m):
-                    v = w[i, k]
-                    agree = np.float32((v != zero) & (np.float32(v < zero) == neg[k]))
-                    acc[k] += v * agree  # v * 0.0 is a zero with v's sign, as the mask product
-                    div[k] += wt * agree
+                    dt[k] = narrow(widen(dt[k]) * sc)
             for k in range(m):
-                mixed = narrow(acc[k])
-                if normalize:
-                    dv = widen(narrow(div[k]))
-                    dv = dv + np.float32(dv == zero)
-                    mixed = narrow(widen(mixed) / dv)
-                acc[k] = widen(mixed)
-        elif normalize:
-            for k in range(m):
-                acc[k] = widen(narrow(acc[k] / divisor))
-        for k in range(m):
-            mixed = acc[k]
-            if has_lam:
-                mixed = widen(narrow(mixed * lam))
-            r = narrow(widen(base[s0 + k]) + mixed)
-            bad |= not finite(r)
-            out[s0 + k] = r
+                d = dt[k]
+                bad |= not finite(d)
+                v = widen(narrow(widen(d) * wt))
+                w[i, k] = v
+                acc[k] += v
+        bad |= _finish_block(w, acc, div, neg, n_models, m, s0, wts, elect, normalize, divisor, lam, has_lam, base, out)
     return bad == 0
 
 
@@ -124,6 +184,21 @@ def _warm_up() -> None:
     for n in (1, 2, 3):
         for subtract in (False, True):
             combine((x,) * n, subtract, x, np.ones(n, np.float32), True, True, one, one, False, x.copy())
+        masks, scales = (np.zeros(2, np.uint8),) * n, np.zeros(n, np.uint16)
+        combine_masked(
+            (x,) * n,
+            x,
+            masks,
+            scales,
+            np.zeros(n, np.bool_),
+            np.ones(n, np.float32),
+            True,
+            True,
+            one,
+            one,
+            False,
+            x.copy(),
+        )
 
 
 _warm_up()

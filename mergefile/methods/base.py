@@ -127,6 +127,14 @@ class ParamCheckError(ConfigError):
         self.model = model
 
 
+# bits(inputs, compact, per_model, params, ctx) -> flat uint16 array | None: ``merge`` (after
+# the stages) done on bf16 bits without torch, so a build whose jobs all take it never imports
+# torch. ``inputs``: the bf16 inputs as flat uint16 numpy arrays, one shape, base at
+# ``ctx.base_index``; ``compact``: input index -> its stage's cached compact form (uint8 numpy),
+# for every staged input. Must give the bits ``merge`` gives; None: run the torch steps instead.
+BitsFn = Callable[[Sequence[Any], Mapping[int, Any], Sequence[Mapping[str, Any]], Mapping[str, Any], MergeContext], Any]
+
+
 # check(params, per_model, base_index) -> None: validate one tensor's resolved parameters before
 # any tensor is read (same arguments as MergeFn, no tensors); raise ParamCheckError.
 CheckFn = Callable[[Mapping[str, Any], Sequence[Mapping[str, Any]], "int | None"], None]
@@ -154,6 +162,7 @@ class Method:
     # modules a build imports in the background while it hashes inputs (like torch): the
     # compiled kernels this method calls, so their loading overlaps the build's start
     warm: tuple[str, ...] = field(default=())
+    bits: BitsFn | None = None  # the torch-free bf16 path of merge (run/compute_bits.py)
 
     def param(self, name: str) -> ParamSpec | None:
         for p in self.params:

@@ -285,6 +285,33 @@ def _merge(
     return finish(base_w + mixed, base.dtype)
 
 
+def _merge_bits(
+    row: GTARow,
+    inputs: Sequence,
+    compact: Mapping[int, Any],
+    per_model: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    ctx: MergeContext,
+):
+    """:func:`_merge` on bf16 bits from cached stage masks: the same kernels, no torch."""
+    if ctx.base_index is None or not _gta_kernels.available_bits(len(inputs)):
+        return None
+    base = inputs[ctx.base_index]
+    idx = others(inputs, ctx)
+    if not idx:
+        return base.copy()
+    w = [model_param(row.name, per_model[i], "weight", i, ctx) for i in idx]
+    elect, normalize, lam = row.consensus is Consensus.SUM, bool(params["normalize"]), float(params["lambda"])
+    xs = [inputs[i] for i in idx]
+    if row.sparsifier is None:
+        return _gta_kernels.combine_bits(xs, True, base, w, elect, normalize, lam)
+    scales = [_gta_kernels.packed_scale_bits(compact[i]) for i in idx]
+    if any(s is False for s in scales):  # a float32 rescale: the torch steps
+        return None
+    packed = [compact[i] for i in idx]
+    return _gta_kernels.combine_masked_bits(xs, base, packed, scales, w, elect, normalize, lam)
+
+
 def _params(row: GTARow) -> tuple[ParamSpec, ...]:
     return (
         ParamSpec("weight", per_model=True, doc="scale of this model's task vector"),
@@ -352,6 +379,7 @@ def build(row: GTARow) -> Method:
         summary=row.summary,
         check=partial(_check, row),
         warm=_gta_kernels.WARM,
+        bits=partial(_merge_bits, row),
     )
 
 

@@ -137,6 +137,10 @@ def swap_in(tmp: Path, out_dir: Path) -> None:
     _fsync_dir(out_dir.parent)
 
 
+def _nbytes(t) -> int:
+    return t.data.nbytes if isinstance(t, RawTensor) else t.nbytes
+
+
 class OutputWriter:
     """One new version of ``plan.out_dir``, assembled in a private temp folder.
 
@@ -184,22 +188,23 @@ class OutputWriter:
         self.waiting = {
             sh: {j.name for j in jobs if j.name in fresh} for sh, jobs in self.by_shard.items() if sh not in reuse
         }
-        self.held: dict[str, torch.Tensor] = {}
+        self.held: dict[str, torch.Tensor | RawTensor] = {}
         self.held_bytes, self.keep_bytes = 0, keep_bytes
         self.written = 0
         self.done: set[str] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mergebuild-publish")
         self._queued: list = []
 
-    def add(self, name: str, tensor: torch.Tensor | None) -> None:
-        """A freshly computed tensor (None: not kept; its blob is read when the shard is written)."""
+    def add(self, name: str, tensor: torch.Tensor | RawTensor | None) -> None:
+        """A freshly computed tensor, or its bytes (None: not kept; its blob is read when the
+        shard is written)."""
         shard = self.shard_of[name]
         left = self.waiting.get(shard)
         if left is None:
             return
-        if tensor is not None and self.held_bytes + tensor.nbytes <= self.keep_bytes:
+        if tensor is not None and self.held_bytes + _nbytes(tensor) <= self.keep_bytes:
             self.held[name] = tensor
-            self.held_bytes += tensor.nbytes
+            self.held_bytes += _nbytes(tensor)
         left.discard(name)
         if not left:
             self._write(shard)
@@ -213,8 +218,8 @@ class OutputWriter:
             if t is None:
                 raw = self.fetch(job.name)
             else:
-                self.held_bytes -= t.nbytes
-                raw = raw_tensor(t)
+                self.held_bytes -= _nbytes(t)
+                raw = t if isinstance(t, RawTensor) else raw_tensor(t)
             del t
             shape = raw.shape if getattr(self.plan.layout, "dynamic_shapes", False) else tuple(job.result_shape)
             entries.append((job.name, job.result_dtype, shape, lambda d=raw.data: d))

@@ -140,8 +140,14 @@ class BlobStore:
         code = _CODES.get(tensor.dtype)
         if code is None:
             raise TypeError(f"dtype {tensor.dtype} cannot be stored as a safetensors blob")
-        data = _tensor_bytes(tensor)
-        header = _encode_header(key, code, list(tensor.shape), len(data), xxhash.xxh3_128_hexdigest(data))
+        return self.put_raw(key, RawTensor(code, tuple(tensor.shape), _tensor_bytes(tensor)))
+
+    def put_raw(self, key: str, raw: RawTensor) -> int:
+        """:meth:`put` of a tensor given as its bytes (no torch); returns bytes written."""
+        if key in self._cache:
+            return 0
+        data = raw.data.cast("B") if raw.data.format != "B" or raw.data.ndim != 1 else raw.data
+        header = _encode_header(key, raw.code, list(raw.shape), len(data), xxhash.xxh3_128_hexdigest(data))
         if not self._cache.add(key, _BlobReader(header, data), read=True, retry=True):
             return 0  # another thread/process won the race with identical content
         size = len(header) + len(data)

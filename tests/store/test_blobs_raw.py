@@ -31,3 +31,19 @@ def test_get_raw_drops_a_corrupt_blob(tmp_path) -> None:
         f.write(b"\x00\x00\x80\x7f")
     assert store.get_raw("k", verify=True) is None
     assert "k" not in store
+
+
+def test_put_raw_stores_what_put_stores(tmp_path) -> None:
+    """A tensor given as bytes (the torch-free merge path) is the same blob as the tensor."""
+    import numpy as np
+
+    from mergefile.io.writer import RawTensor
+
+    store = BlobStore(tmp_path / "c", 1 << 30)
+    t = torch.randn(300, 7).to(torch.bfloat16)
+    bits = t.view(torch.int16).numpy().view(np.uint16).reshape(-1).copy()
+    assert store.put_raw("raw", RawTensor("BF16", (300, 7), memoryview(bits).cast("B"))) > 0
+    assert store.put("torch", t) > 0
+    assert torch.equal(store.get("raw", verify=True).view(torch.int16), t.view(torch.int16))
+    assert bytes(store.get_raw("raw").data) == bytes(store.get_raw("torch").data)
+    assert store.put_raw("raw", RawTensor("BF16", (300, 7), memoryview(bits).cast("B"))) == 0  # already there
