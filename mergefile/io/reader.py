@@ -51,6 +51,16 @@ class TensorReader:
                 self._maps[file] = mm
             return mm
 
+    def _checked_map(self, info: TensorInfo) -> mmap.mmap:
+        """The mapping of ``info``'s file, which must still hold the tensor's whole byte range."""
+        mm = self._map(info.file)
+        if info.end > len(mm):
+            raise UserError(
+                f"'{info.file}' is shorter than its header says (tensor '{info.name}' ends at "
+                f"byte {info.end}, file has {len(mm)}); it changed during the build"
+            )
+        return mm
+
     def get(self, info: TensorInfo) -> torch.Tensor:
         """The tensor described by ``info``, as a CPU tensor viewing the file's mapping.
 
@@ -65,12 +75,7 @@ class TensorReader:
         if numel == 0:
             tensor = torch.empty(info.shape, dtype=dtype)
         else:
-            mm = self._map(info.file)
-            if info.end > len(mm):
-                raise UserError(
-                    f"'{info.file}' is shorter than its header says (tensor '{info.name}' ends at "
-                    f"byte {info.end}, file has {len(mm)}); it changed during the build"
-                )
+            mm = self._checked_map(info)
             # torch keeps a reference to the object it was given but not a buffer export; a
             # memoryview holds the export, so the mapping cannot be unmapped under the tensor.
             flat = torch.frombuffer(memoryview(mm)[info.begin : info.end], dtype=torch.uint8)
@@ -93,12 +98,7 @@ class TensorReader:
         if info.nbytes == 0:
             data = memoryview(b"")
         else:
-            mm = self._map(info.file)
-            if info.end > len(mm):
-                raise UserError(
-                    f"'{info.file}' is shorter than its header says (tensor '{info.name}' ends at "
-                    f"byte {info.end}, file has {len(mm)}); it changed during the build"
-                )
+            mm = self._checked_map(info)
             data = memoryview(mm)[info.begin : info.end]
         with self._lock:
             self.bytes_read += info.nbytes
