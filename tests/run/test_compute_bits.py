@@ -33,8 +33,8 @@ _BUILD = (
 )
 
 
-def _build_apart(dir: Path, cache: Path) -> dict:
-    env = {**os.environ, "MERGEBUILD_SERVER": "off", "PYTHONPATH": str(REPO)}
+def _build_apart(dir: Path, cache: Path, **env_vars: str) -> dict:
+    env = {**os.environ, "MERGEBUILD_SERVER": "off", "PYTHONPATH": str(REPO), **env_vars}
     argv = ["-C", str(dir), "--quiet", "--cache-dir", str(cache), "-j", "2", "out/x"]
     r = subprocess.run([sys.executable, "-c", _BUILD, *argv], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -88,11 +88,14 @@ def test_a_weight_edit_from_cached_masks_imports_no_torch(method, aged_models, t
     assert_same_tensors(read_tensors(work / "out" / "x"), _clean(tmp_path, aged_models, method, 0.2, 0.9))
 
 
-def test_a_task_arithmetic_build_imports_no_torch(tiny_models_bf16, tmp_path):
+@pytest.mark.parametrize("read_once", ["never", "always"])
+def test_a_task_arithmetic_build_imports_no_torch(read_once, tiny_models_bf16, tmp_path):
+    """Hashed up front, or keyed job by job as the merge reads the inputs (deferred keys)."""
     work = tmp_path / "w"
     work.mkdir()
     _write(work, tiny_models_bf16, "task_arithmetic", 0.6, -0.3)
-    assert _build_apart(work, tmp_path / "cache") == {"exit": 0, "torch": False}
+    got = _build_apart(work, tmp_path / "cache", MERGEBUILD_READ_ONCE=read_once)
+    assert got == {"exit": 0, "torch": False}
     expected = _clean(tmp_path, tiny_models_bf16, "task_arithmetic", 0.6, -0.3)
     assert_same_tensors(read_tensors(work / "out" / "x"), expected)
 
