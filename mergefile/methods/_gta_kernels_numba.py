@@ -97,6 +97,13 @@ def _finish_block(w, acc, div, neg, n_models, m, s0, wts, elect, normalize, divi
 BLOCK = 512  # entries per block: a multiple of 8, so a block starts on a mask byte
 
 
+@njit(inline="always")
+def _scratch(n_models):
+    """A block's working rows: weighted task vectors, their sum, the divisor, the elected sign."""
+    f32 = np.float32
+    return np.empty((n_models, BLOCK), f32), np.empty(BLOCK, f32), np.empty(BLOCK, f32), np.empty(BLOCK, f32)
+
+
 @njit
 def combine(ds, subtract, base, wts, elect, normalize, divisor, lam, has_lam, out):
     """``gta._merge`` from the task vectors (or inputs, with ``subtract``) to the result.
@@ -107,10 +114,7 @@ def combine(ds, subtract, base, wts, elect, normalize, divisor, lam, has_lam, ou
     """
     n_models, n = len(ds), base.size
     blk = BLOCK
-    w = np.empty((n_models, blk), np.float32)
-    acc = np.empty(blk, np.float32)
-    div = np.empty(blk, np.float32)
-    neg = np.empty(blk, np.float32)
+    w, acc, div, neg = _scratch(n_models)
     bad = 0
     zero = np.float32(0.0)
     for s0 in range(0, n, blk):
@@ -140,10 +144,7 @@ def combine_masked(xs, base, masks, scales, has_scale, wts, elect, normalize, di
     """
     n_models, n = len(xs), base.size
     blk = BLOCK
-    w = np.empty((n_models, blk), np.float32)
-    acc = np.empty(blk, np.float32)
-    div = np.empty(blk, np.float32)
-    neg = np.empty(blk, np.float32)
+    w, acc, div, neg = _scratch(n_models)
     dt = np.empty(blk, np.uint16)
     bad = 0
     zero = np.float32(0.0)
