@@ -263,6 +263,9 @@ def main() -> int:
     models = [mdir / f"m{i}" for i in range(N_MODELS)]
     for i, m in enumerate(models):
         make_model(m, seed=i, layers=args.layers, hidden=args.hidden, inter=inter, vocab=vocab, base=None)
+    # mergebuild byte-compiled, as mergekit's pip install is (an editable install under
+    # PYTHONDONTWRITEBYTECODE would compile its sources in every timed process)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT.parent / "mergefile")], check=True)
     for m in models:  # into the page cache: both tools then read from memory
         for f in m.glob("*.safetensors"):
             f.read_bytes()
