@@ -95,15 +95,45 @@ def packed_scale_bits(packed) -> int | None | bool:
     return int(packed[-3]) | int(packed[-2]) << 8
 
 
+def _blocked(call, n: int, values: Sequence, masks: Sequence = ()):
+    """Run a kernel over ``n`` entries in whole blocks: ``call(values, masks, out)`` on the
+    arrays' first ``n - n % BLOCK`` entries (views), then on zero-padded copies of the rest (the
+    kernels' loops have a constant trip count; see ``_gta_kernels_numba``). ``masks`` are packed
+    bits, 8 entries a byte. The result's bits, or None when the kernel reported a non-finite
+    value."""
+    import numpy as np
+
+    from mergefile.methods._gta_kernels_numba import BLOCK
+
+    out = np.empty(n, dtype=np.uint16)
+    full = n - n % BLOCK
+    if full and not call([v[:full] for v in values], [m[: full // 8] for m in masks], out[:full]):
+        return None
+    if full < n:
+        tail = n - full
+        vs = [np.zeros(BLOCK, dtype=np.uint16) for _ in values]
+        for pad, v in zip(vs, values):
+            pad[:tail] = v[full:n]
+        ms = [np.zeros(BLOCK // 8, dtype=np.uint8) for _ in masks]
+        for pad, m in zip(ms, masks):
+            pad[: (tail + 7) // 8] = m[full // 8 : (n + 7) // 8]
+        rest = np.empty(BLOCK, dtype=np.uint16)
+        if not call(vs, ms, rest):
+            return None
+        out[full:] = rest[:tail]
+    return out
+
+
 def masked_delta_bits(x, base, packed, scale: int | None):
     """:func:`masked_delta` on bf16 bits (flat uint16 arrays; ``scale`` as bits), no torch: the
     result's bits, or None when a value is not finite."""
     import numpy as np
 
-    out = np.empty(x.size, dtype=np.uint16)
     sc = np.uint16(0 if scale is None else scale)
-    ok = _kernels()[0](x, base, packed, sc, scale is not None, out)
-    return out if ok else None
+    kernel = _kernels()[0]
+    return _blocked(
+        lambda v, m, out: kernel(v[0], v[1], m[0], sc, scale is not None, out), x.size, (x, base), (packed,)
+    )
 
 
 def masked_delta(x: torch.Tensor, base: torch.Tensor, packed, scale: torch.Tensor | None) -> torch.Tensor | None:
@@ -129,10 +159,12 @@ def combine_bits(
     import numpy as np
 
     wts, divisor = _weights(weights, elect, normalize)
-    out = np.empty(base.size, dtype=np.uint16)
-    flat = tuple(deltas)  # no (N, ...) stack; one compiled kernel per N
-    ok = _kernels()[1](flat, subtract, base, wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, out)
-    return out if ok else None
+    kernel, n = _kernels()[1], len(deltas)  # a tuple, no (N, ...) stack: one compiled kernel per N
+
+    def call(v, _, out):
+        return kernel(tuple(v[:n]), subtract, v[n], wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, out)
+
+    return _blocked(call, base.size, (*deltas, base))
 
 
 def _weights(weights: Sequence[float], elect: bool, normalize: bool):
@@ -164,11 +196,14 @@ def combine_masked_bits(
     wts, divisor = _weights(weights, elect, normalize)
     sc = np.array([0 if s is None else s for s in scales], dtype=np.uint16)
     has = np.array([s is not None for s in scales], dtype=np.bool_)
-    out = np.empty(base.size, dtype=np.uint16)
-    ok = _kernels()[2](
-        tuple(xs), base, tuple(packed), sc, has, wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, out
-    )
-    return out if ok else None
+    kernel, n = _kernels()[2], len(xs)
+
+    def call(v, m, out):
+        return kernel(
+            tuple(v[:n]), v[n], tuple(m), sc, has, wts, elect, normalize, divisor, np.float32(lam), lam != 1.0, out
+        )
+
+    return _blocked(call, base.size, (*xs, base), packed)
 
 
 def combine(

@@ -58,8 +58,9 @@ def _torch_and_bits(method, tensors, per_model, params):
 @pytest.mark.parametrize("method", gta.METHODS, ids=lambda m: m.name)
 @pytest.mark.parametrize("n_models", [1, 3, 5])
 @pytest.mark.parametrize("lam", [1.0, 0.7])
-def test_bits_path_gives_the_torch_steps_bits(method, n_models, lam):
-    tensors = _models(n_models, (24, 37), seed=n_models * 7 + len(method.name))
+@pytest.mark.parametrize("shape", [(24, 37), (8, 128)], ids=["tail", "blocks"])  # 888 = 512 + 376; 2 x 512
+def test_bits_path_gives_the_torch_steps_bits(method, n_models, lam, shape):
+    tensors = _models(n_models, shape, seed=n_models * 7 + len(method.name))
     extra = {"gamma": 0.05} if "breadcrumbs" in method.name else {"epsilon": 0.1} if "della" in method.name else {}
     per_model = [{}] + [{"weight": w, "density": 0.6, **extra} for w in WEIGHTS[n_models - 1]]
     for normalize in (True, False):

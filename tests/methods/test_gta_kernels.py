@@ -47,7 +47,10 @@ def _corner_stack(n_models: int, shape: tuple[int, ...], dtype: torch.dtype, see
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n_models,shape", [(1, (7,)), (2, (33,)), (3, (16, 24)), (5, (4, 5, 6))])
+# sizes below, at and across the kernels' 512-entry blocks (a padded tail, none, both)
+@pytest.mark.parametrize(
+    "n_models,shape", [(1, (7,)), (2, (33,)), (3, (16, 24)), (5, (4, 5, 6)), (2, (1024,)), (3, (40, 41))]
+)
 @pytest.mark.parametrize("normalize", [True, False])
 def test_finite_path_equals_the_plain_steps(dtype, n_models, shape, normalize):
     weighted = _corner_stack(n_models, shape, dtype, seed=n_models * 7 + len(shape))
