@@ -20,10 +20,11 @@ from mergefile.methods.base import BaseRule, EmbedPolicy, MergeContext, Method, 
 def stock_ratio(offsets: list[torch.Tensor]) -> torch.Tensor:
     """``t`` from the mean pairwise cosine of the offsets along their last dim, in [0, 1]."""
     cosines = []
+    norms = [a.norm(dim=-1) for a in offsets]  # once per offset, not once per pair: the same values
     for i, a in enumerate(offsets):
-        for b in offsets[i + 1 :]:
-            denom = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)
-            cosines.append(((a * b).sum(dim=-1) / denom).clamp(-1, 1))
+        for j in range(i + 1, len(offsets)):
+            denom = (norms[i] * norms[j]).clamp(min=1e-6)
+            cosines.append(((a * offsets[j]).sum(dim=-1) / denom).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1).clamp(min=0)
     n = len(offsets)
     return (n * cos / (1 + (n - 1) * cos)).clamp(0, 1)

@@ -85,9 +85,13 @@ def merge(
     topk = float(params["select_topk"])
     if topk < 1:
         tvs.mul_(select_mask(tvs, topk))
-    majority = torch.where(tvs.sum(dim=0) >= 0, 1.0, -1.0).to(tvs.dtype)
+    # the model weights first: their squares' stack is freed before the sign stack exists (a
+    # third stack at the peak otherwise); the majority directly in the stack's dtype (+-1 exact)
+    model_weights = sce_weights(tvs)
+    one = torch.ones((), dtype=tvs.dtype, device=tvs.device)
+    majority = torch.where(tvs.sum(dim=0) >= 0, one, -one)
     weights = torch.sign(tvs).eq_(majority)  # 1/0 in the stack's dtype: sign(tau) == majority
-    weights.mul_(sce_weights(tvs).view(-1, *[1] * (tvs.dim() - 1)))
+    weights.mul_(model_weights.view(-1, *[1] * (tvs.dim() - 1)))
     divisor = weights.sum(dim=0).clamp(min=1e-6)
     merged = tvs.mul_(weights).sum(dim=0) / divisor
     return finish(b + merged, base.dtype)
