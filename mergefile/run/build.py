@@ -40,7 +40,7 @@ from mergefile.run.plan_keys import KeyedPlan, key_plan
 from mergefile.run.portable import DeviceLoader, absorb, hub_file_names, job_peak_bytes, make_portable
 from mergefile.run.publish import OutputWriter, aux_files, hub_lineage
 from mergefile.run.schedule import Cancelled, run_targets
-from mergefile.run.stale import TargetStatus, compare
+from mergefile.run.stale import TargetStatus, compare, in_previous_output
 from mergefile.store.lock import output_lock
 from mergefile.store.store import Store
 from mergefile.syntax.ast import Mergefile
@@ -275,13 +275,17 @@ def big_first(jobs: list[TensorJob], slots: int) -> list[TensorJob]:
 
 
 def _needs_compute(st: TargetStatus, store: Store) -> list[TensorJob]:
-    """Jobs whose result is not in the cache but is needed by a shard being written."""
+    """Jobs whose result is neither in the cache nor, with the same key, in the current output
+    folder, but is needed by a shard being written."""
     plan, kp = st.kp.plan, st.kp
-    need = []
-    for job in plan.jobs:  # deferred keys: a cold target, each job looks in the store itself
-        if plan.shard_of(job) in st.write_shards and (kp.deferred is not None or kp.keys[job.name] not in store.blobs):
-            need.append(job)
-    return need
+    if kp.deferred is not None:  # a cold target: each job looks in the store itself
+        return [job for job in plan.jobs if plan.shard_of(job) in st.write_shards]
+    held = in_previous_output(st)
+    return [
+        job
+        for job in plan.jobs
+        if plan.shard_of(job) in st.write_shards and kp.keys[job.name] not in store.blobs and job.name not in held
+    ]
 
 
 def _estimate(report: TargetReport, st: TargetStatus, store: Store, options: BuildOptions) -> None:
@@ -459,10 +463,14 @@ def _build_target(
         items = _scheduled_jobs(plan, kp, need, loader, store, options, executor)
         jobs_by_name = {j.name: j for j in plan.jobs}
         computed = {j.name for j in need}
+        previous = in_previous_output(st)  # unchanged tensors the current folder holds
+        headers: dict = {}
 
         def fetch(name: str) -> RawTensor:
             key = kp.keys[name]
             t = store.blobs.get_raw(key, verify=True)  # bytes, no torch: a cached tensor is copied
+            if t is None and name in previous:  # its blob evicted: copy it from the current folder
+                t = _from_output(reader, previous[name], name, headers)
             if t is None:  # evicted or corrupt since: recompute
                 t, res = compute_any(jobs_by_name[name], kp, loader, store.blobs, device)
                 report.computed += 1
@@ -527,6 +535,20 @@ def _build_target(
             reader.close()
             progress.end_target(plan.name)
     report.seconds = time.perf_counter() - t0
+
+
+def _from_output(reader, shard: str, name: str, headers: dict) -> RawTensor | None:
+    """Tensor ``name`` of an output shard, as bytes (None when the file no longer holds it).
+    ``headers`` keeps each shard's parsed header for the next tensor."""
+    from mergefile.io.header import read_header
+
+    try:
+        if shard not in headers:
+            headers[shard] = read_header(shard)[0]
+        info = headers[shard].get(name)
+        return None if info is None else RawTensor(info.dtype, tuple(info.shape), reader.get_raw(info))
+    except (OSError, UserError):
+        return None
 
 
 def _driver_device(options: BuildOptions) -> str:
