@@ -148,27 +148,18 @@ def compare(kp: KeyedPlan, aux_key: str, *, force: bool = False) -> TargetStatus
 
 
 def in_previous_output(st: TargetStatus) -> dict[str, str]:
-    """Tensors of shards to be rewritten that the current output folder already holds with the
-    same key, in a shard unchanged on disk since it was written: name -> that shard's path.
+    """Tensors of shards to be rewritten that the current output folder already holds, up to
+    date (the same key, in a shard unchanged on disk: :func:`compare` found them not stale):
+    name -> that shard's path.
 
     Why: a rewritten shard's unchanged tensors normally come from the cache; when their blobs
     were evicted (a model larger than the cache limit), copying them from the previous version
     of the folder costs what reading a blob does, instead of recomputing them."""
-    man = st.manifest
-    if man is None:
+    if st.manifest is None:
         return {}
-    plan, kp = st.kp.plan, st.kp
-    unchanged: dict[str, bool] = {}
-    out: dict[str, str] = {}
-    for job in plan.jobs:
-        rec = man.tensors.get(job.name)
-        if rec is None or plan.shard_of(job) not in st.write_shards or rec.get("key") != kp.keys.get(job.name):
-            continue
-        shard = rec.get("shard", "")
-        if shard not in unchanged:
-            now = shard_stat(os.path.join(plan.out_dir, shard))
-            was = man.shards.get(shard) or {}
-            unchanged[shard] = now is not None and all(now[k] == was.get(k) for k in ("size", "mtime_ns", "ino"))
-        if unchanged[shard]:
-            out[job.name] = os.path.join(plan.out_dir, shard)
-    return out
+    plan, held = st.kp.plan, st.manifest.tensors
+    return {
+        job.name: os.path.join(plan.out_dir, held[job.name]["shard"])
+        for job in plan.jobs
+        if plan.shard_of(job) in st.write_shards and job.name not in st.stale and job.name in held
+    }
