@@ -59,8 +59,9 @@ def build_line(r: TargetReport) -> str:
     if not r.built:
         return up_to_date_line(r.name)
     st = r.status
+    copied = f", {r.from_output} from the previous output" if r.from_output else ""
     return (
-        f"{r.name}: built — {r.computed} computed, {r.cache_hits} from cache, "
+        f"{r.name}: built — {r.computed} computed, {r.cache_hits} from cache{copied}, "
         f"{len(st.write_shards)} shard(s) written, {len(st.reuse_shards)} kept; "
         f"read {human_bytes(r.bytes_read)}, wrote {human_bytes(r.bytes_written)} in {r.seconds:.2f}s"
     )
@@ -86,6 +87,7 @@ def report_json(report: BuildReport, dry_run: bool) -> str:
                 "estimate": {"read_bytes": r.est_read, "write_bytes": r.est_write, "peak_bytes": r.est_peak},
                 "computed": r.computed,
                 "cache_hits": r.cache_hits,
+                "from_output": r.from_output,
                 "stage_hits": r.stage_hits,
                 "stage_misses": r.stage_misses,
                 "bytes_read": r.bytes_read,

@@ -72,6 +72,7 @@ class TargetReport:
     built: bool = False
     computed: int = 0
     cache_hits: int = 0
+    from_output: int = 0  # unchanged tensors of a rewritten shard, copied from the current folder
     stage_hits: int = 0
     stage_misses: int = 0
     bytes_read: int = 0
@@ -469,25 +470,41 @@ def _build_target(
         def fetch(name: str) -> RawTensor:
             key = kp.keys[name]
             t = store.blobs.get_raw(key, verify=True)  # bytes, no torch: a cached tensor is copied
-            if t is None and name in previous:  # its blob evicted: copy it from the current folder
-                t = _from_output(reader, previous[name], name, headers)
+            source = "cache"
+            if t is None and name in previous:  # not cached (evicted, or not kept): copy it from the folder
+                t, source = _from_output(reader, previous[name], name, headers), "output"
             if t is None:  # evicted or corrupt since: recompute
                 t, res = compute_any(jobs_by_name[name], kp, loader, store.blobs, device)
                 report.computed += 1
                 run.record(target=plan.name, tensor=name, key=key, status="recomputed", bytes_read=res.bytes_read)
             elif name not in computed:
-                report.cache_hits += 1
+                if source == "output":
+                    report.from_output += 1
+                else:
+                    report.cache_hits += 1
                 run.record(
                     target=plan.name,
                     tensor=name,
                     key=key,
                     status="hit",
                     bytes_saved=job_input_bytes(jobs_by_name[name], plan),
+                    source=source,
                 )
             return t
 
+        def spill(name: str, tensor) -> int:  # a result the cache policy did not keep, dropped by the writer
+            return store.blobs.put_raw(kp.keys[name], tensor if isinstance(tensor, RawTensor) else raw_tensor(tensor))
+
         writer = OutputWriter(
-            plan, kp.keys, kp.recipes, st.reuse_shards, aux2, fetch, computed, keep_bytes=options.memory_budget // 2
+            plan,
+            kp.keys,
+            kp.recipes,
+            st.reuse_shards,
+            aux2,
+            fetch,
+            computed,
+            keep_bytes=options.memory_budget // 2,
+            spill=spill,
         )
         try:
             for _item, out in executor.run(items):
@@ -524,7 +541,7 @@ def _build_target(
                 tensor, res.tensor = res.tensor, None
                 writer.add(res.name, tensor)  # its shard is written as soon as it is complete
                 del tensor
-            report.bytes_written += writer.finish()
+            report.bytes_written += writer.finish() + writer.spilled
             report.built = True
         except BaseException:
             writer.abort()

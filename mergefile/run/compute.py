@@ -7,7 +7,6 @@ an interrupted build resumes from whatever finished, and a repeated key is never
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,6 +16,7 @@ from mergefile.methods.apply import has_stages, run_method
 from mergefile.methods.base import EmbedPolicy, MergeContext, Method
 from mergefile.methods.registry import get_method
 from mergefile.plan.jobs import InputRef, TargetPlan, TensorJob
+from mergefile.run.cache_policy import keep_result, keep_stages
 from mergefile.run.plan_keys import KeyedPlan, stage_inputs, stage_plan
 from mergefile.store.keys import seed_from_key
 
@@ -103,24 +103,6 @@ def _generator(key: str, seed: int) -> torch.Generator:
     return g
 
 
-# The stage cache keeps a job's compact stage forms (packed keep-masks) only while they add at
-# most this share of the output tensor's bytes: with bf16 outputs that is up to 4 sparsified
-# models per tensor, so a cold build's cache stays within 1.3x its output (docs/cache.md).
-# MERGEBUILD_STAGE_CACHE=always|never overrides it.
-STAGE_SHARE = 0.3
-
-
-def _keep_stages(method: Method, tensors, b: int, n_staged: int) -> bool:
-    """Whether this job's compact stage forms go to the cache (docs/cache.md, "Stages")."""
-    mode = os.environ.get("MERGEBUILD_STAGE_CACHE", "auto")
-    if mode in ("always", "never"):
-        return mode == "always"
-    if method.stage is None or method.stage.split is None:
-        return True  # a dense stage output (e.g. LoRA's SVD factors) is always worth its bytes
-    out = tensors[b]
-    return n_staged * (out.numel() + 7) // 8 <= STAGE_SHARE * out.numel() * out.element_size()
-
-
 class KeyedStages:
     """The build's ``StageRunner``: each stage seeded by its own content key (``keys[i]``).
 
@@ -196,7 +178,7 @@ def compute_job(
             {i: sk for i, _, sk in plan},
             job.seed,
             blobs,
-            _keep_stages(method, tensors, job.base_index, len(plan)),
+            keep_stages(method, tensors, job.base_index, len(plan)),
             device,
             res,
             release=lambda i: loader.release([job.inputs[i]]),
@@ -210,7 +192,8 @@ def compute_job(
     result = result.detach().to("cpu").contiguous()
     del tensors, raw
     loader.release(job.inputs)
-    res.bytes_written += blobs.put(key, result)
+    if keep_result(job, kp, blobs):
+        res.bytes_written += blobs.put(key, result)
     res.seconds = time.perf_counter() - t0
     return result, res
 

@@ -16,43 +16,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mergefile.io.header import TensorInfo, dtype_code
 from mergefile.io.writer import RawTensor
 from mergefile.methods.apply import has_stages
-from mergefile.methods.base import MergeContext, Method
+from mergefile.methods.base import MergeContext
 from mergefile.methods.registry import get_method
-from mergefile.plan.jobs import TargetPlan, TensorJob
+from mergefile.plan.jobs import TensorJob
+from mergefile.run.cache_policy import BF16, bits_inputs, keep_result, stage_keys
 from mergefile.run.compute import JobResult
-from mergefile.run.plan_keys import KeyedPlan, stage_inputs, stage_plan
-
-BF16 = "BF16"
-
-
-def bits_inputs(job: TensorJob, plan: TargetPlan) -> list[TensorInfo] | None:
-    """The job's inputs when the bits path can take them: model-file tensors, all bf16 and of one
-    shape, computed and written in bf16, no vocabulary remap. None otherwise."""
-    if get_method(job.method).bits is None or job.vocab is not None or job.result_dtype != BF16:
-        return None
-    if job.dtype and dtype_code(job.dtype) != BF16:
-        return None
-    infos = []
-    for ref in job.inputs:
-        model = plan.inputs[ref.model]
-        if model.source is not None or model.target is not None:
-            return None
-        info = model.tensors[ref.tensor]
-        if info.dtype != BF16 or info.begin % 2:
-            return None
-        infos.append(info)
-    if not infos or len({tuple(i.shape) for i in infos}) != 1:
-        return None
-    return infos
-
-
-def _stage_keys(method: Method, job: TensorJob, kp: KeyedPlan) -> list[tuple[int, str]]:
-    if not has_stages(method, len(job.inputs), job.base_index):
-        return []
-    return [(i, sk) for i, _, sk in stage_plan(method, job, stage_inputs(job, kp))]
+from mergefile.run.plan_keys import KeyedPlan
 
 
 def takes_bits(job: TensorJob, kp: KeyedPlan, blobs, device: str) -> bool:
@@ -64,7 +35,7 @@ def takes_bits(job: TensorJob, kp: KeyedPlan, blobs, device: str) -> bool:
     method = get_method(job.method)
     if kp.deferred is not None:
         return not has_stages(method, len(job.inputs), job.base_index)
-    return all(sk in blobs for _, sk in _stage_keys(method, job, kp))
+    return all(sk in blobs for _, sk in stage_keys(method, job, kp))
 
 
 def compute_bits(
@@ -84,7 +55,7 @@ def compute_bits(
     t0 = time.perf_counter()
     method = get_method(job.method)
     compact: dict[int, Any] = {}
-    for i, sk in _stage_keys(method, job, kp):
+    for i, sk in stage_keys(method, job, kp):
         packed = blobs.get_raw(sk)
         if packed is None or packed.code != "U8":
             return None
@@ -99,6 +70,7 @@ def compute_bits(
     key = kp.keys[job.name]
     raw = RawTensor(BF16, tuple(infos[0].shape), memoryview(bits).cast("B"))
     res = JobResult(job.name, key, "computed", 0.0, sum(i.nbytes for i in infos), 0, stage_hits=len(compact))
-    res.bytes_written += blobs.put_raw(key, raw)
+    if keep_result(job, kp, blobs):
+        res.bytes_written += blobs.put_raw(key, raw)
     res.seconds = time.perf_counter() - t0
     return raw, res

@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -156,6 +157,8 @@ class OutputWriter:
         fresh: names of the tensors that will arrive through :meth:`add`.
         keep_bytes: most bytes of arrived tensors held for shards still incomplete; beyond it a
             tensor is dropped and fetched again from its blob when its shard is written.
+        spill: ``spill(tensor_name, tensor)`` for a tensor dropped so: stores it where ``fetch``
+            finds it (a result the cache policy did not keep), and returns the bytes written.
     """
 
     QUEUE = 2  # shards handed to the writer thread and not yet on disk
@@ -170,6 +173,7 @@ class OutputWriter:
         fetch: Callable[[str], RawTensor],
         fresh: set[str] = frozenset(),
         keep_bytes: int = 0,
+        spill: Callable[[str, Any], int] | None = None,
     ):
         from concurrent.futures import ThreadPoolExecutor
 
@@ -189,7 +193,8 @@ class OutputWriter:
             sh: {j.name for j in jobs if j.name in fresh} for sh, jobs in self.by_shard.items() if sh not in reuse
         }
         self.held: dict[str, torch.Tensor | RawTensor] = {}
-        self.held_bytes, self.keep_bytes = 0, keep_bytes
+        self.held_bytes, self.keep_bytes, self.spill = 0, keep_bytes, spill
+        self.spilled = 0  # bytes ``spill`` wrote
         self.written = 0
         self.done: set[str] = set()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mergebuild-publish")
@@ -202,10 +207,13 @@ class OutputWriter:
         left = self.waiting.get(shard)
         if left is None:
             return
-        if tensor is not None and self.held_bytes + _nbytes(tensor) <= self.keep_bytes:
-            self.held[name] = tensor
-            self.held_bytes += _nbytes(tensor)
         left.discard(name)
+        if tensor is not None:
+            if not left or self.held_bytes + _nbytes(tensor) <= self.keep_bytes:  # the last one is written now
+                self.held[name] = tensor
+                self.held_bytes += _nbytes(tensor)
+            elif self.spill is not None:
+                self.spilled += self.spill(name, tensor)
         if not left:
             self._write(shard)
 

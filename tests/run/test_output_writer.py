@@ -80,7 +80,32 @@ def test_over_the_cap_tensors_come_back_from_the_cache(planned, tiny_models, tmp
     for j in plan.jobs:
         w.add(j.name, compute_job(j, kp, loader, store.blobs)[0])  # stored in the blob store as it goes
     w.finish()
-    assert sorted(fetched) == sorted(j.name for j in plan.jobs)
+    last = {plan.shard_of(j): j.name for j in plan.jobs}.values()  # each shard's last: written at once
+    assert sorted(fetched) == sorted(j.name for j in plan.jobs if j.name not in last)
+    assert shard_bytes(plan.out_dir) == _reference(tiny_models, tmp_path)
+
+
+def test_dropped_tensors_are_spilled_where_fetch_finds_them(planned, tiny_models, tmp_path) -> None:
+    """A result the cache policy did not keep (``run/cache_policy.py``) and the writer cannot hold
+    goes to the cache through ``spill`` before it is dropped; the shard is then the same."""
+    from mergefile.io.writer import raw_tensor
+
+    plan, kp, aux, loader, store = planned
+    fetch, fetched = _recording_fetch(kp, store)
+    spilled: list[str] = []
+
+    def spill(name, t) -> int:
+        spilled.append(name)
+        return store.blobs.put_raw(kp.keys[name], raw_tensor(t))
+
+    w = OutputWriter(plan, kp.keys, kp.recipes, set(), aux, fetch, {j.name for j in plan.jobs}, 0, spill)
+    for j in plan.jobs:
+        t = compute_job(j, kp, loader, store.blobs)[0]
+        store.blobs.delete(kp.keys[j.name])  # as if the policy had not kept it
+        w.add(j.name, t)
+    w.finish()
+    assert spilled == fetched and spilled  # each dropped tensor spilled, then read back
+    assert w.spilled >= sum(store.blobs.get_raw(kp.keys[n]).data.nbytes for n in spilled)  # counted as written
     assert shard_bytes(plan.out_dir) == _reference(tiny_models, tmp_path)
 
 

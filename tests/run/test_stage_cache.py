@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mergefile.methods import get_method
-from mergefile.run.compute import STAGE_SHARE, _keep_stages
+from mergefile.run.cache_policy import STAGE_SHARE
+from mergefile.run.cache_policy import keep_stages as _keep_stages
 from mergefile.store.store import Store
 from tests.helpers import assert_same_tensors, cli_json, mergefile_for, read_tensors
 
