@@ -147,17 +147,22 @@ def _fusion_as_mergekit(base: torch.Tensor, other: torch.Tensor) -> torch.Tensor
 
 
 def test_arcee_fusion_scores_in_the_compute_dtype_as_mergekit():
-    """A float32 case (seed 42) where float32 scores put one entry on the other side of the cut
-    than exact ones: the result keeps mergekit's float32 selection, bit for bit (version 3; version
-    2 scored in float64 and differed from mergekit here)."""
-    g = torch.Generator().manual_seed(42)
-    base = torch.randn(24, 16, generator=g)
-    other = base + 0.3 * torch.randn(24, 16, generator=g)
-    out = run("arcee_fusion", [base, other], base_index=0)
-    exact = torch.tensor(_fusion_by_formula(base.double().tolist(), other.double().tolist()))
-    assert out.dtype == torch.float32
-    assert torch.equal(out, _fusion_as_mergekit(base, other))
-    assert not torch.equal(out != base, exact.float() != base)  # the case still tells the two apart
+    """float32 cases where float32 scores put an entry on the other side of the cut than exact
+    ones: the result keeps mergekit's float32 selection, bit for bit (version 3; version 2 scored
+    in float64 and differed from mergekit there). Such cases are rare (1 seed in 20000 here), and
+    which seeds they are depends on the CPU's vector code (softmax, log): seed 42 is one on the
+    machine this test was written on, 1741 on the 2026-12 CI machine."""
+    telling = 0
+    for seed in (42, 1741):
+        g = torch.Generator().manual_seed(seed)
+        base = torch.randn(24, 16, generator=g)
+        other = base + 0.3 * torch.randn(24, 16, generator=g)
+        out = run("arcee_fusion", [base, other], base_index=0)
+        assert out.dtype == torch.float32
+        assert torch.equal(out, _fusion_as_mergekit(base, other)), seed
+        exact = torch.tensor(_fusion_by_formula(base.double().tolist(), other.double().tolist()))
+        telling += not torch.equal(out != base, exact.float() != base)
+    assert telling, "no seed tells float32 from exact scoring on this CPU: find one (see the docstring)"
 
 
 def test_arcee_fusion_large_tensor_sample_is_seeded():

@@ -89,6 +89,14 @@ def methods_of(name: str) -> set[str]:
     return set(re.findall(r"merge_method:\s*['\"]?([A-Za-z_]+)", text))
 
 
+# Configs whose MoE routers come from a forward pass of the base model (gate_mode: hidden). Its
+# float32 matmuls round differently on different CPUs' vector code, so mergekit's own routers
+# move in the last bits from one CPU to the next: on the 2026-12 CI machine mergekit 0.1.5 run
+# live and mergebuild agree bit for bit, and both are up to 4 bf16 ulp from this recording
+# (made on another CPU). Such a config counts as equal when everything else is equal.
+FORWARD_PASS = {"mergekit-docs-moe-hermes"}
+ROUTER, ROUTER_ULPS = ".mlp.gate.weight", 4
+
 RESULTS: dict[str, str] = {}
 HOW: dict[str, str] = {}
 
@@ -104,7 +112,13 @@ def test_public_config_builds_as_mergekit_builds_it(world, reference, config, ca
         RESULTS[name] = "mergekit fails"
         return
     assert code == 0, f"mergekit builds {name}, mergebuild does not: {err}"
-    RESULTS[name], HOW[name] = compare(read_tensors(world / "out" / name), reference[name])
+    got = read_tensors(world / "out" / name)
+    RESULTS[name], HOW[name] = compare(got, reference[name])
+    if RESULTS[name] != "equal" and name in FORWARD_PASS:
+        rest = compare(*({k: v for k, v in t.items() if not k.endswith(ROUTER)} for t in (got, reference[name])))
+        routers = max(ulps(got[k], reference[name][k]) for k in reference[name] if k.endswith(ROUTER))
+        if rest[0] == "equal" and routers <= ROUTER_ULPS:
+            RESULTS[name] = "equal_but_cpu_routers"
 
 
 def test_corpus_counts():
@@ -112,7 +126,8 @@ def test_corpus_counts():
     if len(RESULTS) < len(configs()):
         pytest.skip("only part of the corpus ran")
     counts = {
-        k: sum(v == k for v in RESULTS.values()) for k in ("equal", "equal_in_dtype", "within_1_ulp", "differing")
+        k: sum(v == k for v in RESULTS.values())
+        for k in ("equal", "equal_in_dtype", "equal_but_cpu_routers", "within_1_ulp", "differing")
     }
     counts["builds"] = sum(v != "mergekit fails" for v in RESULTS.values())
     print(f"\ncorpus: {len(RESULTS)} configs, mergekit builds {counts['builds']}: {counts}")
@@ -122,7 +137,7 @@ def test_corpus_counts():
     unexplained = {k for k, v in RESULTS.items() if v == "differing" and not methods_of(k) & EXPLAINED}
     assert not unexplained, f"differ from mergekit with no random mask or selection cut: {unexplained}"
     assert counts["builds"] >= MEASURED["builds"]
-    same = counts["equal"] + counts["equal_in_dtype"]
+    same = counts["equal"] + counts["equal_in_dtype"] + counts["equal_but_cpu_routers"]
     assert same >= MEASURED["equal"] and same + counts["within_1_ulp"] >= MEASURED["within_1_ulp"]
 
 
