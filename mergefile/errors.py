@@ -53,6 +53,25 @@ class LockedError(UserError):
     """Another mergebuild process holds the output."""
 
 
+class TensorFailed(Exception):
+    """Merging one tensor raised an error that is not the recipe's fault (a library's, or a bug).
+
+    Exit code 1 and one paragraph naming the tensor, the method and the cause, instead of a
+    traceback from deep inside torch; ``MERGEBUILD_DEBUG=1`` prints the traceback too.
+    """
+
+    exit_code = 1
+
+    def __init__(self, target: str, tensor: str, method: str, cause: BaseException):
+        self.target, self.tensor, self.method, self.cause = target, tensor, method, cause
+        first = (str(cause).strip().splitlines() or [""])[0]
+        super().__init__(
+            f"{target}: merging {tensor} ({method}) failed: {type(cause).__name__}: {first} "
+            "(nothing half-written was kept; this is mergebuild's or a library's fault, not the recipe's: "
+            "set MERGEBUILD_DEBUG=1 for the traceback)"
+        )
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for a misspelled name, or None when nothing is close."""
     close = difflib.get_close_matches(name, sorted(set(choices)), n=1, cutoff=0.6)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mergefile.errors import UserError
+from mergefile.errors import TensorFailed, UserError
 
 
 def parse_size(text: str) -> int:
@@ -448,6 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = run(argv)
     except UserError as e:
         print(f"mergebuild: error: {e.render()}", file=sys.stderr)
+        code = e.exit_code
+    except TensorFailed as e:
+        if os.environ.get("MERGEBUILD_DEBUG"):
+            import traceback
+
+            traceback.print_exception(e.cause)
+        print(f"mergebuild: error: {e}", file=sys.stderr)
         code = e.exit_code
     except KeyboardInterrupt:
         print("mergebuild: interrupted", file=sys.stderr)

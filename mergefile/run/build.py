@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mergefile._lazy import preload, torch
-from mergefile.errors import UserError
+from mergefile.errors import TensorFailed, UserError
 from mergefile.io.writer import RawTensor, raw_tensor
 from mergefile.methods.registry import get_method
 from mergefile.plan.graph import build_graph, build_order
@@ -592,6 +592,14 @@ def _scheduled_jobs(
 
     def work(job: TensorJob):
         def run():
+            try:
+                return merge_one()
+            except (UserError, OSError, MemoryError):  # the recipe's, or the machine's: said as such
+                raise
+            except Exception as e:  # noqa: BLE001 - named for the user instead of a traceback
+                raise TensorFailed(plan.name, job.name, job.method, e) from e
+
+        def merge_one():
             if kp.deferred is not None:
                 key = kp.deferred.key_job(job)  # hashes its inputs: the merge reads them cached
                 t = store.blobs.get_raw(key, verify=True)
