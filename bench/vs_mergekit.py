@@ -9,8 +9,8 @@ fresh cache), inputs in the page cache. Reported per recipe, as medians over the
 their spread (min-max): the cold-time ratio mergebuild / mergekit, the peak-RSS ratio, cache
 bytes / output bytes, bytes written / output bytes (the output's files plus the cache's, which
 is everything a cold build writes), and for mergebuild a weight edit / cold (every weight
-scaled) and a one-layer edit / cold (one model's weight on layer 7). Ratios only: the machine
-is shared.
+scaled), a one-layer edit of that / cold (one model's weight on layer 7), and back / cold (the
+cold recipe again: what the cache kept of it). Ratios only: the machine is shared.
 
     .venv/bin/python bench/vs_mergekit.py [--layers 16] [--hidden 1024] [--repeats 3]
                                           [--recipes ties dare_ties ...] [-j 2] [--install]
@@ -206,17 +206,22 @@ def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats
                 runs["floor_s"].append(disk_floor(case, used, ob))
             runs[f"{tool}_s"].append(t)
             runs[f"{tool}_rss"].append(rss)
-        cfg.write_text(yaml_for(recipe, models, weight_scale=1.5 + r / 10))
+        scale = 1.5 + r / 10
+        cfg.write_text(yaml_for(recipe, models, weight_scale=scale))
         time.sleep(0.05)
         t, _ = run_mergebuild(case, cfg, jobs, fresh=False)
         runs["weight_edit_x"].append(t / mb_cold)
         runs.setdefault("weight_edit_floor", []).append(t / runs["floor_s"][-1])
-        cfg.write_text(yaml_for(recipe, models, layer_edit=0.05 + r / 100))
+        # one layer of the weight-edited recipe edited: every other tensor is unchanged (until
+        # 2026-12-04 this edit also moved every weight back to the cold recipe's, a toggle)
+        cfg.write_text(yaml_for(recipe, models, weight_scale=scale, layer_edit=0.05 + r / 100))
         time.sleep(0.05)
-        # from the cold state's cache: rebuild cold config first is not needed, a layer edit
-        # of the weight-edited output still recomputes one layer against it
         t, _ = run_mergebuild(case, cfg, jobs, fresh=False)
         runs["layer_edit_x"].append(t / mb_cold)
+        cfg.write_text(yaml_for(recipe, models))  # back to the cold recipe: what the cache kept of it
+        time.sleep(0.05)
+        t, _ = run_mergebuild(case, cfg, jobs, fresh=False)
+        runs.setdefault("back_x", []).append(t / mb_cold)
     ratio = [b / a for a, b in zip(runs["mk_s"], runs["mb_s"])]
     rss = [b / a for a, b in zip(runs["mk_rss"], runs["mb_rss"])]
     out = {
@@ -232,7 +237,7 @@ def bench_recipe(recipe: str, case: Path, models: list[Path], jobs: int, repeats
         "cold_floor": _summary([b / f for b, f in zip(runs["mb_s"], runs["floor_s"])]),
         "weight_edit_floor": _summary(runs["weight_edit_floor"]),
     }
-    for k in ("cache_x", "written_x", "weight_edit_x", "layer_edit_x"):
+    for k in ("cache_x", "written_x", "weight_edit_x", "layer_edit_x", "back_x"):
         out[k] = _summary(runs[k])
     return out
 
@@ -275,7 +280,7 @@ def main() -> int:
     results = []
     print(
         f"{'recipe':18s} {'cold mb/mk':>18s} {'RSS mb/mk':>18s} {'cache/out':>18s} {'written/out':>18s} "
-        f"{'weight edit/cold':>18s} {'layer edit/cold':>18s} {'cold/floor':>18s} {'w.edit/floor':>18s}",
+        f"{'weight edit/cold':>18s} {'layer edit/cold':>18s} {'back/cold':>18s} {'cold/floor':>18s} {'w.edit/floor':>18s}",
         flush=True,
     )
     for recipe in args.recipes:
@@ -284,6 +289,7 @@ def main() -> int:
         print(
             f"{recipe:18s} {fmt(res['cold_ratio']):>18s} {fmt(res['rss_ratio']):>18s} {fmt(res['cache_x']):>18s} "
             f"{fmt(res['written_x']):>18s} {fmt(res['weight_edit_x']):>18s} {fmt(res['layer_edit_x']):>18s}"
+            f" {fmt(res['back_x']):>18s}"
             f" {fmt(res['cold_floor']):>18s} {fmt(res['weight_edit_floor']):>18s}"
             f"   mk {statistics.median(res['mk_s']):.1f} s {res['mk_rss_mb']:.0f} MB,"
             f" mb {statistics.median(res['mb_s']):.1f} s {res['mb_rss_mb']:.0f} MB",
