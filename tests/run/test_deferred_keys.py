@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from mergefile.errors import TensorFailed
 from mergefile.run.build import BuildOptions, build, plan_build
 from mergefile.run.stale import compare
 from mergefile.store.manifest import read_manifest
@@ -131,7 +132,7 @@ def test_a_stopped_cold_build_resumes_from_the_store(tiny_models, tmp_path, monk
         return compute(job, *a, **k)
 
     monkeypatch.setattr(build_mod, "compute_job", failing)
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    with pytest.raises(TensorFailed, match="disk on fire"):  # named for the user
         _build(d, tmp_path / "cache", ["out/x"], jobs=1)
     assert not (d / "out/x").exists()
     monkeypatch.setattr(build_mod, "compute_job", compute)
