@@ -291,6 +291,7 @@ def main() -> int:
     )
     for recipe in args.recipes:
         res = bench_recipe(recipe, case, models, args.jobs, args.repeats)
+        res["date"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         results.append(res)
         print(
             f"{recipe:18s} {fmt(res['cold_ratio']):>18s} {fmt(res['rss_ratio']):>18s} {fmt(res['cache_x']):>18s} "
@@ -301,15 +302,19 @@ def main() -> int:
             f" mb {statistics.median(res['mb_s']):.1f} s {res['mb_rss_mb']:.0f} MB",
             flush=True,
         )
+    # a run of some recipes replaces their rows and keeps the others' (each row says when it ran)
+    path = ROOT / f"last_vs_mergekit_L{args.layers}_H{args.hidden}.json"
+    kept = json.loads(path.read_text())["results"] if path.exists() else []
+    ran = {r["recipe"] for r in results}
     summary = {
         "layers": args.layers,
         "hidden": args.hidden,
         "jobs": args.jobs,
         "models": N_MODELS,
         "load_at_start": os.getloadavg(),
-        "results": results,
+        "results": [r for r in kept if r["recipe"] not in ran] + results,
     }
-    (ROOT / f"last_vs_mergekit_L{args.layers}_H{args.hidden}.json").write_text(json.dumps(summary, indent=2))
+    path.write_text(json.dumps(summary, indent=2))
     shutil.rmtree(case, ignore_errors=True)
     return 0
 

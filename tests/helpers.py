@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +25,20 @@ def mergefile_for(dir: Path, models: dict[str, Path], body: str) -> Path:
 
 
 def cli(dir: Path, *args: str, cache: Path | None = None) -> int:
-    """Run ``mergebuild`` in-process in ``dir`` (tests share torch's import)."""
+    """Run ``mergebuild`` in-process in ``dir`` (tests share torch's import).
+
+    The working directory is restored afterwards: ``-C`` changes it as a console command does,
+    and a test that then deletes ``dir`` would leave the process in a removed folder, where
+    numba, compiling a kernel at its first call in a later test, fails on ``os.getcwd()``.
+    """
     argv = ["-C", str(dir), "--quiet"]
     if cache is not None:
         argv += ["--cache-dir", str(cache)]
-    return main(argv + list(args))
+    cwd = os.getcwd()
+    try:
+        return main(argv + list(args))
+    finally:
+        os.chdir(cwd)
 
 
 def cli_json(dir: Path, *args: str, cache: Path | None = None, capsys=None) -> dict:

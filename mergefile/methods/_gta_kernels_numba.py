@@ -2,7 +2,10 @@
 
 At module level so that numba caches their machine code on disk (``cache=True``: next to this
 file, or in the user's cache folder where that is read-only): a build compiles them once per
-number of models, not per process.
+number of models, not per process. Each kernel is compiled when first called with that many
+models (1.2-2 s each on 2 cores), not all at import: compiling every count a build might use
+(:func:`compile_ahead`) took 11.6 s, which a machine's first TIES or task_arithmetic build
+waited for, although it calls one or two of them.
 
 Every loop runs over whole blocks of :data:`BLOCK` entries, so its trip count is a constant and
 LLVM vectorizes it: the kernels take arrays whose size is a multiple of ``BLOCK``
@@ -191,9 +194,13 @@ def combine_masked(xs, base, masks, scales, has_scale, wts, elect, normalize, di
     return bad == 0
 
 
-def _warm_up() -> None:
-    """Load (or, the first time on a machine, compile) the kernels for 1-3 models now: a build
-    imports this module in the background (``Method.warm``), so its first tensor need not wait."""
+def compile_ahead() -> None:
+    """Load (or, the first time on a machine, compile) the kernels for 1-3 models now.
+
+    ``scripts/setup`` calls it once, as pip byte-compiles sources: a checkout's first builds then
+    compile nothing. A build does not: it imports this module in the background
+    (``Method.warm``) and each kernel compiles, or loads from numba's cache, at its first call.
+    """
     x = np.zeros(BLOCK, np.uint16)
     masked_delta(x, x, np.zeros(BLOCK // 8, np.uint8), np.uint16(0), False, x.copy())
     one = np.float32(1.0)
@@ -215,6 +222,3 @@ def _warm_up() -> None:
             False,
             x.copy(),
         )
-
-
-_warm_up()
