@@ -289,10 +289,29 @@ def main() -> int:
         f"{'weight edit/cold':>18s} {'layer edit/cold':>18s} {'back/cold':>18s} {'cold/floor':>18s} {'w.edit/floor':>18s}",
         flush=True,
     )
+    path = ROOT / f"last_vs_mergekit_L{args.layers}_H{args.hidden}.json"
+    kept = json.loads(path.read_text())["results"] if path.exists() else []
+
+    def save() -> None:
+        """The rows so far, with the other recipes' earlier rows (each row says when it ran):
+        written after every recipe, so an interrupted run keeps what it measured."""
+        ran = {r["recipe"] for r in results}
+        summary = {
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "jobs": args.jobs,
+            "models": N_MODELS,
+            "load_at_start": load,
+            "results": [r for r in kept if r["recipe"] not in ran] + results,
+        }
+        path.write_text(json.dumps(summary, indent=2))
+
+    load = os.getloadavg()
     for recipe in args.recipes:
         res = bench_recipe(recipe, case, models, args.jobs, args.repeats)
         res["date"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         results.append(res)
+        save()
         print(
             f"{recipe:18s} {fmt(res['cold_ratio']):>18s} {fmt(res['rss_ratio']):>18s} {fmt(res['cache_x']):>18s} "
             f"{fmt(res['written_x']):>18s} {fmt(res['weight_edit_x']):>18s} {fmt(res['layer_edit_x']):>18s}"
@@ -302,19 +321,6 @@ def main() -> int:
             f" mb {statistics.median(res['mb_s']):.1f} s {res['mb_rss_mb']:.0f} MB",
             flush=True,
         )
-    # a run of some recipes replaces their rows and keeps the others' (each row says when it ran)
-    path = ROOT / f"last_vs_mergekit_L{args.layers}_H{args.hidden}.json"
-    kept = json.loads(path.read_text())["results"] if path.exists() else []
-    ran = {r["recipe"] for r in results}
-    summary = {
-        "layers": args.layers,
-        "hidden": args.hidden,
-        "jobs": args.jobs,
-        "models": N_MODELS,
-        "load_at_start": os.getloadavg(),
-        "results": [r for r in kept if r["recipe"] not in ran] + results,
-    }
-    path.write_text(json.dumps(summary, indent=2))
     shutil.rmtree(case, ignore_errors=True)
     return 0
 
