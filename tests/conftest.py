@@ -47,13 +47,3 @@ def _private_user_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = old
-
-
-@pytest.fixture(autouse=True)
-def _restore_working_directory():
-    """Each test starts in the directory the session started in: ``main(["-C", dir, ...])``
-    changes it as the console command does, and a later test in a deleted folder would fail
-    wherever a library calls ``os.getcwd()`` (numba does, compiling a kernel at first call)."""
-    cwd = os.getcwd()
-    yield
-    os.chdir(cwd)

@@ -5,7 +5,9 @@ file, or in the user's cache folder where that is read-only): a build compiles t
 number of models, not per process. Each kernel is compiled when first called with that many
 models (1.2-2 s each on 2 cores), not all at import: compiling every count a build might use
 (:func:`compile_ahead`) took 11.6 s, which a machine's first TIES or task_arithmetic build
-waited for, although it calls one or two of them.
+waited for, although it calls one or two of them. Import primes numba with one kernel of fixed
+types (:func:`_prime`): a process's first call of any kernel, cached or not, costs ~0.3 s of
+numba starting, after which a cached kernel loads in 5-50 ms.
 
 Every loop runs over whole blocks of :data:`BLOCK` entries, so its trip count is a constant and
 LLVM vectorizes it: the kernels take arrays whose size is a multiple of ``BLOCK``
@@ -201,8 +203,8 @@ def compile_ahead() -> None:
     compile nothing. A build does not: it imports this module in the background
     (``Method.warm``) and each kernel compiles, or loads from numba's cache, at its first call.
     """
+    _prime()
     x = np.zeros(BLOCK, np.uint16)
-    masked_delta(x, x, np.zeros(BLOCK // 8, np.uint8), np.uint16(0), False, x.copy())
     one = np.float32(1.0)
     for n in (1, 2, 3):
         for subtract in (False, True):
@@ -222,3 +224,15 @@ def compile_ahead() -> None:
             False,
             x.copy(),
         )
+
+
+def _prime() -> None:
+    """Call ``masked_delta`` once. A build imports this module in the background
+    (``Method.warm``) and the build server before it forks, so the ~0.3 s that numba takes on a
+    process's first call is spent there, not in the first job. On a machine that never compiled
+    it, this compiles that one kernel."""
+    x = np.zeros(BLOCK, np.uint16)
+    masked_delta(x, x, np.zeros(BLOCK // 8, np.uint8), np.uint16(0), False, x.copy())
+
+
+_prime()
